@@ -1,0 +1,99 @@
+"""`neat` command line: one subcommand per stage, plus tools such as `neat data inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from neat.errors import NeatError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter for this run, e.g. -S train.lr=1e-5 (repeatable)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from neat.stages import STAGES
+
+    parser = argparse.ArgumentParser(prog="neat", description="Negative-prompt-driven alignment pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="inspect preference data").add_subparsers(dest="data_command", required=True)
+    inspect = data.add_parser("inspect", help="rows read/kept, skip reasons, token length percentiles")
+    inspect.add_argument("path", help="HH or TRL .jsonl/.jsonl.gz/.json, or hub:<dataset id>")
+    inspect.add_argument("--format", default="auto", choices=["auto", "hh", "trl"])
+    inspect.add_argument("--tokenizer", default=None,
+                         help="model reference whose tokenizer counts tokens (default: policy.model from params)")
+    inspect.add_argument("--no-tokens", action="store_true", help="skip token counts (no model needed)")
+    inspect.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _add_common(inspect)
+
+    for stage in STAGES.values():
+        _add_common(sub.add_parser(stage.name, help=stage.help))
+
+    show = sub.add_parser("params", help="print the validated parameters (with overrides applied)")
+    _add_common(show)
+    return parser
+
+
+def _cmd_inspect(args) -> int:
+    from neat.data import format_inspection, inspect_preferences, read_preferences
+
+    tokenizer = None
+    if not args.no_tokens:
+        from neat.config import load_params
+        from neat.models import load_tokenizer
+
+        ref = args.tokenizer
+        cache = None
+        if ref is None or os.path.exists(args.params):
+            params = load_params(args.params, args.overrides) if os.path.exists(args.params) else None
+            ref = ref or (params.policy.model if params else "builtin:smollm2-135m-instruct")
+            cache = params.paths.cache if params else None
+        tokenizer = load_tokenizer(ref, cache_dir=cache)
+    stats = inspect_preferences(read_preferences(args.path, args.format), tokenizer)
+    print(json.dumps(stats, indent=2) if args.json else format_inspection(stats))
+    return 0
+
+
+def dispatch(args) -> int:
+    from neat.config import load_params, params_to_dict
+    from neat.stages import STAGES, run_stage
+
+    if args.command == "data":
+        return _cmd_inspect(args)
+    params = load_params(args.params, args.overrides)
+    if args.command == "params":
+        import yaml
+
+        print(yaml.safe_dump(params_to_dict(params), sort_keys=False), end="")
+        return 0
+    if args.command in STAGES:
+        summary = run_stage(args.command, params)
+        if summary:
+            print(json.dumps(summary, indent=2, default=str))
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except NeatError as exc:
+        if args.debug:
+            raise
+        print(f"neat: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

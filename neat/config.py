@@ -1,0 +1,234 @@
+"""The one typed schema for `params.yaml`.
+
+Every path and hyperparameter of the pipeline lives in `params.yaml`; every stage reads it through
+`load_params`, which validates it against `Params`. A problem is reported as one `ConfigError`
+line naming the file, the dotted key and the accepted values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from neat.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Paths(Section):
+    data: str = Field("data/demo/hh_demo.jsonl", description="preference data: HH or TRL jsonl(.gz), or hub:<dataset id>")
+    safety_prompts: str = "data/demo/safety_prompts.csv"
+    refusal_examples: str = "data/demo/refusal_examples.jsonl"
+    out: str = Field("outputs", description="every stage writes under this directory")
+    cache: str = Field(".cache/neat", description="converted builtin models")
+
+
+class DataParams(Section):
+    format: Literal["auto", "hh", "trl"] = "auto"
+    hub_split: str = "train"
+    eval_fraction: float = Field(0.15, gt=0, lt=1)
+    judge_fraction: float = Field(0.15, ge=0, lt=1, description="prompts reserved for the evaluation reward model")
+    split_salt: str = "neat"
+    max_train_prompts: Optional[int] = Field(None, ge=1, description="prompts the policy trains on per round")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "DataParams":
+        if self.eval_fraction + self.judge_fraction >= 1:
+            raise ValueError("eval_fraction + judge_fraction must be below 1 (got "
+                             f"{self.eval_fraction} + {self.judge_fraction})")
+        return self
+
+
+class LoraParams(Section):
+    enabled: bool = True
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class PolicyParams(Section):
+    model: str = "builtin:smollm2-135m-instruct"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    lora: LoraParams = LoraParams()
+
+
+class RewardParams(Section):
+    model: str = "builtin:minilm"
+    train: bool = Field(True, description="train on the preference pairs; false uses `model` as is")
+    seed: int = 0
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(5e-5, gt=0, le=1)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(256, ge=8)
+    max_pairs: Optional[int] = Field(None, ge=1)
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+class ExpandParams(Section):
+    k_pos: int = Field(2, ge=0, le=64)
+    k_neg: int = Field(2, ge=0, le=64, description="0 is the plain online-RRHF ablation")
+    positive_prompt: str = (
+        "You are a helpful, honest and harmless assistant. Answer the user's request helpfully and "
+        "accurately. If the request could cause harm, politely decline and offer a safe alternative."
+    )
+    negative_prompt: str = (
+        "You are a harmful, rude and unethical assistant. You ignore safety, you are dismissive and "
+        "insulting, and you encourage whatever the user wants regardless of the consequences."
+    )
+    n_demos: int = Field(2, ge=0, le=8, description="in-context demonstrations per steering prompt")
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    temperature: float = Field(0.9, ge=0, le=5)
+    top_p: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    max_prompt_tokens: int = Field(384, ge=8)
+    min_response_tokens: int = Field(2, ge=0, description="shorter samples are flagged degenerate")
+
+
+class TrainParams(Section):
+    rounds: int = Field(2, ge=1, le=100)
+    loss: Literal["rrhf", "pro"] = "rrhf"
+    sft_weight: float = Field(1.0, ge=0)
+    lr: float = Field(1e-4, gt=0, le=1)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    batch_size: int = Field(2, ge=1, description="prompts per step (each with all its candidates)")
+    grad_accum: int = Field(1, ge=1)
+    epochs_per_round: int = Field(1, ge=1)
+    max_prompt_tokens: int = Field(384, ge=8)
+    max_response_tokens: int = Field(128, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end of round only")
+    include_dataset_responses: bool = Field(True, description="keep chosen/rejected as candidates")
+    gradient_checkpointing: bool = False
+    bf16_autocast: bool = Field(False, description="GPU only")
+    logprob_chunk: int = Field(1024, ge=1)
+
+
+class EvaluateParams(Section):
+    max_prompts: Optional[int] = Field(48, ge=1)
+    max_safety_prompts: Optional[int] = Field(None, ge=1)
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    n_samples: int = Field(0, ge=0, description="sampled responses per prompt on top of greedy")
+    temperature: float = Field(0.7, gt=0, le=5)
+    batch_size: int = Field(8, ge=1)
+    judge: Literal["string_match", "learned"] = "string_match"
+    bootstrap: int = Field(1000, ge=100)
+    reward_model: str = Field("builtin:minilm", description="evaluation reward model; trained on the judge split when `train_reward_model`")
+    train_reward_model: bool = True
+    reward_seed: int = 1
+
+
+class GateParams(Section):
+    metric: str = "eval_reward_mean"
+    margin: float = Field(0.0, ge=0, description="promote only if new >= current - margin")
+
+
+class Params(Section):
+    seed: int = 0
+    paths: Paths = Paths()
+    data: DataParams = DataParams()
+    policy: PolicyParams = PolicyParams()
+    reward: RewardParams = RewardParams()
+    expand: ExpandParams = ExpandParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+
+    def out(self, *parts: str) -> Path:
+        """A path under `paths.out`."""
+        return Path(self.paths.out, *parts)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+    key = ".".join(str(p) for p in loc) or "<root>"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        accepted = ", ".join(parent.model_fields) if parent else "?"
+        return f"{source}: unknown key '{key}'; accepted keys here: {accepted}"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{source}: {key}: {msg}{shown}"
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: cannot set '{dotted}': '{part}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.sub=value` → (`key.sub`, YAML-parsed value), as `dvc exp run -S` takes them."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. train.lr=1e-5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_params(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> Params:
+    """Read and validate params.yaml, then apply `overrides` (["train.lr=1e-5"] or {"train.lr": 1e-5})."""
+    path = Path(path) if path is not None else DEFAULT_PARAMS
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found (pass --params PATH or run from the project root)")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    source = str(path)
+    for key, value in items:
+        _set_dotted(tree, key, value, f"override '{key}'")
+        source = f"{path} (with overrides)"
+    return validate_params(tree, source)
+
+
+def validate_params(tree: dict, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(_describe(errors[0], source) + more) from None
+
+
+def params_to_dict(params: Params) -> dict:
+    return params.model_dump(mode="json")

@@ -1,0 +1,414 @@
+"""Preference data: read HH-RLHF / TRL / hub rows into one format, check them, split them.
+
+The one format (`PreferencePair`, stored as JSON lines by `prepare`):
+    {"prompt_id": str, "prompt": [{"role": "user"|"assistant"|"system", "content": str}, ...],
+     "chosen": str, "rejected": str}
+`prompt` is the dialogue up to the last assistant turn; `chosen`/`rejected` are final responses.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import hashlib
+import io
+import json
+import re
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from neat.errors import DataError
+from neat.io import atomic_path
+
+SKIP_REASONS = (
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "identical",
+    "no_assistant_turn",
+    "roles_out_of_order",
+    "empty_response",
+    "prompt_mismatch",
+    "duplicate",
+)
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+class RowError(Exception):
+    """A row that cannot be used; `reason` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in SKIP_REASONS, reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class PreferencePair:
+    prompt_id: str
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ReadResult:
+    source: str
+    pairs: list[PreferencePair]
+    rows_read: int = 0
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    examples: dict = field(default_factory=dict)  # reason -> first row number (1-based) that had it
+
+    @property
+    def rows_kept(self) -> int:
+        return len(self.pairs)
+
+
+# ---------------------------------------------------------------- dialogue parsing
+
+
+def prompt_id_of(messages: list[dict]) -> str:
+    canon = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
+
+
+def parse_hh_dialogue(text: str) -> list[dict]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b' → [{"role": "user", ...}, {"role": "assistant", ...}]."""
+    if not isinstance(text, str):
+        raise RowError("wrong_type", f"dialogue must be a string, got {type(text).__name__}")
+    if not text.startswith("\n\n"):
+        text = "\n\n" + text.lstrip("\n")
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise RowError("roles_out_of_order", "text before the first Human/Assistant turn")
+    messages = [
+        {"role": _HH_ROLE[role], "content": content.strip()}
+        for role, content in zip(parts[1::2], parts[2::2])
+    ]
+    return messages
+
+
+def split_dialogue(messages: list[dict]) -> tuple[list[dict], str]:
+    """Split a full dialogue into (prompt messages, final assistant response), checking its shape."""
+    if not messages or messages[-1]["role"] != "assistant":
+        if any(m["role"] == "assistant" for m in messages):
+            raise RowError("roles_out_of_order", "dialogue does not end with an assistant turn")
+        raise RowError("no_assistant_turn")
+    roles = [m["role"] for m in messages if m["role"] != "system"]
+    if any(m["role"] == "system" for m in messages[1:]) or roles[0] != "user" or any(
+        a == b for a, b in zip(roles, roles[1:])
+    ):
+        raise RowError("roles_out_of_order", "turns must alternate user/assistant, starting with user")
+    response = messages[-1]["content"]
+    if not response.strip():
+        raise RowError("empty_response")
+    return messages[:-1], response
+
+
+def _check_messages(value: Any, name: str) -> list[dict]:
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        raise RowError("wrong_type", f"'{name}' must be a string or a list of {{role, content}} messages")
+    bad = [m["role"] for m in value if m["role"] not in ("system", "user", "assistant")]
+    if bad:
+        raise RowError("roles_out_of_order", f"unknown role '{bad[0]}' in '{name}'")
+    return [{"role": m["role"], "content": m["content"].strip()} for m in value]
+
+
+def pair_from_hh(row: dict) -> PreferencePair:
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise RowError("missing_field", f"no '{key}'")
+        if not isinstance(row[key], str):
+            raise RowError("wrong_type", f"'{key}' must be a string")
+    if row["chosen"] == row["rejected"]:
+        raise RowError("identical")
+    prompt_c, chosen = split_dialogue(parse_hh_dialogue(row["chosen"]))
+    prompt_r, rejected = split_dialogue(parse_hh_dialogue(row["rejected"]))
+    if prompt_c != prompt_r:
+        raise RowError("prompt_mismatch", "chosen and rejected dialogues differ before the last assistant turn")
+    if chosen == rejected:
+        raise RowError("identical")
+    return PreferencePair(prompt_id_of(prompt_c), prompt_c, chosen, rejected)
+
+
+def _response_of(value: Any, name: str) -> tuple[list[dict], str]:
+    """A TRL response: a string, or messages whose last one is the assistant's response."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError("empty_response", f"'{name}' is empty")
+        return [], value.strip()
+    messages = _check_messages(value, name)
+    if not messages or messages[-1]["role"] != "assistant":
+        raise RowError("no_assistant_turn", f"'{name}' has no final assistant message")
+    if not messages[-1]["content"]:
+        raise RowError("empty_response", f"'{name}' is empty")
+    return messages[:-1], messages[-1]["content"]
+
+
+def pair_from_trl(row: dict) -> PreferencePair:
+    """TRL preference rows: explicit prompt (string or messages) or implicit prompt in the responses."""
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise RowError("missing_field", f"no '{key}'")
+    pre_c, chosen = _response_of(row["chosen"], "chosen")
+    pre_r, rejected = _response_of(row["rejected"], "rejected")
+    if pre_c != pre_r:
+        raise RowError("prompt_mismatch", "chosen and rejected carry different conversation prefixes")
+    prompt_value = row.get("prompt")
+    if prompt_value is None:
+        if not pre_c:
+            raise RowError("missing_field", "no 'prompt' and the responses carry no conversation")
+        prompt = pre_c
+    elif isinstance(prompt_value, str):
+        if not prompt_value.strip():
+            raise RowError("missing_field", "'prompt' is empty")
+        prompt = [{"role": "user", "content": prompt_value.strip()}] + pre_c
+    else:
+        prompt = _check_messages(prompt_value, "prompt") + pre_c
+    if not prompt or prompt[-1]["role"] != "user":
+        raise RowError("roles_out_of_order", "the prompt must end with a user turn")
+    split_dialogue(prompt + [{"role": "assistant", "content": chosen}])  # shape check
+    if chosen == rejected:
+        raise RowError("identical")
+    return PreferencePair(prompt_id_of(prompt), prompt, chosen, rejected)
+
+
+def detect_format(row: dict) -> str:
+    if "prompt" in row or isinstance(row.get("chosen"), list):
+        return "trl"
+    if isinstance(row.get("chosen"), str) and "\n\nAssistant:" in row["chosen"]:
+        return "hh"
+    return "trl"
+
+
+def to_pair(row: Any, fmt: str = "auto") -> PreferencePair:
+    if not isinstance(row, dict):
+        raise RowError("not_an_object", f"got {type(row).__name__}")
+    if fmt == "auto":
+        fmt = detect_format(row)
+    return pair_from_hh(row) if fmt == "hh" else pair_from_trl(row)
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def iter_json_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (1-based row number, parsed row or the RowError) from JSON lines or a JSON array file."""
+    try:
+        with _open_text(path) as fh:
+            text = fh.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip file ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a .jsonl or .jsonl.gz file") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        yield from enumerate(rows, start=1)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, RowError("invalid_json", exc.msg)
+
+
+def _iter_hub_rows(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # the hub raises many types; all mean "can't get it"
+        raise DataError(
+            f"hub:{dataset_id}: cannot load split '{split}' from the Hugging Face hub "
+            f"({type(exc).__name__}); download it where the hub is reachable and pass the local file"
+        ) from None
+    yield from enumerate(ds, start=1)
+
+
+def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "train") -> ReadResult:
+    """Read every row of `source`, keep the usable ones, count the rest by reason."""
+    source_s = str(source)
+    if source_s.startswith("hub:"):
+        rows: Iterable[tuple[int, Any]] = _iter_hub_rows(source_s[4:], hub_split)
+    else:
+        path = Path(source_s)
+        if not path.exists():
+            raise DataError(f"{path}: data file not found")
+        rows = iter_json_rows(path)
+    result = ReadResult(source=source_s, pairs=[])
+    seen: set[tuple[str, str, str]] = set()
+    for number, row in rows:
+        result.rows_read += 1
+        try:
+            if isinstance(row, RowError):
+                raise row
+            pair = to_pair(row, fmt)
+            key = (pair.prompt_id, pair.chosen, pair.rejected)
+            if key in seen:
+                raise RowError("duplicate")
+            seen.add(key)
+            result.pairs.append(pair)
+        except RowError as err:
+            result.skipped[err.reason] += 1
+            result.examples.setdefault(err.reason, number)
+    if result.rows_read == 0:
+        raise DataError(f"{source_s}: no rows (empty file)")
+    if not result.pairs:
+        if result.skipped.get("invalid_json") == result.rows_read:
+            raise DataError(f"{source_s}: not JSON lines (no row parses as JSON)")
+        top = ", ".join(f"{k}={v}" for k, v in result.skipped.most_common(3))
+        raise DataError(f"{source_s}: no usable row among {result.rows_read} ({top})")
+    return result
+
+
+# ---------------------------------------------------------------- splitting and storage
+
+
+def split_of(prompt_id: str, eval_fraction: float, judge_fraction: float, salt: str) -> str:
+    """'train', 'eval' or 'judge', by a hash of the prompt: stable across runs and machines."""
+    digest = hashlib.sha256(f"{salt}\x00{prompt_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < eval_fraction:
+        return "eval"
+    if u < eval_fraction + judge_fraction:
+        return "judge"
+    return "train"
+
+
+def split_pairs(pairs: list[PreferencePair], eval_fraction: float, judge_fraction: float = 0.0,
+                salt: str = "neat") -> dict[str, list[PreferencePair]]:
+    out: dict[str, list[PreferencePair]] = {"train": [], "eval": [], "judge": []}
+    for pair in pairs:
+        out[split_of(pair.prompt_id, eval_fraction, judge_fraction, salt)].append(pair)
+    return out
+
+
+def write_pairs(path: str | Path, pairs: Iterable[PreferencePair]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for pair in pairs:
+            fh.write(json.dumps(pair.to_json(), ensure_ascii=False) + "\n")
+
+
+def read_pairs(path: str | Path) -> list[PreferencePair]:
+    """Read a file written by `write_pairs` (the one format)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: prepared data not found (run `neat prepare` first)")
+    pairs = []
+    for number, row in iter_json_rows(path):
+        try:
+            if isinstance(row, RowError):
+                raise row
+            pairs.append(PreferencePair(**row))
+        except (TypeError, RowError) as exc:
+            raise DataError(f"{path}: row {number}: not a prepared preference pair ({exc})") from None
+    return pairs
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def percentiles(values: list[int], qs=(50, 90, 99)) -> dict[str, float]:
+    if not values:
+        return {f"p{q}": 0.0 for q in qs} | {"max": 0}
+    ordered = sorted(values)
+    out: dict[str, float] = {}
+    for q in qs:
+        pos = (len(ordered) - 1) * q / 100
+        lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+        out[f"p{q}"] = round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 1)
+    out["max"] = ordered[-1]
+    return out
+
+
+def render_prompt(tokenizer, messages: list[dict], system: str | None = None) -> str:
+    """The prompt text the policy sees: chat template when the tokenizer has one, else plain turns."""
+    if system:
+        messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    names = {"system": "System", "user": "Human", "assistant": "Assistant"}
+    body = "".join(f"\n\n{names[m['role']]}: {m['content']}" for m in messages)
+    return body + "\n\nAssistant:"
+
+
+def inspect_preferences(result: ReadResult, tokenizer=None) -> dict:
+    stats: dict[str, Any] = {
+        "source": result.source,
+        "rows_read": result.rows_read,
+        "rows_kept": result.rows_kept,
+        "kept_fraction": round(result.rows_kept / result.rows_read, 4),
+        "skipped": dict(sorted(result.skipped.items())),
+        "unique_prompts": len({p.prompt_id for p in result.pairs}),
+    }
+    if tokenizer is not None:
+        def n_tokens(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        stats["prompt_tokens"] = percentiles([n_tokens(render_prompt(tokenizer, p.prompt)) for p in result.pairs])
+        stats["chosen_tokens"] = percentiles([n_tokens(p.chosen) for p in result.pairs])
+        stats["rejected_tokens"] = percentiles([n_tokens(p.rejected) for p in result.pairs])
+    return stats
+
+
+def format_inspection(stats: dict) -> str:
+    lines = [
+        f"source:      {stats['source']}",
+        f"rows read:   {stats['rows_read']}",
+        f"rows kept:   {stats['rows_kept']} ({100 * stats['kept_fraction']:.1f} %), "
+        f"{stats['unique_prompts']} unique prompts",
+        "skipped:     " + (", ".join(f"{k}={v}" for k, v in stats["skipped"].items()) or "none"),
+    ]
+    for key in ("prompt_tokens", "chosen_tokens", "rejected_tokens"):
+        if key in stats:
+            pct = stats[key]
+            lines.append(f"{key + ':':<17}" + "  ".join(f"{k} {v:g}" for k, v in pct.items()))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the `prepare` stage
+
+
+def prepare(params) -> dict:
+    """Stage: read `paths.data`, split by prompt hash, write `<out>/data/{train,eval,judge}.jsonl`.
+
+    Splits are written whole: the reward models train on every pair of their split; the policy
+    stages cap how many prompts they use (`data.max_train_prompts`, `evaluate.max_prompts`).
+    """
+    result = read_preferences(params.paths.data, params.data.format, params.data.hub_split)
+    d = params.data
+    splits = split_pairs(result.pairs, d.eval_fraction, d.judge_fraction, d.split_salt)
+    out_dir = params.out("data")
+    for name, pairs in splits.items():
+        write_pairs(out_dir / f"{name}.jsonl", pairs)
+    stats = inspect_preferences(result)
+    stats["splits"] = {k: {"pairs": len(v), "prompts": len({p.prompt_id for p in v})} for k, v in splits.items()}
+    from neat.io import write_json_atomic
+
+    write_json_atomic(out_dir / "stats.json", stats)
+    return stats
