@@ -183,11 +183,10 @@ def pair_from_trl(row: dict) -> PreferencePair:
 
 
 def detect_format(row: dict) -> str:
-    if "prompt" in row or isinstance(row.get("chosen"), list):
+    """TRL rows carry a prompt or message lists; string pairs without a prompt are HH dialogues."""
+    if "prompt" in row or isinstance(row.get("chosen"), list) or isinstance(row.get("rejected"), list):
         return "trl"
-    if isinstance(row.get("chosen"), str) and "\n\nAssistant:" in row["chosen"]:
-        return "hh"
-    return "trl"
+    return "hh"
 
 
 def to_pair(row: Any, fmt: str = "auto") -> PreferencePair:
