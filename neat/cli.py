@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(inspect)
 
     for stage in STAGES.values():
-        _add_common(sub.add_parser(stage.name, help=stage.help))
+        stage_parser = sub.add_parser(stage.name, help=stage.help)
+        if stage.name == "train":
+            stage_parser.add_argument("--resume", action="store_true",
+                                      help="continue from the last checkpoint of the same inputs and params")
+        _add_common(stage_parser)
 
     show = sub.add_parser("params", help="print the validated parameters (with overrides applied)")
     _add_common(show)
@@ -74,7 +78,8 @@ def dispatch(args) -> int:
         print(yaml.safe_dump(params_to_dict(params), sort_keys=False), end="")
         return 0
     if args.command in STAGES:
-        summary = run_stage(args.command, params)
+        options = {"resume": True} if getattr(args, "resume", False) else {}
+        summary = run_stage(args.command, params, **options)
         if summary:
             print(json.dumps(summary, indent=2, default=str))
         return 0

@@ -22,9 +22,14 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("prepare", "neat.data:prepare", "read preference data, check rows, split train/eval/judge"),
+        Stage("train-rm", "neat.reward:train_rm", "train the reward model (Bradley-Terry) on the train split"),
+        Stage("expand", "neat.expand:expand", "sample positive/negative-steered candidates from the policy"),
+        Stage("score", "neat.reward:score", "score and rank every candidate on the original prompt"),
+        Stage("train", "neat.train:train", "online ranking-loss training (RRHF/PRO + SFT), several rounds"),
     ]
 }
 
 
-def run_stage(name: str, params) -> dict:
-    return STAGES[name].load()(params)
+def run_stage(name: str, params, **options) -> dict:
+    """Run one stage; `options` are stage-specific flags (e.g. `resume=True` for train)."""
+    return STAGES[name].load()(params, **options)

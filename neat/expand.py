@@ -1,0 +1,197 @@
+"""Expansion: sample candidates under positive and negative steering prompts (`neat expand`).
+
+For each training prompt the policy samples `k_pos` responses under the positive steering prompt
+and `k_neg` under the negative one, applied as a system message through the chat template, with
+`n_demos` in-context demonstrations taken from *other* prompts (chosen responses for the positive
+prompt, rejected ones for the negative). The dataset's chosen and rejected responses join them as
+candidates. Every candidate records where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from neat.data import PreferencePair, read_pairs, render_prompt
+from neat.generation import generate
+from neat.io import atomic_path
+
+ORIGINS = ("chosen", "rejected", "positive", "negative")
+CANDIDATE_COLUMNS = (
+    "prompt_id", "prompt", "origin", "response", "steering_prompt", "n_demos", "generation",
+    "seed", "policy_id", "round", "n_tokens", "flags", "degenerate",
+)
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    origin: str  # "positive" | "negative"
+    system: str
+    k: int
+
+
+def select_prompts(pairs: list[PreferencePair], limit: int | None) -> list[list[PreferencePair]]:
+    """Group pairs by prompt in file order; keep the first `limit` prompts."""
+    groups: dict[str, list[PreferencePair]] = {}
+    for pair in pairs:
+        groups.setdefault(pair.prompt_id, []).append(pair)
+    out = list(groups.values())
+    return out[:limit] if limit else out
+
+
+def pick_demos(pool: list[PreferencePair], exclude_id: str, n: int, seed: int, use: str) -> list[dict]:
+    """`n` demonstration turns from prompts other than `exclude_id` (single-turn, short ones first)."""
+    if n == 0:
+        return []
+    candidates = [p for p in pool if p.prompt_id != exclude_id and len(p.prompt) == 1]
+    candidates = [p for p in candidates if len(getattr(p, use).split()) <= 80] or candidates
+    rng = random.Random(f"{seed}:{exclude_id}:{use}")
+    chosen = rng.sample(candidates, min(n, len(candidates)))
+    turns: list[dict] = []
+    for demo in chosen:
+        turns += [{"role": "user", "content": demo.prompt[-1]["content"]},
+                  {"role": "assistant", "content": getattr(demo, use)}]
+    return turns
+
+
+def steered_prompt(tokenizer, prompt: list[dict], system: str, demos: list[dict], max_tokens: int) -> str | None:
+    """The rendered prompt with steering; drops demos, then early turns, until it fits `max_tokens`."""
+    def size(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    demos = list(demos)
+    turns = list(prompt)
+    while True:
+        text = render_prompt(tokenizer, demos + turns, system=system)
+        if size(text) <= max_tokens:
+            return text
+        if demos:
+            demos = demos[2:]
+        elif len(turns) > 2:
+            turns = turns[2:]
+        else:
+            return None
+
+
+def candidate_rows_from_dataset(group: list[PreferencePair], round_: int) -> list[dict]:
+    rows, seen = [], set()
+    for pair in group:
+        for origin in ("chosen", "rejected"):
+            text = getattr(pair, origin)
+            if text in seen:
+                continue
+            seen.add(text)
+            rows.append(dict(
+                prompt_id=pair.prompt_id, prompt=pair.prompt, origin=origin, response=text,
+                steering_prompt=None, n_demos=0, generation=None, seed=None, policy_id="dataset",
+                round=round_, n_tokens=None, flags=[], degenerate=False,
+            ))
+    return rows
+
+
+def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo_pool: list[PreferencePair],
+                      cfg, *, seed: int, policy_id: str, round_: int, progress: bool = True) -> tuple[list[dict], dict]:
+    """Sample positive and negative candidates for every prompt group; returns (rows, stats)."""
+    specs = [SteeringSpec("positive", cfg.positive_prompt, cfg.k_pos), SteeringSpec("negative", cfg.negative_prompt, cfg.k_neg)]
+    specs = [s for s in specs if s.k > 0]
+    gen_settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    rows: list[dict] = []
+    stats = {"prompts": len(groups), "prompts_too_long": 0, "samples": 0, "degenerate": 0, "generated_tokens": 0}
+    bar = tqdm(total=len(groups) * len(specs), desc=f"expand round {round_}", unit="prompt", disable=not progress)
+    for spec in specs:
+        demo_use = "chosen" if spec.origin == "positive" else "rejected"
+        texts, keep = [], []
+        for group in groups:
+            head = group[0]
+            demos = pick_demos(demo_pool, head.prompt_id, cfg.n_demos, seed, demo_use)
+            text = steered_prompt(tokenizer, head.prompt, spec.system, demos, cfg.max_prompt_tokens)
+            if text is None:
+                stats["prompts_too_long"] += spec.origin == specs[0].origin
+                bar.update(1)
+                continue
+            texts.append(text)
+            keep.append((head, (len(demos) // 2)))
+        outputs = generate(
+            model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_p=cfg.top_p, num_return_sequences=spec.k, batch_size=cfg.batch_size,
+            seed=seed * 1000 + round_ * 10 + (spec.origin == "negative"), min_tokens=cfg.min_response_tokens,
+            on_batch=bar.update,
+        )
+        for (head, n_demos), gens in zip(keep, outputs):
+            for gen in gens:
+                rows.append(dict(
+                    prompt_id=head.prompt_id, prompt=head.prompt, origin=spec.origin, response=gen.text,
+                    steering_prompt=spec.system, n_demos=n_demos, generation=json.dumps(gen_settings),
+                    seed=seed, policy_id=policy_id, round=round_, n_tokens=gen.n_tokens, flags=gen.flags,
+                    degenerate=gen.degenerate,
+                ))
+                stats["samples"] += 1
+                stats["degenerate"] += gen.degenerate
+                stats["generated_tokens"] += gen.n_tokens
+    bar.close()
+    return rows, stats
+
+
+def write_candidates(path: str | Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([{k: r.get(k) for k in r} for r in rows])
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_candidates(path: str | Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from neat.errors import DataError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: candidates not found (run the stage that writes it first)")
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+
+
+def build_candidates(model, tokenizer, groups, demo_pool, cfg, *, seed, policy_id, round_, progress=True,
+                     include_dataset: bool = True) -> tuple[list[dict], dict]:
+    """Dataset responses (optional) plus steered samples for every prompt group."""
+    rows: list[dict] = []
+    if include_dataset:
+        for group in groups:
+            rows += candidate_rows_from_dataset(group, round_)
+    sampled, stats = sample_candidates(model, tokenizer, groups, demo_pool, cfg, seed=seed,
+                                       policy_id=policy_id, round_=round_, progress=progress)
+    order = {g[0].prompt_id: i for i, g in enumerate(groups)}
+    rows = sorted(rows + sampled, key=lambda r: (order[r["prompt_id"]], ORIGINS.index(r["origin"])))
+    return rows, stats
+
+
+def expand(params) -> dict:
+    """Stage: round-1 candidates from the base policy → `<out>/expand/candidates.parquet`."""
+    import time
+
+    from neat.models import checkpoint_id, load_policy
+
+    pairs = read_pairs(params.out("data", "train.jsonl"))
+    groups = select_prompts(pairs, params.data.max_train_prompts)
+    model, tokenizer = load_policy(params.policy.model, cache_dir=params.paths.cache, device=params.policy.device,
+                                   dtype=params.policy.dtype, trust_remote_code=params.policy.trust_remote_code,
+                                   seed=params.seed)
+    start = time.perf_counter()
+    rows, stats = build_candidates(model, tokenizer, groups, pairs, params.expand, seed=params.seed,
+                                   policy_id=checkpoint_id(params.policy.model), round_=1,
+                                   include_dataset=params.train.include_dataset_responses)
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    stats["tokens_per_second"] = round(stats["generated_tokens"] / max(stats["seconds"], 1e-9), 1)
+    write_candidates(params.out("expand", "candidates.parquet"), rows)
+    from neat.io import write_json_atomic
+
+    write_json_atomic(params.out("expand", "stats.json"), stats)
+    return stats

@@ -1,0 +1,410 @@
+"""Online ranking-loss training (`neat train`).
+
+Round 1 trains on the scored candidates of the `expand` → `score` stages. Each later round
+re-samples positive and negative candidates from the current policy, re-scores them with the
+reward model and trains on them. The loss is computed on π(y | x) with the steering prompt
+removed: a ranking loss (RRHF or PRO) over the length-normalised log-probs of every candidate of a
+prompt, plus `sft_weight` × the NLL of the best-reward candidate.
+
+Checkpoints (end of round and every `checkpoint_every` optimizer steps) hold the trainable weights
+(safetensors), optimizer, scheduler, RNG states, round, step and data position; `resume=True`
+continues from them and reaches the same final weights as an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from neat.data import read_pairs, render_prompt
+from neat.errors import NeatError
+from neat.expand import ORIGINS, build_candidates, read_candidates, select_prompts, write_candidates
+from neat.io import atomic_path, write_json_atomic
+from neat.logprobs import length_normalised, response_logprobs
+from neat.losses import best_candidate_index, pro_loss, rrhf_loss, sft_loss
+
+LOG_COLUMNS = (
+    ["round", "step", "loss", "rank_loss", "sft_loss", "lr", "tokens_per_s", "grad_norm"]
+    + [f"logp_{o}" for o in ORIGINS]
+    + [f"reward_{o}" for o in ORIGINS]
+)
+
+
+class TrainingError(NeatError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class Group:
+    """One prompt and its ranked candidates."""
+
+    prompt_id: str
+    prompt: list[dict]
+    responses: list[str]
+    rewards: list[float]
+    origins: list[str]
+
+
+def groups_from_scored(rows: list[dict]) -> list[Group]:
+    """Ranked candidates grouped by prompt, in file order; unranked (NaN, degenerate) ones are left out."""
+    groups: dict[str, Group] = {}
+    for row in rows:
+        if row.get("rank") is None:
+            continue
+        g = groups.setdefault(row["prompt_id"], Group(row["prompt_id"], row["prompt"], [], [], []))
+        g.responses.append(row["response"])
+        g.rewards.append(float(row["reward"]))
+        g.origins.append(row["origin"])
+    return list(groups.values())
+
+
+# ---------------------------------------------------------------- batching
+
+
+def encode_prompt(tokenizer, messages: list[dict], max_tokens: int) -> list[int]:
+    """Prompt ids without any steering; early turns are dropped (then ids cut) to fit `max_tokens`."""
+    turns = list(messages)
+    while True:
+        ids = tokenizer(render_prompt(tokenizer, turns), add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_tokens or len(turns) <= 1:
+            return ids[-max_tokens:]
+        turns = turns[2:]
+
+
+def encode_response(tokenizer, text: str, max_tokens: int) -> list[int]:
+    """Response ids followed by EOS (EOS is scored); cut at `max_tokens` (then without EOS)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    ids = ids + ([eos] if eos is not None else [])
+    return ids[:max_tokens]
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [N, T]
+    attention_mask: torch.Tensor  # [N, T]
+    response_mask: torch.Tensor  # [N, T]
+    slot: torch.Tensor  # [N, 2] (prompt b, candidate k) of each sequence
+    rewards: torch.Tensor  # [B, K]
+    mask: torch.Tensor  # [B, K]
+    origins: list[list[str]]
+
+
+def collate(tokenizer, groups: list[Group], max_prompt_tokens: int, max_response_tokens: int, pad_id: int) -> Batch:
+    seqs, resp_starts, slots = [], [], []
+    k_max = max(len(g.responses) for g in groups)
+    rewards = torch.zeros(len(groups), k_max)
+    mask = torch.zeros(len(groups), k_max, dtype=torch.bool)
+    for b, group in enumerate(groups):
+        prompt_ids = encode_prompt(tokenizer, group.prompt, max_prompt_tokens)
+        for k, (text, reward) in enumerate(zip(group.responses, group.rewards)):
+            seqs.append(prompt_ids + encode_response(tokenizer, text, max_response_tokens))
+            resp_starts.append(len(prompt_ids))
+            slots.append((b, k))
+            rewards[b, k] = reward
+            mask[b, k] = True
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    response = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (seq, start) in enumerate(zip(seqs, resp_starts)):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention[i, : len(seq)] = 1
+        response[i, max(start, 1) : len(seq)] = True
+    return Batch(input_ids, attention, response, torch.tensor(slots), rewards, mask, [g.origins for g in groups])
+
+
+def batch_logps(model, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass over every candidate of the batch → (normalised logps, sums, counts), each [B, K]."""
+    device = next(model.parameters()).device
+    sums, counts = response_logprobs(
+        model, batch.input_ids.to(device), batch.attention_mask.to(device), batch.response_mask.to(device),
+        chunk_size=chunk,
+    )
+    shape = batch.mask.shape
+    b, k = batch.slot[:, 0].to(device), batch.slot[:, 1].to(device)
+    sum_bk = torch.zeros(shape, device=device).index_put((b, k), sums)
+    n_bk = torch.zeros(shape, dtype=torch.long, device=device).index_put((b, k), counts)
+    return length_normalised(sum_bk, n_bk), sum_bk, n_bk
+
+
+def ranking_loss(name: str, logps, rewards, mask):
+    return {"rrhf": rrhf_loss, "pro": pro_loss}[name](logps, rewards, mask)
+
+
+def step_loss(model, batch: Batch, cfg) -> tuple[torch.Tensor, dict]:
+    device = next(model.parameters()).device
+    rewards, mask = batch.rewards.to(device), batch.mask.to(device)
+    logps, sums, counts = batch_logps(model, batch, cfg.logprob_chunk)
+    rank = ranking_loss(cfg.loss, logps, rewards, mask)
+    sft = sft_loss(sums, counts, best_candidate_index(rewards, mask))
+    loss = rank + cfg.sft_weight * sft
+    stats = {"rank_loss": rank.item(), "sft_loss": sft.item()}
+    detached = logps.detach().cpu()
+    for origin in ORIGINS:
+        sel = [(b, k) for b, row in enumerate(batch.origins) for k, o in enumerate(row) if o == origin]
+        stats[f"logp_{origin}"] = float(sum(detached[b, k] for b, k in sel) / len(sel)) if sel else math.nan
+        stats[f"reward_{origin}"] = float(sum(batch.rewards[b, k] for b, k in sel) / len(sel)) if sel else math.nan
+    return loss, stats
+
+
+# ---------------------------------------------------------------- optimisation state
+
+
+def make_scheduler(optimizer, schedule: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def fingerprint(params, scored_path: Path) -> str:
+    """What a checkpoint was trained from; resuming under anything else would mix two runs."""
+    keys = {k: getattr(params, k).model_dump(mode="json") for k in ("policy", "expand", "train", "data")}
+    keys["seed"] = params.seed
+    h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
+    if scored_path.exists():
+        h.update(scored_path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(state_dir: Path, model, optimizer, scheduler, info: dict) -> None:
+    with atomic_path(state_dir, is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {"torch": torch.get_rng_state().tolist(), "python": _jsonable(random.getstate())}
+        (tmp / "state.json").write_text(json.dumps(info | {"rng": rng}))
+
+
+def _jsonable(obj):
+    return [_jsonable(x) for x in obj] if isinstance(obj, (tuple, list)) else obj
+
+
+def _tuplify(obj):
+    return tuple(_tuplify(x) for x in obj) if isinstance(obj, list) else obj
+
+
+def load_checkpoint(state_dir: Path, model, optimizer, scheduler) -> dict:
+    info = json.loads((state_dir / "state.json").read_text())
+    weights = load_file(str(state_dir / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
+    torch.set_rng_state(torch.tensor(info["rng"]["torch"], dtype=torch.uint8))
+    random.setstate(_tuplify(info["rng"]["python"]))
+    return info
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def round_order(n: int, seed: int, round_: int, epochs: int) -> list[int]:
+    order: list[int] = []
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + round_ * 101 + epoch)
+        order += torch.randperm(n, generator=gen).tolist()
+    return order
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+class Trainer:
+    """Holds the policy, the optimisation state and the round data of one training run."""
+
+    def __init__(self, params, model, tokenizer, *, out_dir: Path, scorer=None, progress: bool = True):
+        self.params, self.cfg = params, params.train
+        self.model, self.tokenizer = model, tokenizer
+        self.out_dir, self.state_dir = Path(out_dir), Path(out_dir) / "state"
+        self.scorer = scorer  # callable(rows) -> rows with reward and rank, for rounds >= 2
+        self.progress = progress
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise TrainingError("the policy has no trainable parameter (LoRA disabled and weights frozen?)")
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.log: list[dict] = []
+
+    def steps_per_round(self, n_groups: int) -> int:
+        batches = math.ceil(n_groups / self.cfg.batch_size) * self.cfg.epochs_per_round
+        return math.ceil(batches / self.cfg.grad_accum)
+
+    def round_rows(self, round_: int, first_rows: list[dict], groups_source, demo_pool, policy_id: str) -> list[dict]:
+        """Round 1: the scored expansion; later rounds: fresh samples from the current policy, scored."""
+        if round_ == 1:
+            return first_rows
+        path = self.out_dir / "rounds" / f"round_{round_}.parquet"
+        if path.exists():  # written before this round's first step: resuming mid-round
+            return read_candidates(path)
+        rows, _ = build_candidates(
+            self.model, self.tokenizer, groups_source, demo_pool, self.params.expand, seed=self.params.seed,
+            policy_id=policy_id, round_=round_, progress=self.progress,
+            include_dataset=self.cfg.include_dataset_responses,
+        )
+        rows = self.scorer(rows)
+        write_candidates(path, rows)
+        return rows
+
+    def run(self, first_rows: list[dict], groups_source, demo_pool, *, fingerprint_: str, resume: bool = False,
+            stop_after_steps: int | None = None) -> dict:
+        cfg = self.cfg
+        n_prompts = max(1, len(groups_source))
+        total = self.steps_per_round(n_prompts) * cfg.rounds
+        self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
+        start_round, position, step = 1, 0, 0
+        if resume and (self.state_dir / "state.json").exists():
+            info = json.loads((self.state_dir / "state.json").read_text())
+            if info.get("fingerprint") == fingerprint_:
+                info = load_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler)
+                start_round, position, step = info["round"], info["position"], info["step"]
+                self.log = info["log"]
+                if info.get("round_done"):
+                    start_round, position = start_round + 1, 0
+            else:
+                print(f"neat train: checkpoint in {self.state_dir} is from other inputs/params; starting fresh")
+        self.model.train()
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not self.progress)
+        for round_ in range(start_round, cfg.rounds + 1):
+            rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
+            groups = groups_from_scored(rows)
+            if not groups:
+                raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
+            order = round_order(len(groups), self.params.seed, round_, cfg.epochs_per_round)
+            batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            while position < len(batches):
+                step_batches = batches[position : position + cfg.grad_accum]
+                record = self._optimizer_step([[groups[i] for i in b] for b in step_batches], round_, step)
+                position += len(step_batches)
+                step += 1
+                self.log.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", round=round_)
+                info = {"round": round_, "position": position, "step": step, "fingerprint": fingerprint_,
+                        "log": self.log, "round_done": position >= len(batches)}
+                if info["round_done"] or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    save_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler, info)
+                    write_log(self.out_dir / "log.csv", self.log)
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    bar.close()
+                    return {"stopped_at_step": step}
+            position = 0
+        bar.close()
+        write_log(self.out_dir / "log.csv", self.log)
+        return {"steps": step, "rounds": cfg.rounds}
+
+    def _optimizer_step(self, micro_batches: list[list[Group]], round_: int, step: int) -> dict:
+        cfg = self.cfg
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        tokens = 0
+        for groups in micro_batches:
+            batch = collate(self.tokenizer, groups, cfg.max_prompt_tokens, cfg.max_response_tokens, self.pad_id)
+            tokens += int(batch.attention_mask.sum())
+            loss, stats = step_loss(self.model, batch, cfg)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at round {round_}, step {step + 1}; stopped. The last good "
+                    f"checkpoint is kept in {self.state_dir} (lower train.lr or check the scored data)"
+                )
+            (loss / len(micro_batches)).backward()
+            stats["loss"] = loss.item()
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise TrainingError(f"non-finite gradient norm at round {round_}, step {step + 1}; stopped. "
+                                f"The last good checkpoint is kept in {self.state_dir}")
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"round": round_, "step": step + 1, "lr": lr, "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)} | totals
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def load_trainable_policy(params):
+    from neat.models import apply_lora, load_policy
+
+    model, tokenizer = load_policy(params.policy.model, cache_dir=params.paths.cache, device=params.policy.device,
+                                   dtype=params.policy.dtype, trust_remote_code=params.policy.trust_remote_code,
+                                   seed=params.seed)
+    lora = params.policy.lora
+    if lora.enabled:
+        model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+    if params.train.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+def reward_scorer(params):
+    """Scores and ranks candidate rows with the training reward model (for rounds >= 2)."""
+    from neat.models import load_reward_model
+    from neat.reward import reward_model_ref, score_candidates
+
+    rm, rm_tok = load_reward_model(reward_model_ref(params), cache_dir=params.paths.cache,
+                                   device=params.reward.device, trust_remote_code=params.reward.trust_remote_code,
+                                   seed=params.reward.seed)
+    return lambda rows: score_candidates(rows, rm, rm_tok, batch_size=params.reward.batch_size,
+                                         max_length=params.reward.max_length)
+
+
+def train(params, resume: bool = False, stop_after_steps: int | None = None) -> dict:
+    """Stage: online rounds of ranking-loss training → `<out>/policy` (merged HF checkpoint)."""
+    from neat.models import save_model
+
+    torch.manual_seed(params.seed)
+    random.seed(params.seed)
+    scored_path = params.out("score", "candidates.parquet")
+    first_rows = read_candidates(scored_path)
+    pairs = read_pairs(params.out("data", "train.jsonl"))
+    groups_source = select_prompts(pairs, params.data.max_train_prompts)
+    model, tokenizer = load_trainable_policy(params)
+    scorer = reward_scorer(params) if params.train.rounds > 1 else None
+    out_dir = params.out("train")
+    (out_dir / "rounds").mkdir(parents=True, exist_ok=True)  # a DVC output even with a single round
+    started = time.perf_counter()
+    trainer = Trainer(params, model, tokenizer, out_dir=out_dir, scorer=scorer)
+    summary = trainer.run(first_rows, groups_source, pairs, fingerprint_=fingerprint(params, scored_path),
+                          resume=resume, stop_after_steps=stop_after_steps)
+    if "stopped_at_step" in summary:
+        return summary
+    save_model(model, tokenizer, params.out("policy"))
+    last = trainer.log[-1] if trainer.log else {}
+    summary |= {"seconds": round(time.perf_counter() - started, 1), "final_loss": last.get("loss")}
+    write_json_atomic(params.out("metrics", "train.json"), summary)
+    return summary

@@ -1,0 +1,127 @@
+"""Training on the tiny model: the loss moves log-probs the right way, and resume is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neat.config import validate_params
+from neat.data import read_pairs, read_preferences, write_pairs
+from neat.expand import select_prompts
+from neat.train import Trainer, collate, groups_from_scored, load_trainable_policy, step_loss
+from tests.conftest import ROOT
+
+
+def make_params(tmp_path, **train):
+    return validate_params({
+        "seed": 0,
+        "paths": {"out": str(tmp_path / "out")},
+        "policy": {"model": "builtin:tiny-random", "device": "cpu", "lora": {"enabled": False}},
+        "data": {"max_train_prompts": 6},
+        "expand": {"k_pos": 1, "k_neg": 1, "max_new_tokens": 6, "n_demos": 1},
+        "train": {"rounds": 1, "batch_size": 2, "lr": 1e-3, "max_response_tokens": 24, "max_prompt_tokens": 96,
+                  **train},
+    })
+
+
+def synthetic_rows(n_prompts=6):
+    """Scored rows: chosen is best, a 'negative' sample worst, rejected in between."""
+    pairs = read_preferences(ROOT / "data/demo/hh_demo.jsonl").pairs[:n_prompts]
+    rows = []
+    for p in pairs:
+        for origin, text, reward in [("chosen", p.chosen, 1.0), ("rejected", p.rejected, 0.0),
+                                     ("negative", "Whatever, do what you want, idiot.", -1.0)]:
+            rows.append({"prompt_id": p.prompt_id, "prompt": p.prompt, "origin": origin, "response": text,
+                         "reward": reward, "rank": {1.0: 0, 0.0: 1, -1.0: 2}[reward]})
+    return pairs, rows
+
+
+def fake_scorer(rows):
+    """Deterministic stand-in for a reward model: longer responses score higher."""
+    out = []
+    for row in rows:
+        out.append(dict(row, reward=float(len(row["response"]) % 17), rank=0 if not row.get("degenerate") else None))
+    return out
+
+
+def mean_gap(model, tokenizer, rows, cfg):
+    groups = groups_from_scored(rows)
+    batch = collate(tokenizer, groups, cfg.max_prompt_tokens, cfg.max_response_tokens, tokenizer.pad_token_id)
+    with torch.no_grad():
+        _, stats = step_loss(model, batch, cfg)
+    return stats["logp_chosen"] - stats["logp_negative"]
+
+
+def test_training_prefers_top_ranked_over_negative_samples(tmp_path):
+    params = make_params(tmp_path, lr=3e-3, sft_weight=0.1, epochs_per_round=4)
+    pairs, rows = synthetic_rows()
+    model, tokenizer = load_trainable_policy(params)
+    before = mean_gap(model, tokenizer, rows, params.train)
+    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
+    summary = trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_="x")
+    after = mean_gap(model, tokenizer, rows, params.train)
+    assert summary["steps"] == 12
+    assert after > before + 0.5, (before, after)
+    log = (params.out("train") / "log.csv").read_text().splitlines()
+    assert log[0].startswith("round,step,loss,rank_loss,sft_loss,lr") and len(log) == 13
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_gives_identical_weights(tmp_path, lora):
+    pairs, rows = synthetic_rows()
+    overrides = {"rounds": 2, "checkpoint_every": 1}
+
+    def run(out, stop=None, resume=False):
+        params = make_params(out, **overrides)
+        params.policy.lora.enabled = lora
+        model, tokenizer = load_trainable_policy(params)
+        trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), scorer=fake_scorer, progress=False)
+        summary = trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_="fp", resume=resume,
+                              stop_after_steps=stop)
+        return summary, model
+
+    straight, reference = run(tmp_path / "a")
+    assert straight["steps"] == 6  # 3 steps per round, 2 rounds (round 2 samples from the policy)
+    stopped, _ = run(tmp_path / "b", stop=2)
+    assert stopped == {"stopped_at_step": 2}
+    stopped, _ = run(tmp_path / "b", stop=4, resume=True)  # crosses into round 2
+    assert stopped == {"stopped_at_step": 4}
+    resumed, model = run(tmp_path / "b", resume=True)
+    assert resumed["steps"] == 6
+    ref, got = _weights(reference), _weights(model)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert torch.equal(ref[name], got[name]), name
+
+
+def test_resume_ignores_checkpoint_of_other_inputs(tmp_path, capsys):
+    pairs, rows = synthetic_rows()
+    params = make_params(tmp_path, checkpoint_every=1)
+    model, tokenizer = load_trainable_policy(params)
+    Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
+        rows, select_prompts(pairs, 6), pairs, fingerprint_="old", stop_after_steps=1)
+    model, tokenizer = load_trainable_policy(params)
+    summary = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
+        rows, select_prompts(pairs, 6), pairs, fingerprint_="new", resume=True)
+    assert summary["steps"] == 3
+    assert "starting fresh" in capsys.readouterr().out
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    from neat.train import TrainingError
+
+    pairs, rows = synthetic_rows()
+    params = make_params(tmp_path, checkpoint_every=1, lr=1e-3)
+    model, tokenizer = load_trainable_policy(params)
+    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
+    trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_="fp", stop_after_steps=1)
+    saved = (params.out("train") / "state" / "trainable.safetensors").read_bytes()
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+    with pytest.raises(TrainingError, match="non-finite loss .* last good checkpoint is kept"):
+        trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_="fp", resume=False)
+    assert (params.out("train") / "state" / "trainable.safetensors").read_bytes() == saved
