@@ -1,0 +1,214 @@
+"""Bootstrap confidence intervals for evaluation metrics, and paired comparisons of two methods.
+
+Every interval here is a percentile bootstrap: resample the per-item values (per prompt, per pair)
+with replacement ``n_resamples`` times, compute the statistic on each resample, and take the
+``alpha/2`` and ``1 - alpha/2`` quantiles. Everything is deterministic given ``seed``
+(``numpy.random.default_rng``), so a report regenerates bit-for-bit.
+
+Comparing two methods on the same prompts uses a *paired* bootstrap: prompt indices are resampled
+once and applied to both methods, so the prompt-to-prompt variation they share cancels. A
+difference is called significant iff the ``1 - alpha`` interval of the difference excludes 0
+(`compare_methods`). Overlap of the two separate intervals (`interval_overlaps`) is a cruder,
+conservative check, kept for tables that only have per-method intervals.
+
+Values must be finite; a NaN or infinite value raises ``ValueError`` (a bug upstream, not a score).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "bootstrap_ci",
+    "paired_bootstrap_ci",
+    "interval_overlaps",
+    "compare_methods",
+    "rate_with_ci",
+    "win_values",
+]
+
+Statistic = Callable[..., float]
+PairedStatistic = Union[str, Callable[[np.ndarray, np.ndarray], float]]
+
+# Resamples are drawn in chunks so that memory stays ~ _CHUNK_ELEMENTS floats whatever n is. The
+# chunk size depends only on n, so results depend only on (values, n_resamples, seed).
+_CHUNK_ELEMENTS = 2_000_000
+
+
+def _as_values(values, what: str = "values") -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{what}: no values to bootstrap")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{what}: value {i} is {arr[i]}; {int(bad.sum())} value(s) are NaN or infinite")
+    return arr
+
+
+def _check_params(n_resamples: int, alpha: float) -> None:
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def _index_chunks(rng: np.random.Generator, n: int, n_resamples: int):
+    per_chunk = max(1, _CHUNK_ELEMENTS // n)
+    done = 0
+    while done < n_resamples:
+        size = min(per_chunk, n_resamples - done)
+        yield rng.integers(0, n, size=(size, n))
+        done += size
+
+
+def _apply(statistic: Statistic, samples: np.ndarray) -> np.ndarray:
+    """statistic over the last axis of [R, n] samples: vectorised if it takes `axis`, else a loop."""
+    try:
+        out = np.asarray(statistic(samples, axis=-1), dtype=np.float64)
+        if out.shape == (samples.shape[0],):
+            return out
+    except TypeError:
+        pass
+    return np.array([float(statistic(row)) for row in samples], dtype=np.float64)
+
+
+def _interval(stats: np.ndarray, alpha: float) -> tuple[float, float]:
+    low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    statistic: Statistic = np.mean,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile-bootstrap ``(point, low, high)`` of ``statistic`` over ``values``.
+
+    ``point`` is ``statistic(values)``; ``[low, high]`` is the ``1 - alpha`` percentile interval.
+    ``statistic`` may accept ``axis=`` (numpy reductions do) for a vectorised bootstrap; any other
+    callable ``f(1-d array) -> float`` works too, one resample at a time.
+    """
+    _check_params(n_resamples, alpha)
+    arr = _as_values(values)
+    point = float(statistic(arr))
+    rng = np.random.default_rng(seed)
+    stats = np.concatenate([_apply(statistic, arr[idx]) for idx in _index_chunks(rng, arr.size, int(n_resamples))])
+    low, high = _interval(stats, alpha)
+    return point, low, high
+
+
+def win_values(a: Sequence[float], b: Sequence[float], tie_tolerance: float = 0.0) -> np.ndarray:
+    """Per-item outcome of ``a`` against ``b``: 1 win, 0.5 tie (``|a - b| <= tie_tolerance``), 0 loss."""
+    x, y = _as_values(a, "a"), _as_values(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired values must have the same length, got {x.size} and {y.size}")
+    diff = x - y
+    tie = np.abs(diff) <= tie_tolerance
+    return np.where(tie, 0.5, (diff > 0).astype(np.float64))
+
+
+def _paired_statistic(statistic: PairedStatistic) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A function of [R, n] resamples of a and b returning [R] statistics."""
+    if statistic == "mean_diff":
+        return lambda a, b: (a - b).mean(axis=-1)
+    if statistic == "win_rate":
+        return lambda a, b: np.where(a == b, 0.5, (a > b).astype(np.float64)).mean(axis=-1)
+    if callable(statistic):
+        return lambda a, b: np.array([float(statistic(x, y)) for x, y in zip(a, b)], dtype=np.float64)
+    raise ValueError(f"unknown paired statistic {statistic!r}; use 'mean_diff', 'win_rate' or a callable")
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    statistic: PairedStatistic = "mean_diff",
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Paired percentile bootstrap ``(point, low, high)`` over items scored by two methods.
+
+    ``a[i]`` and ``b[i]`` belong to the same item (prompt). One resample of item indices is applied
+    to both. ``statistic``: ``"mean_diff"`` (mean of ``a - b``), ``"win_rate"`` (share of items where
+    ``a > b``, ties counting one half) or a callable ``f(a_1d, b_1d) -> float``.
+    """
+    _check_params(n_resamples, alpha)
+    x, y = _as_values(a, "a"), _as_values(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired values must have the same length, got {x.size} and {y.size}")
+    stat = _paired_statistic(statistic)
+    point = float(stat(x[None, :], y[None, :])[0])
+    rng = np.random.default_rng(seed)
+    stats = np.concatenate([stat(x[idx], y[idx]) for idx in _index_chunks(rng, x.size, int(n_resamples))])
+    low, high = _interval(stats, alpha)
+    return point, low, high
+
+
+def interval_overlaps(a_ci: Sequence[float], b_ci: Sequence[float]) -> bool:
+    """Whether two intervals overlap. Accepts ``(low, high)`` or ``(point, low, high)`` tuples."""
+    a_low, a_high = tuple(a_ci)[-2:]
+    b_low, b_high = tuple(b_ci)[-2:]
+    return bool(a_low <= b_high and b_low <= a_high)
+
+
+def compare_methods(
+    a: Sequence[float],
+    b: Sequence[float],
+    paired: bool = True,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict:
+    """Difference of means ``mean(a) - mean(b)`` with its bootstrap interval, for a comparison table.
+
+    ``paired=True`` (per-prompt values of both methods on the same prompts, same order): paired
+    bootstrap of the difference. ``paired=False`` (different prompts or counts): the two samples are
+    resampled independently. ``significant`` is True iff the ``1 - alpha`` interval of the difference
+    excludes 0. ``a_ci``/``b_ci`` are each method's own interval and ``intervals_overlap`` says whether
+    they overlap (overlap does *not* imply "not significant" for paired data).
+    """
+    _check_params(n_resamples, alpha)
+    x, y = _as_values(a, "a"), _as_values(b, "b")
+    a_ci = bootstrap_ci(x, n_resamples=n_resamples, alpha=alpha, seed=seed)
+    b_ci = bootstrap_ci(y, n_resamples=n_resamples, alpha=alpha, seed=seed + 1)
+    if paired:
+        diff, low, high = paired_bootstrap_ci(x, y, "mean_diff", n_resamples=n_resamples, alpha=alpha, seed=seed)
+    else:
+        rng = np.random.default_rng(seed)
+        da = np.concatenate([x[idx].mean(axis=-1) for idx in _index_chunks(rng, x.size, int(n_resamples))])
+        db = np.concatenate([y[idx].mean(axis=-1) for idx in _index_chunks(rng, y.size, int(n_resamples))])
+        diff = float(x.mean() - y.mean())
+        low, high = _interval(da - db, alpha)
+    return {
+        "a": a_ci[0],
+        "b": b_ci[0],
+        "a_ci": [a_ci[1], a_ci[2]],
+        "b_ci": [b_ci[1], b_ci[2]],
+        "diff": diff,
+        "ci_low": low,
+        "ci_high": high,
+        "significant": bool(low > 0 or high < 0),
+        "intervals_overlap": interval_overlaps(a_ci, b_ci),
+        "paired": bool(paired),
+        "n_a": int(x.size),
+        "n_b": int(y.size),
+    }
+
+
+def rate_with_ci(flags: Sequence, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Share of true flags with its bootstrap interval: ``{"rate", "ci_low", "ci_high", "n"}``.
+
+    An empty sequence gives ``rate``/``ci_low``/``ci_high`` = None and ``n`` = 0 (nothing to measure).
+    """
+    arr = np.asarray(list(flags), dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        return {"rate": None, "ci_low": None, "ci_high": None, "n": 0}
+    point, low, high = bootstrap_ci(arr, n_resamples=n_resamples, alpha=alpha, seed=seed)
+    return {"rate": point, "ci_low": low, "ci_high": high, "n": int(arr.size)}
