@@ -1,0 +1,89 @@
+"""End to end on the tiny model: prepare → train-rm → expand → score → train (2 rounds), via the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from neat.cli import main
+from tests.conftest import ROOT
+
+
+def tiny_overrides(out):
+    return [
+        f"paths.out={out}",
+        "policy.model=builtin:tiny-random",
+        "policy.device=cpu",
+        "data.max_train_prompts=6",
+        "reward.max_pairs=24",
+        "reward.epochs=1",
+        "reward.max_length=96",
+        "reward.device=cpu",
+        "expand.k_pos=2",
+        "expand.k_neg=2",
+        "expand.max_new_tokens=8",
+        "train.rounds=2",
+        "train.batch_size=3",
+        "train.max_response_tokens=32",
+        "train.max_prompt_tokens=128",
+    ]
+
+
+def run_cli(*args):
+    assert main(list(args) + ["--params", str(ROOT / "params.yaml")]) == 0
+
+
+@pytest.fixture(scope="module")
+def pipeline_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "out"
+    sets = [x for o in tiny_overrides(out) for x in ("-S", o)]
+    for stage in ("prepare", "train-rm", "expand", "score", "train"):
+        run_cli(stage, *sets)
+    return out
+
+
+def test_expansion_records_origin_and_provenance(pipeline_out):
+    rows = pq.read_table(pipeline_out / "expand/candidates.parquet").to_pylist()
+    prompts = {r["prompt_id"] for r in rows}
+    assert len(prompts) == 6
+    by_origin = {o: [r for r in rows if r["origin"] == o] for o in ("chosen", "rejected", "positive", "negative")}
+    assert all(len(by_origin[o]) == 12 for o in ("positive", "negative"))
+    assert len(by_origin["chosen"]) == 6
+    neg = by_origin["negative"][0]
+    assert neg["steering_prompt"].startswith("You are a harmful") and neg["seed"] == 0 and neg["policy_id"]
+    assert json.loads(neg["generation"])["max_new_tokens"] == 8
+    assert all(isinstance(r["flags"], list) for r in rows)
+
+
+def test_scores_and_ranks_written_next_to_candidates(pipeline_out):
+    rows = pq.read_table(pipeline_out / "score/candidates.parquet").to_pylist()
+    ranked = [r for r in rows if r["rank"] is not None]
+    assert ranked and all(isinstance(r["reward"], float) for r in ranked)
+    for pid in {r["prompt_id"] for r in ranked}:
+        group = sorted((r for r in ranked if r["prompt_id"] == pid), key=lambda r: r["rank"])
+        assert group[0]["rank"] == 0
+        assert all(a["reward"] >= b["reward"] for a, b in zip(group, group[1:]))
+    stats = json.loads((pipeline_out / "score/stats.json").read_text())
+    assert "positive_over_negative" in json.dumps(stats)
+
+
+def test_training_ran_two_online_rounds(pipeline_out):
+    log = (pipeline_out / "train/log.csv").read_text().splitlines()
+    rounds = {line.split(",")[0] for line in log[1:]}
+    assert rounds == {"1", "2"}
+    round2 = pq.read_table(pipeline_out / "train/rounds/round_2.parquet").to_pylist()
+    assert {r["round"] for r in round2} == {2} and {r["origin"] for r in round2} >= {"positive", "negative"}
+    assert all(r["policy_id"] == "round1" for r in round2 if r["origin"] in ("positive", "negative"))
+    assert (pipeline_out / "policy/config.json").exists()
+    assert list((pipeline_out / "policy").glob("*.safetensors"))
+    metrics = json.loads((pipeline_out / "metrics/train.json").read_text())
+    assert metrics["steps"] == 4 and metrics["final_loss"] is not None
+
+
+def test_rerun_with_resume_is_a_no_op_on_finished_state(pipeline_out):
+    sets = [x for o in tiny_overrides(pipeline_out) for x in ("-S", o)]
+    before = (pipeline_out / "train/log.csv").read_text()
+    run_cli("train", "--resume", *sets)
+    assert (pipeline_out / "train/log.csv").read_text() == before
