@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       help="continue from the last checkpoint of the same inputs and params")
         _add_common(stage_parser)
 
+    rollback = sub.add_parser("rollback", help="move the registry's production pointer back one version")
+    _add_common(rollback)
+    status = sub.add_parser("registry", help="show the registry's production version and its history")
+    _add_common(status)
+
     show = sub.add_parser("params", help="print the validated parameters (with overrides applied)")
     _add_common(show)
     return parser
@@ -76,6 +81,13 @@ def dispatch(args) -> int:
         import yaml
 
         print(yaml.safe_dump(params_to_dict(params), sort_keys=False), end="")
+        return 0
+    if args.command in ("rollback", "registry"):
+        from neat import registry
+
+        store = registry.open_store(params.registry)
+        pointer = registry.rollback(store) if args.command == "rollback" else registry.production(store)
+        print(json.dumps(pointer, indent=2))
         return 0
     if args.command in STAGES:
         options = {"resume": True} if getattr(args, "resume", False) else {}

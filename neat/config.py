@@ -132,8 +132,21 @@ class EvaluateParams(Section):
 
 
 class GateParams(Section):
-    metric: str = "eval_reward_mean"
-    margin: float = Field(0.0, ge=0, description="promote only if new >= current - margin")
+    metric: str = Field("eval_reward_mean", description="key of metrics/evaluate.json compared against production")
+    higher_is_better: bool = True
+    margin: float = Field(0.0, ge=0, description="promote only if new >= current - margin (higher is better)")
+
+
+class RegistryParams(Section):
+    uri: Optional[str] = Field(None, description="s3://bucket/prefix or a local folder; null disables promotion")
+    endpoint_url: Optional[str] = Field(None, description="S3-compatible server (MinIO, moto); null = AWS")
+    region: str = "us-east-1"
+
+
+class RetrainParams(Section):
+    incoming: Optional[str] = Field(None, description="s3://bucket/prefix or folder where new preference files arrive")
+    dvc_pull: bool = True
+    dvc_push: bool = True
 
 
 class Params(Section):
@@ -146,6 +159,8 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
+    registry: RegistryParams = RegistryParams()
+    retrain: RetrainParams = RetrainParams()
 
     def out(self, *parts: str) -> Path:
         """A path under `paths.out`."""

@@ -1,0 +1,199 @@
+"""Prefect flows: the NEAT pipeline and scheduled retraining.
+
+Each task runs one stage entry point, in dvc.yaml's order: through DVC by default
+(`dvc repro --single-item <stage>`, so unchanged stages are reused from the DVC cache and dvc.lock
+records what ran), or in-process with `use_dvc=False`. The flows hold no pipeline logic of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
+
+from neat.config import load_params
+from neat.io import write_text_atomic
+from neat.pipeline import PipelineStage, project_lock, revision, run, set_params_in_file, stage_order
+
+CONCURRENCY_LIMIT = "neat-pipeline"  # `prefect gcl create neat-pipeline --limit 1`
+USER_ERROR_EXIT = 2  # `neat` exits 2 on a NeatError: bad input, retrying cannot help
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, code: int, tail: str, transient: bool):
+        super().__init__(f"stage '{stage}' failed (exit {code}): {tail}")
+        self.transient = transient
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except StageFailed as exc:
+        return exc.transient
+    except Exception:
+        return True
+    return False
+
+
+def _bin(name: str) -> str:
+    """A tool from the interpreter's environment (a worker may not have the venv on PATH)."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_transient, task_run_name="{stage.dvc_name}")
+def run_stage(stage: PipelineStage, project_dir: str, use_dvc: bool = True) -> dict:
+    logger = get_run_logger()
+    if use_dvc:
+        proc = run([_bin("dvc"), "repro", "--single-item", stage.dvc_name], project_dir, env=_env())
+        for line in (proc.stdout + proc.stderr).splitlines():
+            logger.info(line)
+        if proc.returncode != 0:
+            text = proc.stdout + proc.stderr
+            user_error = f"exited with {USER_ERROR_EXIT}" in text or "neat: error:" in text
+            tail = next((ln for ln in reversed(text.splitlines()) if "error" in ln.lower()), text[-300:])
+            raise StageFailed(stage.dvc_name, proc.returncode, tail.strip(), transient=not user_error)
+        skipped = "didn't change, skipping" in proc.stdout + proc.stderr
+        return {"stage": stage.dvc_name, "reused_from_cache": skipped}
+    from neat.stages import run_stage as run_in_process
+
+    cwd = os.getcwd()
+    os.chdir(project_dir)  # params.yaml paths are relative to the project
+    try:
+        summary = run_in_process(stage.neat_name, load_params("params.yaml"))
+    finally:
+        os.chdir(cwd)
+    logger.info(json.dumps(summary, default=str)[:2000])
+    return {"stage": stage.dvc_name, "reused_from_cache": False}
+
+
+def _publish_artifacts(project: Path, params) -> dict:
+    metrics = {}
+    for path in sorted((project / params.paths.out / "metrics").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        for key, value in data.items():
+            if isinstance(value, (int, float, str, bool)) or value is None:
+                metrics[f"{path.stem}.{key}"] = value
+    if metrics:
+        create_table_artifact(key="neat-metrics", table=[{"metric": k, "value": v} for k, v in metrics.items()],
+                              description="NEAT run metrics")
+    report = project / params.paths.out / "report" / "report.md"
+    if report.exists():
+        create_markdown_artifact(key="neat-report", markdown=report.read_text(), description="NEAT run report")
+    return metrics
+
+
+def _save_experiment(project: Path, name: Optional[str], logger) -> Optional[str]:
+    from prefect.runtime import flow_run
+
+    name = name or f"prefect-{flow_run.name or os.getpid()}"
+    proc = run([_bin("dvc"), "exp", "save", "-f", "-n", name], project, env=_env())
+    if proc.returncode != 0:
+        logger.warning(f"dvc exp save failed: {proc.stderr.strip()[-300:]}")
+        return None
+    return name
+
+
+@flow(name="neat-pipeline", log_prints=True)
+def neat_pipeline(project_dir: str = ".", overrides: Optional[dict[str, Any]] = None,
+                  stages: Optional[list[str]] = None, use_dvc: bool = True,
+                  experiment_name: Optional[str] = None) -> dict:
+    """Run the stages of dvc.yaml in order. `overrides` ({"train.lr": 1e-5}) are written into params.yaml
+    for this run (validated first) and the result is saved as a DVC experiment."""
+    logger = get_run_logger()
+    project = Path(project_dir).resolve()
+    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False), project_lock(project):
+        params_file = project / "params.yaml"
+        original = params_file.read_text(encoding="utf-8")
+        try:
+            if overrides:
+                set_params_in_file(params_file, overrides)
+                logger.info(f"params.yaml overrides for this run: {overrides}")
+            params = load_params(params_file)
+            order = stage_order(project)
+            if stages:
+                unknown = set(stages) - {s.dvc_name for s in order}
+                if unknown:
+                    raise ValueError(f"unknown stage(s) {sorted(unknown)}; dvc.yaml has {[s.dvc_name for s in order]}")
+                order = [s for s in order if s.dvc_name in stages]
+            results = [run_stage(stage, str(project), use_dvc) for stage in order]
+            info = revision(project)
+            if use_dvc and (overrides or experiment_name):
+                info["dvc_experiment"] = _save_experiment(project, experiment_name, logger)
+            metrics = _publish_artifacts(project, params)
+        finally:
+            if overrides:  # the overrides were for this run only; the experiment keeps them
+                write_text_atomic(params_file, original)
+    logger.info(f"revision: {info}")
+    return {"stages": results, "revision": info, "metrics": metrics}
+
+
+def promote_if_better(project: Path, params) -> dict:
+    """Publish and promote `<out>/policy` if the gate passes against the production model."""
+    from neat import registry
+    from neat.models import checkpoint_id
+
+    if not params.registry.uri:
+        return {"promote": False, "reason": "registry.uri not set"}
+    out = project / params.paths.out
+    candidate = json.loads((out / "metrics" / "evaluate.json").read_text())
+    store = registry.open_store(params.registry)
+    pointer = registry.production(store)
+    ckpt = checkpoint_id(out / "policy")
+    if pointer and (store.get_json(f"versions/{pointer['version']}/info.json") or {}).get("checkpoint") == ckpt:
+        return {"promote": False, "reason": f"checkpoint {ckpt} is already production ({pointer['version']})"}
+    verdict = registry.gate(candidate, registry.production_metrics(store), params.gate.metric,
+                            params.gate.margin, params.gate.higher_is_better)
+    decision = {"promote": verdict.promote, "reason": verdict.reason}
+    if verdict.promote:
+        version = registry.publish(store, out / "policy", candidate, out / "report",
+                                   extra={"checkpoint": ckpt, **revision(project)})
+        registry.promote(store, version)
+        decision["version"] = version
+    return decision
+
+
+@flow(name="neat-retrain", log_prints=True)
+def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = None, use_dvc: bool = True) -> dict:
+    """Scheduled retraining: pull the newest data, reproduce, evaluate, promote only if the gate passes."""
+    from neat.retrain import fetch_incoming
+
+    logger = get_run_logger()
+    project = Path(project_dir).resolve()
+    params = load_params(project / "params.yaml")
+    if use_dvc and params.retrain.dvc_pull:
+        proc = run([_bin("dvc"), "pull", "--allow-missing"], project, env=_env())
+        logger.info(f"dvc pull: exit {proc.returncode} {proc.stderr.strip()[-300:]}")
+    newest = fetch_incoming(params, project)
+    if newest:  # new data becomes the pipeline's input from now on, not for this run only
+        with project_lock(project):
+            set_params_in_file(project / "params.yaml", {"paths.data": newest})
+        logger.info(f"new preference data: {newest}")
+    summary = neat_pipeline(str(project), overrides, None, use_dvc)
+    params = load_params(project / "params.yaml")
+    decision = promote_if_better(project, params)
+    logger.info(f"gate: {decision}")
+    if use_dvc and params.retrain.dvc_push:
+        proc = run([_bin("dvc"), "push"], project, env=_env())
+        logger.info(f"dvc push: exit {proc.returncode} {proc.stderr.strip()[-300:]}")
+    return summary | {"gate": decision}
+
+
+if __name__ == "__main__":
+    neat_pipeline()

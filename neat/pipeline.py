@@ -1,0 +1,149 @@
+"""Helpers shared by the orchestrators: stage order from dvc.yaml, param overrides, run lock, revision.
+
+The stage graph is defined once, in dvc.yaml; each stage's cmd is `neat <stage>`. The Prefect flow
+reads the order from here, and runs each stage either through DVC (`dvc repro --single-item`, which
+skips stages whose inputs are unchanged and caches outputs) or in-process via `neat.stages`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from neat.config import load_params
+from neat.errors import ConfigError, NeatError
+from neat.io import write_text_atomic
+
+
+@dataclass(frozen=True)
+class PipelineStage:
+    dvc_name: str  # name in dvc.yaml
+    neat_name: str  # `neat <name>` entry point (neat.stages.STAGES)
+    cmd: str
+
+
+def stage_order(project: str | os.PathLike = ".") -> list[PipelineStage]:
+    """The stages of dvc.yaml in file order, which dvc.yaml keeps topological (tested)."""
+    path = Path(project) / "dvc.yaml"
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; run from the project root or pass project_dir")
+    stages = yaml.safe_load(path.read_text())["stages"]
+    out = []
+    for name, spec in stages.items():
+        words = spec["cmd"].split()
+        if words[:1] != ["neat"] or len(words) < 2:
+            raise ConfigError(f"{path}: stage '{name}' cmd must be `neat <stage>`, got '{spec['cmd']}'")
+        out.append(PipelineStage(name, words[1], spec["cmd"]))
+    return out
+
+
+# ---------------------------------------------------------------- overrides written into params.yaml
+
+
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
+
+
+def _split_comment(rest: str) -> tuple[str, str]:
+    """' 1e-4   # lr' → (' 1e-4', '   # lr'), ignoring '#' inside quotes."""
+    quote = None
+    for i, ch in enumerate(rest):
+        if ch in "'\"" and quote in (None, ch):
+            quote = None if quote else ch
+        elif ch == "#" and quote is None and (i == 0 or rest[i - 1].isspace()):
+            j = i
+            while j > 0 and rest[j - 1].isspace():
+                j -= 1
+            return rest[:j], rest[j:]
+    return rest, ""
+
+
+def set_params_in_file(path: str | os.PathLike, overrides: dict[str, Any]) -> None:
+    """Write `overrides` ({"train.lr": 1e-5}) into a params YAML file, keeping its comments and layout.
+
+    The result is validated by the params schema before it replaces the file (atomically), so a bad
+    override leaves the file as it was. Keys must exist in the file already (the schema lists all).
+    """
+    path = Path(path)
+    load_params(path, overrides)  # one-line ConfigError for an unknown key or a bad value
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for dotted, value in overrides.items():
+        parts, stack, done = dotted.split("."), [], False
+        for i, line in enumerate(lines):
+            m = _KEY_LINE.match(line.rstrip("\n"))
+            if not m or line.lstrip().startswith("#"):
+                continue
+            depth = len(m["indent"]) // 2
+            stack = stack[:depth] + [m["key"]]
+            if stack == parts:
+                body, comment = _split_comment(m["rest"])
+                if not body.strip() or body.strip() in (">-", "|", ">", "|-"):
+                    raise ConfigError(f"{path}: '{dotted}' is a section or a block value; edit the file to change it")
+                rendered = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+                rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
+                lines[i] = f"{m['indent']}{m['key']}: {rendered}{comment}\n"
+                done = True
+                break
+        if not done:
+            raise ConfigError(f"{path}: key '{dotted}' is not written in the file; add it before overriding")
+    new_text = "".join(lines)
+    load_params_from_text(new_text, path)
+    write_text_atomic(path, new_text)
+
+
+def load_params_from_text(text: str, source: Path) -> None:
+    from neat.config import validate_params
+
+    validate_params(yaml.safe_load(text) or {}, str(source))
+
+
+# ---------------------------------------------------------------- one run at a time per checkout
+
+
+@contextlib.contextmanager
+def project_lock(project: str | os.PathLike = ".", timeout: float = 6 * 3600) -> Iterator[None]:
+    """An exclusive lock on the checkout: two runs in one working tree would corrupt each other."""
+    path = Path(project) / ".neat-run.lock"
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NeatError(f"{path}: another pipeline run holds the lock for over {timeout:.0f} s") from None
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- what a run produced
+
+
+def run(cmd: list[str], cwd: str | os.PathLike, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def revision(project: str | os.PathLike = ".") -> dict:
+    """Git commit, whether the tree is dirty, and the hash of dvc.lock (what DVC produced)."""
+    project = Path(project)
+    info: dict[str, Any] = {}
+    head = run(["git", "rev-parse", "HEAD"], project)
+    info["git_commit"] = head.stdout.strip() if head.returncode == 0 else None
+    status = run(["git", "status", "--porcelain", "--untracked-files=no"], project)
+    info["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    lock = project / "dvc.lock"
+    info["dvc_lock_sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.exists() else None
+    return info

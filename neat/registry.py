@@ -1,0 +1,220 @@
+"""Model registry: versioned checkpoints, a `production` pointer, the promotion gate and rollback.
+
+Layout under `registry.uri` (an S3 prefix through boto3, or a local folder):
+
+    versions/<version>/policy/...        the checkpoint (safetensors HF directory)
+    versions/<version>/report/...        its report
+    versions/<version>/metrics.json      its benchmark metrics
+    production.json                      {"version": ..., "history": [older versions, newest last]}
+    pointer-log/<timestamp>.json         every pointer move, for audit
+
+Promotion and rollback only write: nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from neat.errors import NeatError
+
+POINTER = "production.json"
+
+
+class RegistryError(NeatError):
+    """The registry cannot be reached or is inconsistent."""
+
+
+class Store(Protocol):
+    def put_file(self, key: str, path: Path) -> None: ...
+    def put_json(self, key: str, obj: dict) -> None: ...
+    def get_json(self, key: str) -> dict | None: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+class LocalStore:
+    def __init__(self, root: str):
+        self.root = Path(root)
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+
+    def put_json(self, key: str, obj: dict) -> None:
+        from neat.io import write_json_atomic
+
+        write_json_atomic(self.root / key, obj)
+
+    def get_json(self, key: str) -> dict | None:
+        path = self.root / key
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.exists():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+
+class S3Store:
+    """boto3 store; credentials come from the environment / AWS config, never from params.yaml."""
+
+    def __init__(self, uri: str, endpoint_url: str | None, region: str):
+        import boto3
+        from botocore.config import Config
+
+        bucket_prefix = uri.removeprefix("s3://")
+        self.bucket, _, prefix = bucket_prefix.partition("/")
+        self.prefix = prefix.strip("/")
+        self.uri = uri
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
+                                   config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            if code in ("NoSuchKey", "404"):
+                return None
+            raise RegistryError(f"{self.uri}: {what} failed ({code}); check the bucket and the credentials "
+                                "in the environment (AWS_ACCESS_KEY_ID / AWS_PROFILE)") from None
+        except BotoCoreError as exc:
+            raise RegistryError(f"{self.uri}: {what} failed ({type(exc).__name__}); is the S3 endpoint up?") from None
+
+    def put_file(self, key: str, path: Path) -> None:
+        self._call(f"upload of {key}", self.client.upload_file, str(path), self.bucket, self._key(key))
+
+    def put_json(self, key: str, obj: dict) -> None:
+        body = json.dumps(obj, indent=2, sort_keys=True).encode()
+        self._call(f"write of {key}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body,
+                   ContentType="application/json")
+
+    def get_json(self, key: str) -> dict | None:
+        resp = self._call(f"read of {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return None if resp is None else json.loads(resp["Body"].read())
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(f"listing of {prefix}", lambda: list(paginator.paginate(Bucket=self.bucket,
+                                                                                   Prefix=self._key(prefix))))
+        for page in pages or []:
+            for obj in page.get("Contents", []):
+                keys.append(obj["Key"][len(self._key("")):] if self.prefix else obj["Key"])
+        return sorted(keys)
+
+
+def open_store(registry) -> Store:
+    if not registry.uri:
+        raise RegistryError("registry.uri is not set in params.yaml (s3://bucket/prefix or a local folder)")
+    if registry.uri.startswith("s3://"):
+        return S3Store(registry.uri, registry.endpoint_url, registry.region)
+    return LocalStore(registry.uri)
+
+
+# ---------------------------------------------------------------- the gate
+
+
+@dataclass
+class GateDecision:
+    promote: bool
+    reason: str
+    candidate: float | None
+    current: float | None
+
+
+def gate(candidate_metrics: dict, current_metrics: dict | None, metric: str, margin: float,
+         higher_is_better: bool = True) -> GateDecision:
+    """Promote iff the candidate does not regress by more than `margin` against the current model."""
+    if metric not in candidate_metrics or candidate_metrics[metric] is None:
+        return GateDecision(False, f"candidate metrics lack '{metric}'", None, None)
+    new = float(candidate_metrics[metric])
+    if not current_metrics or current_metrics.get(metric) is None:
+        return GateDecision(True, "no production model yet", new, None)
+    cur = float(current_metrics[metric])
+    ok = new >= cur - margin if higher_is_better else new <= cur + margin
+    word = "holds" if ok else "regresses"
+    return GateDecision(ok, f"{metric} {word}: {new:.4f} vs production {cur:.4f} (margin {margin})", new, cur)
+
+
+# ---------------------------------------------------------------- publishing and the pointer
+
+
+def new_version(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now.strftime("v%Y%m%dT%H%M%S%fZ")
+
+
+def _upload_dir(store: Store, prefix: str, folder: Path) -> int:
+    count = 0
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            store.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path)
+            count += 1
+    return count
+
+
+def production(store: Store) -> dict | None:
+    return store.get_json(POINTER)
+
+
+def production_metrics(store: Store) -> dict | None:
+    pointer = production(store)
+    return store.get_json(f"versions/{pointer['version']}/metrics.json") if pointer else None
+
+
+def _move_pointer(store: Store, pointer: dict, action: str) -> None:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    store.put_json(f"pointer-log/{stamp}.json", pointer | {"action": action, "at": stamp})
+    store.put_json(POINTER, pointer)
+
+
+def publish(store: Store, policy_dir: Path, metrics: dict, report_dir: Path | None = None,
+            version: str | None = None, extra: dict | None = None) -> str:
+    """Upload a checkpoint with its metrics (and report) as a new version; the pointer is not moved."""
+    version = version or new_version()
+    if not (Path(policy_dir) / "config.json").exists():
+        raise RegistryError(f"{policy_dir}: not a checkpoint directory (no config.json)")
+    _upload_dir(store, f"versions/{version}/policy", Path(policy_dir))
+    if report_dir and Path(report_dir).exists():
+        _upload_dir(store, f"versions/{version}/report", Path(report_dir))
+    store.put_json(f"versions/{version}/metrics.json", metrics)
+    store.put_json(f"versions/{version}/info.json", {"version": version, **(extra or {})})
+    return version
+
+
+def promote(store: Store, version: str) -> dict:
+    """Move the production pointer to `version` (which must be published)."""
+    if store.get_json(f"versions/{version}/metrics.json") is None:
+        raise RegistryError(f"version {version} is not published in the registry")
+    current = production(store)
+    history = (current.get("history", []) + [current["version"]]) if current else []
+    pointer = {"version": version, "history": history}
+    _move_pointer(store, pointer, "promote")
+    return pointer
+
+
+def rollback(store: Store) -> dict:
+    """Move the production pointer back to the previous version; nothing is deleted."""
+    current = production(store)
+    if not current:
+        raise RegistryError("no production model to roll back")
+    if not current.get("history"):
+        raise RegistryError(f"production is {current['version']}, the first version: nothing to roll back to")
+    pointer = {"version": current["history"][-1], "history": current["history"][:-1]}
+    _move_pointer(store, pointer, f"rollback from {current['version']}")
+    return pointer

@@ -1,0 +1,62 @@
+"""A throw-away copy of the project (tracked files only) configured for the tiny model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from neat.pipeline import set_params_in_file
+from tests.conftest import ROOT
+
+TINY = {
+    "policy.model": "builtin:tiny-random",
+    "policy.device": "cpu",
+    "data.max_train_prompts": 4,
+    "reward.max_pairs": 16,
+    "reward.epochs": 1,
+    "reward.max_length": 64,
+    "reward.device": "cpu",
+    "expand.k_pos": 1,
+    "expand.k_neg": 1,
+    "expand.max_new_tokens": 6,
+    "train.rounds": 1,
+    "train.batch_size": 2,
+    "train.max_response_tokens": 24,
+    "train.max_prompt_tokens": 96,
+    "evaluate.max_prompts": 3,
+    "evaluate.max_safety_prompts": 4,
+    "evaluate.max_new_tokens": 4,
+    "evaluate.bootstrap": 100,
+}
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def make_project(dest: Path, overrides: dict | None = None) -> Path:
+    """Copy the tracked files of this checkout to `dest`, apply tiny-model params, commit."""
+    files = git("ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT).splitlines()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith("tests/"):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    set_params_in_file(dest / "params.yaml", {**TINY, **(overrides or {})})
+    git("init", "-q", "-b", "main", cwd=dest)
+    git("-c", "user.email=t@example.com", "-c", "user.name=test", "add", "-A", cwd=dest)
+    git("-c", "user.email=t@example.com", "-c", "user.name=test", "commit", "-qm", "test project", cwd=dest)
+    return dest
+
+
+def venv_env(extra: dict | None = None) -> dict:
+    """Environment for subprocesses: the venv's tools first on PATH, offline, no analytics."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update({"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1"})
+    env.update(extra or {})
+    return env
