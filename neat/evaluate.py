@@ -1,0 +1,608 @@
+"""Benchmark evaluation (`neat train-eval-rm`, `neat evaluate`).
+
+`train_eval_rm` trains the *evaluation* reward model: `evaluate.reward_model` (Bradley–Terry, the
+`reward` section's epochs/lr/batch size/max length/max pairs, seed `evaluate.reward_seed`) on the
+judge split, which no training stage reads — so the policy is never scored by the model it was
+trained against. It is still a small model trained on little data: weaker than a real held-out
+judge (the report says so). With `evaluate.train_reward_model: false`, `evaluate.reward_model` is
+used as is (a hub id or directory of a sequence classifier).
+
+`evaluate` generates greedy responses (plus `evaluate.n_samples` sampled ones) from the base policy
+(`policy.model`) and the trained one (`<out>/policy`) on the held-out prompts (the first
+`evaluate.max_prompts` prompts of the eval split, rendered *without* steering), scores them with
+the evaluation reward model and reports, each with a 95 % percentile-bootstrap interval over prompts:
+
+* mean evaluation reward of base and trained greedy responses, and their paired difference;
+* win rate of trained over base (per prompt, greedy vs greedy, ties ½);
+* perplexity of each policy on the held-out chosen responses (exp of the token-weighted mean NLL,
+  prompt masked; a ratio of sums, bootstrapped over pairs);
+* on `paths.safety_prompts` (any XSTest-format CSV; a seeded, label-stratified subset of
+  `evaluate.max_safety_prompts`): refusal rate on unsafe prompts, full-compliance rate on safe ones,
+  and both per type, for base and trained, judged by `evaluate.judge` (`learned` trains the MiniLM
+  judge on `paths.refusal_examples`).
+
+The numbers equal those of the local `evaluate` metric modules (`neat.metrics`: win_rate,
+refusal_rate) with the same bootstrap settings; the stage calls `neat.stats` directly, which those
+modules wrap, to avoid importing `evaluate` (several seconds).
+
+Base generations are cached under `<out>/cache/eval_generations/<key>.json`, keyed by the base
+checkpoint id, the rendered prompts and every generation setting, so comparing several variants
+generates from the base once.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from neat.errors import DataError, ModelError
+from neat.io import atomic_path, write_json_atomic, write_text_atomic
+
+ALPHA = 0.05
+_CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf → None and numpy scalars → python, recursively, so metrics files are strict JSON."""
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_jsonl_atomic(path: str | Path, rows: Sequence[dict]) -> None:
+    text = "".join(json.dumps(json_safe(r), ensure_ascii=False) + "\n" for r in rows)
+    write_text_atomic(path, text)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found (run the stage that writes it first)")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def _free() -> None:
+    """Collect garbage (after the caller dropped its model) and release cached GPU memory."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def mean_ci(values: Sequence[float], *, n_resamples: int, seed: int) -> dict:
+    """``{"mean", "ci_low", "ci_high", "n"}`` (percentile bootstrap over items); None when empty."""
+    from neat.stats import bootstrap_ci
+
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not values:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    point, low, high = bootstrap_ci(values, n_resamples=n_resamples, alpha=ALPHA, seed=seed)
+    return {"mean": point, "ci_low": low, "ci_high": high, "n": len(values)}
+
+
+def perplexity_ci(nll: Sequence[float], tokens: Sequence[int], *, n_resamples: int, seed: int) -> dict:
+    """exp(Σ nll / Σ tokens) with a bootstrap interval over items (pairs); None when no token."""
+    from neat.stats import paired_bootstrap_ci
+
+    nll, tokens = np.asarray(nll, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
+    if nll.size == 0 or tokens.sum() <= 0:
+        return {"perplexity": None, "ci_low": None, "ci_high": None, "n": int(nll.size), "tokens": int(tokens.sum())}
+
+    def ppl(a, b):
+        return float(np.exp(a.sum() / max(b.sum(), 1.0)))
+
+    point, low, high = paired_bootstrap_ci(nll, tokens, ppl, n_resamples=n_resamples, alpha=ALPHA, seed=seed)
+    return {"perplexity": point, "ci_low": low, "ci_high": high, "n": int(nll.size), "tokens": int(tokens.sum())}
+
+
+def perplexity_ratio_ci(nll_a, nll_b, tokens, *, n_resamples: int, seed: int) -> dict:
+    """Paired bootstrap of perplexity(a) / perplexity(b) on the same responses (log-ratio interval)."""
+    from neat.stats import paired_bootstrap_ci
+
+    a, b, t = (np.asarray(x, dtype=np.float64) for x in (nll_a, nll_b, tokens))
+    if a.size == 0 or t.sum() <= 0:
+        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": None}
+    per_item = (a - b)  # the log-ratio is Σ(a - b) / Σ t
+    point, low, high = paired_bootstrap_ci(per_item, t, lambda d, n: float(d.sum() / max(n.sum(), 1.0)),
+                                           n_resamples=n_resamples, alpha=ALPHA, seed=seed)
+    return {"ratio": math.exp(point), "ci_low": math.exp(low), "ci_high": math.exp(high),
+            "significant": bool(low > 0 or high < 0)}
+
+
+def paired_diff(a: Sequence[float], b: Sequence[float], *, n_resamples: int, seed: int, statistic="mean_diff") -> dict:
+    """Paired bootstrap of mean(a − b) (or the win rate of a over b): point, interval, significant."""
+    from neat.stats import paired_bootstrap_ci
+
+    if len(a) == 0:
+        return {"diff": None, "ci_low": None, "ci_high": None, "significant": None, "n": 0}
+    point, low, high = paired_bootstrap_ci(a, b, statistic, n_resamples=n_resamples, alpha=ALPHA, seed=seed)
+    return {"diff": point, "ci_low": low, "ci_high": high, "significant": bool(low > 0 or high < 0), "n": len(a)}
+
+
+def win_rate_ci(trained: Sequence[float], base: Sequence[float], *, n_resamples: int, seed: int) -> dict:
+    """Win rate of trained over base (ties ½) with its interval and counts, as the win_rate module."""
+    from neat.stats import bootstrap_ci, win_values
+
+    if len(trained) == 0:
+        return {"win_rate": None, "ci_low": None, "ci_high": None, "wins": 0, "ties": 0, "losses": 0, "n": 0}
+    values = win_values(trained, base)
+    point, low, high = bootstrap_ci(values, n_resamples=n_resamples, alpha=ALPHA, seed=seed)
+    return {"win_rate": point, "ci_low": low, "ci_high": high, "wins": int((values == 1).sum()),
+            "ties": int((values == 0.5).sum()), "losses": int((values == 0).sum()), "n": int(values.size)}
+
+
+# ---------------------------------------------------------------- the evaluation reward model
+
+
+def eval_reward_model_ref(params) -> str:
+    """The evaluation reward model: `<out>/eval_reward_model` when trained here, else `evaluate.reward_model`."""
+    return str(params.out("eval_reward_model")) if params.evaluate.train_reward_model else params.evaluate.reward_model
+
+
+def load_eval_reward_model(params, dtype: str = "auto"):
+    from neat.models import load_reward_model
+
+    ref = eval_reward_model_ref(params)
+    if params.evaluate.train_reward_model and not Path(ref).is_dir():
+        raise ModelError(f"{ref}: evaluation reward model not found (run `neat train-eval-rm` first, or set "
+                         "evaluate.train_reward_model: false to use evaluate.reward_model as is)")
+    return load_reward_model(ref, cache_dir=params.paths.cache, device=params.reward.device, dtype=dtype,
+                             trust_remote_code=params.reward.trust_remote_code, seed=params.evaluate.reward_seed)
+
+
+def train_eval_rm(params, progress: bool = True) -> dict:
+    """Stage: the evaluation reward model, trained on the judge split → `<out>/eval_reward_model`.
+
+    Uses `evaluate.reward_model` with seed `evaluate.reward_seed` and the `reward` section's epochs,
+    lr, batch size, max length and max pairs. Metrics (`<out>/metrics/eval_reward_model.json`):
+    pairwise accuracy on the eval split before and after training, pairs, loss, seconds. With
+    `evaluate.train_reward_model: false` nothing is trained: the metrics hold the accuracy of the
+    model as given.
+    """
+    from neat.data import read_pairs
+    from neat.reward import pairwise_accuracy, train_bradley_terry
+
+    e, r = params.evaluate, params.reward
+    start = time.perf_counter()
+    eval_pairs = read_pairs(params.out("data", "eval.jsonl"))
+    common = dict(batch_size=r.batch_size, max_length=r.max_length, progress=progress)
+    metrics: dict[str, Any] = {"model": e.reward_model, "trained": e.train_reward_model, "seed": e.reward_seed,
+                               "eval_pairs": len(eval_pairs)}
+    if not e.train_reward_model:
+        model, tokenizer = load_eval_reward_model(params)
+        metrics["eval_accuracy"] = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
+    else:
+        judge_path = params.out("data", "judge.jsonl")
+        pairs = read_pairs(judge_path)
+        if r.max_pairs:
+            pairs = pairs[:r.max_pairs]
+        if not pairs:
+            raise DataError(f"{judge_path}: no pairs to train the evaluation reward model on "
+                            "(raise data.judge_fraction, or set evaluate.train_reward_model: false)")
+        from neat.models import load_reward_model, save_model
+
+        model, tokenizer = load_reward_model(e.reward_model, cache_dir=params.paths.cache, device=r.device,
+                                             dtype="float32", trust_remote_code=r.trust_remote_code,
+                                             seed=e.reward_seed)
+        before = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
+        history = train_bradley_terry(model, tokenizer, pairs, epochs=r.epochs, lr=r.lr, seed=e.reward_seed,
+                                      **common)
+        after = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
+        save_model(model, tokenizer, params.out("eval_reward_model"))
+        metrics.update(eval_accuracy_before=before, eval_accuracy=after, judge_pairs=len(pairs), epochs=r.epochs,
+                       steps=history["steps"], train_loss_first=history["loss"][0],
+                       train_loss_last=history["loss"][-1], saved_to=str(params.out("eval_reward_model")))
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    metrics = json_safe(metrics)
+    write_json_atomic(params.out("metrics", "eval_reward_model.json"), metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def held_out_prompts(params) -> list[dict]:
+    """The first `evaluate.max_prompts` eval prompts (file order), each with its first chosen response."""
+    from neat.data import read_pairs
+
+    path = params.out("data", "eval.jsonl")
+    seen: dict[str, dict] = {}
+    for pair in read_pairs(path):
+        if pair.prompt_id not in seen:
+            seen[pair.prompt_id] = {"prompt_id": pair.prompt_id, "prompt": pair.prompt, "chosen": pair.chosen}
+    prompts = list(seen.values())
+    if params.evaluate.max_prompts:
+        prompts = prompts[:params.evaluate.max_prompts]
+    if not prompts:
+        raise DataError(f"{path}: no held-out prompts to evaluate on (raise data.eval_fraction)")
+    return prompts
+
+
+def safety_subset(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
+    """At most `limit` rows, drawn by a seeded hash within each label in proportion, kept in file order.
+
+    XSTest files are sorted by type, so "the first N" would test only a few safe types.
+    """
+    if not limit or limit >= len(rows):
+        return list(rows)
+
+    def key(i: int) -> str:
+        return hashlib.sha256(f"{seed}:{rows[i]['id']}:{rows[i]['prompt']}".encode()).hexdigest()
+
+    keep: list[int] = []
+    labels = sorted({r["label"] for r in rows})
+    by_label = {lab: sorted((i for i, r in enumerate(rows) if r["label"] == lab), key=key) for lab in labels}
+    quota = {lab: round(limit * len(idx) / len(rows)) for lab, idx in by_label.items()}
+    while sum(quota.values()) > limit:  # rounding can overshoot by one per label
+        quota[max(quota, key=quota.get)] -= 1
+    for lab, idx in by_label.items():
+        keep += idx[:max(quota[lab], 1 if limit >= len(labels) else 0)]
+    return [rows[i] for i in sorted(keep[:limit])]
+
+
+def fit_prompt(tokenizer, messages: list[dict], max_tokens: int) -> str:
+    """The original prompt rendered through the chat template; early turns dropped until it fits."""
+    from neat.data import render_prompt
+
+    turns = list(messages)
+    while True:
+        text = render_prompt(tokenizer, turns)
+        if len(turns) <= 1 or len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
+            return text
+        turns = turns[2:]
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _generation_settings(params) -> dict:
+    e = params.evaluate
+    return {"max_new_tokens": e.max_new_tokens, "n_samples": e.n_samples, "temperature": e.temperature,
+            "batch_size": e.batch_size, "seed": params.seed, "device": params.policy.device,
+            "dtype": params.policy.dtype}
+
+
+def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,
+                       progress: bool = True) -> list[dict]:
+    """Greedy (+ `n_samples` sampled) responses for rendered prompts: ``{"text", "n_tokens", "flags", "samples"}``."""
+    from tqdm.auto import tqdm
+
+    from neat.generation import generate
+
+    passes = 1 + (settings["n_samples"] > 0)
+    with tqdm(total=len(texts) * passes, desc=desc, unit="prompt", disable=not progress) as bar:
+        greedy = generate(model, tokenizer, texts, max_new_tokens=settings["max_new_tokens"], temperature=0.0,
+                          batch_size=settings["batch_size"], seed=settings["seed"], on_batch=bar.update)
+        sampled: list[list] = [[] for _ in texts]
+        if settings["n_samples"] > 0:
+            sampled = generate(model, tokenizer, texts, max_new_tokens=settings["max_new_tokens"],
+                               temperature=settings["temperature"], top_p=1.0,
+                               num_return_sequences=settings["n_samples"], batch_size=settings["batch_size"],
+                               seed=settings["seed"] + 1, on_batch=bar.update)
+    return [{"text": g[0].text, "n_tokens": g[0].n_tokens, "flags": g[0].flags,
+             "samples": [{"text": s.text, "n_tokens": s.n_tokens, "flags": s.flags} for s in s_list]}
+            for g, s_list in zip(greedy, sampled)]
+
+
+def _cache_key(policy_id: str, texts: list[str], settings: dict) -> str:
+    blob = json.dumps({"v": _CACHE_VERSION, "policy": policy_id, "texts": texts, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def cached_generations(cache_dir: Path | None, policy_id: str, texts: list[str], settings: dict,
+                       produce: Callable[[], list[dict]]) -> tuple[list[dict], bool]:
+    """`produce()` once per (policy id, prompts, settings); (responses, hit). No cache when `cache_dir` is None."""
+    if cache_dir is None:
+        return produce(), False
+    path = Path(cache_dir) / f"{_cache_key(policy_id, texts, settings)}.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if len(data["responses"]) == len(texts):
+                return data["responses"], True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # damaged entry: regenerate and overwrite
+    responses = produce()
+    write_json_atomic(path, {"policy": policy_id, "settings": settings, "responses": responses})
+    return responses, False
+
+
+# ---------------------------------------------------------------- perplexity
+
+
+def response_nll(model, tokenizer, prompts: list[list[dict]], responses: list[str], *, batch_size: int,
+                 max_prompt_tokens: int, max_response_tokens: int, chunk: int = 1024) -> tuple[list[float], list[int]]:
+    """Per response: (sum of token NLLs, number of scored tokens, EOS included), prompt masked."""
+    import torch
+
+    from neat.logprobs import response_logprobs
+    from neat.train import Group, collate
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    nll, counts = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_size):
+                groups = [Group(str(i), p, [r], [0.0], ["chosen"])
+                          for i, (p, r) in enumerate(zip(prompts[start:start + batch_size],
+                                                         responses[start:start + batch_size]))]
+                batch = collate(tokenizer, groups, max_prompt_tokens, max_response_tokens, pad)
+                sums, n = response_logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device),
+                                            batch.response_mask.to(device), chunk_size=chunk)
+                nll += (-sums).tolist()
+                counts += n.tolist()
+    finally:
+        model.train(was_training)
+    return nll, counts
+
+
+# ---------------------------------------------------------------- judging and scoring
+
+
+def make_judge(params):
+    """The refusal judge named by `evaluate.judge` (the learned one trained on `paths.refusal_examples`)."""
+    from neat.judges import get_judge
+
+    if params.evaluate.judge == "learned":
+        return get_judge("learned", examples=params.paths.refusal_examples, seed=params.seed)
+    return get_judge("string_match")
+
+
+def _policy_outputs(params, ref: str, *, held: list[dict], safety: list[dict], seed_for_builtin: int,
+                    cache: Path | None, label: str, progress: bool) -> dict:
+    """Load one policy, generate on held-out + safety prompts (cached if `cache`), perplexity on chosen."""
+    from neat.models import checkpoint_id, load_policy
+
+    p, t = params.policy, params.train
+    started = time.perf_counter()
+    model, tokenizer = load_policy(ref, cache_dir=params.paths.cache, device=p.device, dtype=p.dtype,
+                                   trust_remote_code=p.trust_remote_code, seed=seed_for_builtin)
+    settings = _generation_settings(params)
+    texts = [fit_prompt(tokenizer, h["prompt"], t.max_prompt_tokens) for h in held]
+    safety_texts = [fit_prompt(tokenizer, [{"role": "user", "content": r["prompt"]}], t.max_prompt_tokens)
+                    for r in safety]
+    policy_id = checkpoint_id(ref, seed=seed_for_builtin)
+
+    def produce_held():
+        return generate_responses(model, tokenizer, texts, settings, desc=f"generate {label}", progress=progress)
+
+    def produce_safety():
+        return generate_responses(model, tokenizer, safety_texts, dict(settings, n_samples=0),
+                                  desc=f"safety {label}", progress=progress)
+
+    held_out, hit_h = cached_generations(cache, policy_id, texts, settings, produce_held)
+    safety_out, hit_s = (cached_generations(cache, policy_id, safety_texts, dict(settings, n_samples=0),
+                                            produce_safety) if safety else ([], True))
+    nll, tokens = response_nll(model, tokenizer, [h["prompt"] for h in held], [h["chosen"] for h in held],
+                               batch_size=params.evaluate.batch_size, max_prompt_tokens=t.max_prompt_tokens,
+                               max_response_tokens=t.max_response_tokens, chunk=t.logprob_chunk)
+    del model
+    _free()
+    return {"policy_id": policy_id, "held": held_out, "safety": safety_out, "nll": nll, "tokens": tokens,
+            "cached": bool(hit_h and hit_s), "seconds": round(time.perf_counter() - started, 2)}
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def evaluation_metrics(records: list[dict], safety_records: list[dict], *, n_resamples: int, seed: int,
+                       safety_rows: list[dict] | None = None) -> dict:
+    """The metrics of `evaluate` from its per-prompt records (the rows of generations.jsonl and safety.jsonl).
+
+    Pure: `compare` and the tests recompute them from the saved files.
+    """
+    from neat.judges import safety_metrics
+
+    boot = dict(n_resamples=n_resamples, seed=seed)
+    base = [r["base_reward"] for r in records]
+    trained = [r["trained_reward"] for r in records]
+    finite = [i for i in range(len(records)) if all(v is not None and math.isfinite(v) for v in (base[i], trained[i]))]
+    b, tr = [base[i] for i in finite], [trained[i] for i in finite]
+    m_t, m_b = mean_ci(tr, **boot), mean_ci(b, **boot)
+    win = win_rate_ci(tr, b, **boot)
+    diff = paired_diff(tr, b, **boot)
+    out: dict[str, Any] = {
+        "prompts": len(records), "scored_prompts": len(finite),
+        "eval_reward_mean": m_t["mean"], "eval_reward_mean_ci_low": m_t["ci_low"], "eval_reward_mean_ci_high": m_t["ci_high"],
+        "base_eval_reward_mean": m_b["mean"], "base_eval_reward_mean_ci_low": m_b["ci_low"],
+        "base_eval_reward_mean_ci_high": m_b["ci_high"],
+        "eval_reward_diff": diff["diff"], "eval_reward_diff_ci_low": diff["ci_low"],
+        "eval_reward_diff_ci_high": diff["ci_high"], "eval_reward_diff_significant": diff["significant"],
+        "win_rate": win["win_rate"], "win_rate_ci_low": win["ci_low"], "win_rate_ci_high": win["ci_high"],
+        "wins": win["wins"], "ties": win["ties"], "losses": win["losses"],
+    }
+    sampled_t = [_mean([s["reward"] for s in r.get("trained_samples", [])]) for r in records]
+    sampled_b = [_mean([s["reward"] for s in r.get("base_samples", [])]) for r in records]
+    pairs = [(x, y) for x, y in zip(sampled_t, sampled_b) if x is not None and y is not None]
+    if pairs:
+        st, sb = [x for x, _ in pairs], [y for _, y in pairs]
+        for prefix, values in (("sampled_", st), ("base_sampled_", sb)):
+            m = mean_ci(values, **boot)
+            out[f"{prefix}eval_reward_mean"], out[f"{prefix}eval_reward_mean_ci_low"], \
+                out[f"{prefix}eval_reward_mean_ci_high"] = m["mean"], m["ci_low"], m["ci_high"]
+        w = win_rate_ci(st, sb, **boot)
+        out["sampled_win_rate"], out["sampled_win_rate_ci_low"], out["sampled_win_rate_ci_high"] = \
+            w["win_rate"], w["ci_low"], w["ci_high"]
+    tokens = [r.get("chosen_tokens", 0) for r in records]
+    for who, key in (("trained", "perplexity"), ("base", "base_perplexity")):
+        nll = [r.get(f"{who}_chosen_nll", 0.0) for r in records]
+        ppl = perplexity_ci(nll, tokens, **boot)
+        out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"] = ppl["perplexity"], ppl["ci_low"], ppl["ci_high"]
+    ratio = perplexity_ratio_ci([r.get("trained_chosen_nll", 0.0) for r in records],
+                                [r.get("base_chosen_nll", 0.0) for r in records], tokens, **boot)
+    out["perplexity_ratio"], out["perplexity_ratio_ci_low"], out["perplexity_ratio_ci_high"] = \
+        ratio["ratio"], ratio["ci_low"], ratio["ci_high"]
+    out["chosen_tokens"] = int(sum(tokens))
+    for who in ("base", "trained"):
+        refused = [r[f"{who}_refused"] for r in records if r.get(f"{who}_refused") is not None]
+        out[f"{'' if who == 'trained' else 'base_'}heldout_refusal_rate"] = (sum(refused) / len(refused)) if refused else None
+    if safety_records:
+        rows = safety_rows or safety_records
+        safety = {who: safety_metrics(rows, [r[f"{who}_refused"] for r in safety_records], n_resamples=n_resamples,
+                                      alpha=ALPHA, seed=seed) for who in ("base", "trained")}
+        for who, prefix in (("trained", ""), ("base", "base_")):
+            for key in ("unsafe_refusal_rate", "safe_compliance_rate"):
+                for suffix in ("", "_ci_low", "_ci_high"):
+                    out[f"{prefix}{key}{suffix}"] = safety[who][f"{key}{suffix}"]
+        labels = [str(r["label"]).lower() for r in rows]
+        for key, label, flip in (("unsafe_refusal_diff", "unsafe", False), ("safe_compliance_diff", "safe", True)):
+            idx = [i for i, lab in enumerate(labels) if lab == label]
+            a = [float(safety_records[i]["trained_refused"] != flip) for i in idx]
+            c = [float(safety_records[i]["base_refused"] != flip) for i in idx]
+            d = paired_diff(a, c, **boot)
+            out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"], out[f"{key}_significant"] = \
+                d["diff"], d["ci_low"], d["ci_high"], d["significant"]
+        out["safety"] = safety
+    return json_safe(out)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else None
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained", progress: bool = True,
+             generation_cache: str | Path | None = None) -> dict:
+    """Stage: base vs trained policy on held-out and safety prompts → `<out>/evaluate/`, `<out>/metrics/evaluate.json`.
+
+    Writes `generations.jsonl` (per held-out prompt: prompt, chosen reference, base and trained
+    greedy responses and samples, their eval rewards, judge labels, NLL of the chosen response),
+    `safety.jsonl` (per safety prompt: type, label, both responses, judge labels) and the metrics,
+    every file atomically. `policy_dir` defaults to `<out>/policy`; `tag` names the trained variant.
+    Base generations are cached in `generation_cache` (default `<out>/cache/eval_generations`).
+    """
+    from neat.judges import read_safety_csv
+    from neat.reward import score_texts
+
+    e = params.evaluate
+    started = time.perf_counter()
+    policy_dir = Path(policy_dir) if policy_dir is not None else params.out("policy")
+    if not policy_dir.exists():
+        raise ModelError(f"{policy_dir}: trained policy not found (run `neat train` first)")
+    held = held_out_prompts(params)
+    safety_rows = safety_subset(read_safety_csv(params.paths.safety_prompts), e.max_safety_prompts, params.seed)
+    timings: dict[str, float] = {}
+    cache = Path(generation_cache) if generation_cache is not None else params.out("cache", "eval_generations")
+    base = _policy_outputs(params, params.policy.model, held=held, safety=safety_rows, seed_for_builtin=params.seed,
+                           cache=cache, label="base", progress=progress)
+    timings["base_seconds"] = base["seconds"]
+    trained = _policy_outputs(params, str(policy_dir), held=held, safety=safety_rows, seed_for_builtin=params.seed,
+                              cache=None, label=tag, progress=progress)
+    timings["trained_seconds"] = trained["seconds"]
+
+    t0 = time.perf_counter()
+    rm, rm_tok = load_eval_reward_model(params)
+    prompts, responses, slots = [], [], []
+    for i, h in enumerate(held):
+        for who, out in (("base", base), ("trained", trained)):
+            gen = out["held"][i]
+            for j, text in enumerate([gen["text"]] + [s["text"] for s in gen["samples"]]):
+                prompts.append(h["prompt"])
+                responses.append(text)
+                slots.append((i, who, j))
+    scores = score_texts(rm, rm_tok, prompts, responses, batch_size=params.reward.batch_size,
+                         max_length=params.reward.max_length, progress=progress, desc="eval reward")
+    del rm
+    _free()
+    timings["score_seconds"] = round(time.perf_counter() - t0, 2)
+    reward = {slot: s for slot, s in zip(slots, scores)}
+
+    t0 = time.perf_counter()
+    judge = make_judge(params)
+    all_texts = ([base["held"][i]["text"] for i in range(len(held))] + [trained["held"][i]["text"] for i in range(len(held))]
+                 + [g["text"] for g in base["safety"]] + [g["text"] for g in trained["safety"]])
+    flags = judge(all_texts)
+    n, m = len(held), len(safety_rows)
+    held_flags = {"base": flags[:n], "trained": flags[n:2 * n]}
+    safety_flags = {"base": flags[2 * n:2 * n + m], "trained": flags[2 * n + m:]}
+    timings["judge_seconds"] = round(time.perf_counter() - t0, 2)
+
+    records = []
+    for i, h in enumerate(held):
+        row: dict[str, Any] = {"prompt_id": h["prompt_id"], "prompt": h["prompt"], "chosen": h["chosen"]}
+        for who, out in (("base", base), ("trained", trained)):
+            gen = out["held"][i]
+            row[f"{who}_response"] = gen["text"]
+            row[f"{who}_reward"] = reward[(i, who, 0)]
+            row[f"{who}_refused"] = bool(held_flags[who][i])
+            row[f"{who}_flags"] = gen["flags"]
+            row[f"{who}_samples"] = [{"text": s["text"], "reward": reward[(i, who, j + 1)]}
+                                     for j, s in enumerate(gen["samples"])]
+            row[f"{who}_chosen_nll"] = out["nll"][i]
+        row["chosen_tokens"] = trained["tokens"][i]
+        b, t = row["base_reward"], row["trained_reward"]
+        row["winner"] = None if not (math.isfinite(b) and math.isfinite(t)) else (
+            "trained" if t > b else "base" if b > t else "tie")
+        records.append(row)
+    safety_records = []
+    for k, srow in enumerate(safety_rows):
+        safety_records.append({
+            "id": srow["id"], "prompt": srow["prompt"], "type": srow["type"], "label": srow["label"],
+            "base_response": base["safety"][k]["text"], "trained_response": trained["safety"][k]["text"],
+            "base_refused": bool(safety_flags["base"][k]), "trained_refused": bool(safety_flags["trained"][k]),
+        })
+
+    metrics = evaluation_metrics(records, safety_records, n_resamples=e.bootstrap, seed=params.seed,
+                                 safety_rows=safety_rows)
+    metrics.update({
+        "tag": tag, "base_model": params.policy.model, "base_policy_id": base["policy_id"],
+        "policy": str(policy_dir), "policy_id": trained["policy_id"], "judge": judge.name,
+        "eval_reward_model": eval_reward_model_ref(params), "safety_prompts": str(params.paths.safety_prompts),
+        "n_samples": e.n_samples, "max_new_tokens": e.max_new_tokens, "bootstrap": e.bootstrap,
+        "base_generations_cached": base["cached"],
+        "seconds": round(time.perf_counter() - started, 2), **timings,
+    })
+    metrics = json_safe(metrics)
+    write_jsonl_atomic(params.out("evaluate", "generations.jsonl"), records)
+    write_jsonl_atomic(params.out("evaluate", "safety.jsonl"), safety_records)
+    write_rewards_plot_data(params.out("evaluate", "rewards.csv"), records)
+    write_json_atomic(params.out("metrics", "evaluate.json"), metrics)
+    return metrics
+
+
+def write_rewards_plot_data(path: Path, records: list[dict]) -> None:
+    """Per-prompt base vs trained eval reward, for `dvc plots` (scatter)."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["prompt_index", "prompt_id", "base_reward", "trained_reward"])
+        for i, r in enumerate(records):
+            writer.writerow([i, r["prompt_id"], _fmt(r["base_reward"]), _fmt(r["trained_reward"])])
+
+
+def _fmt(value) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.6g}"

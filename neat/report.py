@@ -1,0 +1,404 @@
+"""The run report (`neat report`): `<out>/report/report.md` with PNG figures beside it, opens offline.
+
+Reads whatever the pipeline has produced under `<out>` — scored candidates (`score/`,
+`train/rounds/`), the training log, the evaluation files and the metrics — and writes, into
+`<out>/report/` (replaced atomically as one directory):
+
+* `report.md` — run summary, held-out evaluation table (base vs trained with 95 % intervals), safety
+  tables (overall and per type), reward by candidate origin, training curves, example generations
+  side by side, the variant comparison when `neat compare` ran, stage wall times, and the caveat
+  that the embedded evaluation reward model is weaker than a real held-out judge. Images are linked
+  by relative path, so the folder can be moved or zipped as is.
+* figures: `reward_by_origin.png`, `training.png`, `eval_rewards.png`, `safety.png` (each only when
+  its data exists);
+* plot data for `dvc plots`: `reward_by_origin.csv` (per round and origin: n, mean, quantiles) and
+  `safety_by_type.csv` (per type: base and trained refusal rates), in the report folder and copied
+  to `<out>/plots/` (a stage can declare those as its plots while the report folder is one output).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from neat.errors import DataError
+from neat.io import atomic_path
+
+ORIGIN_COLORS = {"chosen": "#2b8a3e", "rejected": "#c92a2a", "positive": "#1971c2", "negative": "#e67700"}
+CAVEAT = (
+    "**Caveat — the judge.** Rewards here come from the *evaluation* reward model, a small MiniLM "
+    "classifier trained on a few preference pairs held out from training (the judge split, its own "
+    "seed). It never scored the training candidates, but it is far weaker than a real held-out judge "
+    "(a large reward model, GPT-4-as-judge or human raters): its pairwise accuracy on the eval split "
+    "is reported below, and differences smaller than its noise mean little. The refusal judge is "
+    "heuristic too (string match or a small learned classifier)."
+)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _load_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _load_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _load_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def candidate_rewards(params) -> list[dict]:
+    """(round, origin, reward) of every scored candidate with a finite reward: round 1 and later rounds."""
+    from neat.expand import read_candidates
+
+    paths = [params.out("score", "candidates.parquet")]
+    rounds_dir = params.out("train", "rounds")
+    if rounds_dir.is_dir():
+        paths += sorted(rounds_dir.glob("round_*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
+    out = []
+    for n, path in enumerate(paths):
+        if not path.is_file():
+            continue
+        for row in read_candidates(path):
+            reward = row.get("reward")
+            if reward is not None and math.isfinite(reward):
+                out.append({"round": int(row.get("round") or (n + 1)), "origin": row["origin"], "reward": float(reward)})
+    return out
+
+
+def origin_summary(rows: list[dict]) -> list[dict]:
+    """Per (round, origin): n, mean, std, 10/50/90 % quantiles of the reward."""
+    from neat.expand import ORIGINS
+
+    groups: dict[tuple[int, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["round"], r["origin"]), []).append(r["reward"])
+    order = {o: i for i, o in enumerate(ORIGINS)}
+    out = []
+    for (rnd, origin), values in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1])):
+        values = sorted(values)
+        q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
+        out.append({"round": rnd, "origin": origin, "n": len(values), "mean": statistics.fmean(values),
+                    "std": statistics.pstdev(values), "p10": q[0], "p50": statistics.median(values), "p90": q[-1]})
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
+def plot_reward_by_origin(rows: list[dict], summary: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    origins = [o for o in ORIGIN_COLORS if any(r["origin"] == o for r in rows)]
+    origins += sorted({r["origin"] for r in rows} - set(origins))
+    values = [[r["reward"] for r in rows if r["origin"] == o] for o in origins]
+    lo, hi = min(min(v) for v in values), max(max(v) for v in values)
+    bins = [lo + (hi - lo + 1e-9) * i / 30 for i in range(31)]
+    for origin, vals in zip(origins, values):
+        ax1.hist(vals, bins=bins, histtype="step", linewidth=1.8, label=f"{origin} (n={len(vals)})",
+                 color=ORIGIN_COLORS.get(origin))
+    ax1.set(title="Training-RM reward by candidate origin (all rounds)", xlabel="reward", ylabel="candidates")
+    ax1.legend(fontsize=8)
+    for origin in origins:
+        pts = [(s["round"], s["mean"]) for s in summary if s["origin"] == origin]
+        ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=origin, color=ORIGIN_COLORS.get(origin))
+    ax2.set(title="Mean reward by origin and round", xlabel="round", ylabel="mean reward")
+    ax2.set_xticks(sorted({s["round"] for s in summary}))
+    ax2.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_training(log: list[dict], path: Path) -> None:
+    from neat.expand import ORIGINS
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    steps = [r["step"] for r in log]
+    for key in ("loss", "rank_loss", "sft_loss"):
+        axes[0].plot(steps, [r.get(key, math.nan) for r in log], label=key)
+    axes[0].set(title="Loss", xlabel="optimizer step")
+    for prefix, ax, title in (("reward", axes[1], "Mean reward of the batch's candidates"),
+                              ("logp", axes[2], "Mean length-normalised log p(y|x)")):
+        for origin in ORIGINS:
+            ys = [r.get(f"{prefix}_{origin}", math.nan) for r in log]
+            if any(math.isfinite(y) for y in ys):
+                ax.plot(steps, ys, marker=".", label=origin, color=ORIGIN_COLORS[origin])
+        ax.set(title=title, xlabel="optimizer step")
+    rounds = [r["round"] for r in log]
+    for ax in axes:
+        for i in range(1, len(rounds)):
+            if rounds[i] != rounds[i - 1]:
+                ax.axvline(steps[i] - 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_eval_rewards(records: list[dict], path: Path) -> None:
+    plt = _plt()
+    pts = [(r["base_reward"], r["trained_reward"]) for r in records
+           if r.get("base_reward") is not None and r.get("trained_reward") is not None]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    base, trained = [p[0] for p in pts], [p[1] for p in pts]
+    lo, hi = min(base + trained), max(base + trained)
+    bins = [lo + (hi - lo + 1e-9) * i / 20 for i in range(21)]
+    ax1.hist(base, bins=bins, histtype="step", linewidth=1.8, label="base", color="#868e96")
+    ax1.hist(trained, bins=bins, histtype="step", linewidth=1.8, label="trained", color="#1971c2")
+    ax1.set(title="Eval-RM reward of greedy responses", xlabel="reward", ylabel="prompts")
+    ax1.legend()
+    ax2.scatter(base, trained, s=14, color="#1971c2")
+    ax2.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1)
+    ax2.set(title="Per prompt: above the line = trained wins", xlabel="base reward", ylabel="trained reward")
+    _save(fig, path)
+
+
+def plot_safety(by_type: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(by_type) + 3), 4))
+    x = list(range(len(by_type)))
+    for offset, who, color in ((-0.2, "base", "#868e96"), (0.2, "trained", "#1971c2")):
+        rates = [t[f"{who}_refusal_rate"] if t[f"{who}_refusal_rate"] is not None else math.nan for t in by_type]
+        low = [r - (t[f"{who}_ci_low"] if t[f"{who}_ci_low"] is not None else r) for r, t in zip(rates, by_type)]
+        high = [(t[f"{who}_ci_high"] if t[f"{who}_ci_high"] is not None else r) - r for r, t in zip(rates, by_type)]
+        ax.bar([i + offset for i in x], rates, width=0.4, yerr=[low, high], capsize=2, label=who, color=color)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{t['type']}\n({t['label']})" for t in by_type], rotation=45, ha="right", fontsize=7)
+    ax.set(ylim=(0, 1.05), ylabel="refusal rate", title="Refusal rate by prompt type (95 % CI)\n"
+                                                        "unsafe: higher is safer; safe: lower is better")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------- markdown helpers
+
+
+def _n(x, digits=3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _ci(m: dict, key: str, digits=3) -> str:
+    if m.get(key) is None:
+        return "–"
+    return f"{_n(m.get(key), digits)} [{_n(m.get(key + '_ci_low'), digits)}, {_n(m.get(key + '_ci_high'), digits)}]"
+
+
+def _cell(text: Any, limit: int = 360) -> str:
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[:limit].rstrip() + " …"
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;") or "*(empty)*"
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, list):
+        return " / ".join(f"{m['role']}: {m['content']}" for m in prompt)
+    return str(prompt)
+
+
+def pick_examples(records: list[dict], k: int = 4) -> list[tuple[str, dict]]:
+    """A few prompts to show: the largest trained wins, the largest loss, and the first prompt."""
+    scored = [r for r in records if r.get("base_reward") is not None and r.get("trained_reward") is not None]
+    by_gain = sorted(scored, key=lambda r: r["trained_reward"] - r["base_reward"], reverse=True)
+    picks: list[tuple[str, dict]] = []
+    seen = set()
+    for why, row in ([("largest gain", r) for r in by_gain[:max(1, k - 2)]]
+                     + [("largest loss", r) for r in by_gain[-1:]] + [("first prompt", r) for r in records[:1]]):
+        if row["prompt_id"] not in seen and len(picks) < k:
+            picks.append((why, row))
+            seen.add(row["prompt_id"])
+    return picks
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def report(params) -> dict:
+    """Stage: `<out>/report/report.md` + PNG figures + plot data, from whatever the pipeline produced."""
+    out = params.out
+    ev = _load_json(out("metrics", "evaluate.json"))
+    records = _load_jsonl(out("evaluate", "generations.jsonl"))
+    safety_rows = _load_jsonl(out("evaluate", "safety.jsonl"))
+    log = _load_log(out("train", "log.csv"))
+    cand = candidate_rewards(params) if out("score", "candidates.parquet").is_file() else []
+    rm, erm = _load_json(out("metrics", "reward_model.json")), _load_json(out("metrics", "eval_reward_model.json"))
+    train_m = _load_json(out("metrics", "train.json"))
+    compare_table = out("compare", "table.md")
+    if ev is None and not log and not cand:
+        raise DataError(f"{out()}: nothing to report yet (no metrics/evaluate.json, train/log.csv or scored "
+                        "candidates); run the pipeline first")
+    figures: list[str] = []
+    md: list[str] = ["# NEAT run report", ""]
+    with atomic_path(out("report"), is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        # -- summary
+        if ev:
+            md += [f"Base policy `{ev.get('base_model')}` vs trained policy `{ev.get('policy')}` "
+                   f"(variant `{ev.get('tag')}`) on {ev.get('prompts')} held-out prompts, greedy decoding, "
+                   f"{ev.get('max_new_tokens')} new tokens at most"
+                   + (f", plus {ev['n_samples']} sample(s) per prompt" if ev.get("n_samples") else "")
+                   + f". Evaluation reward model: `{ev.get('eval_reward_model')}`; refusal judge: "
+                   f"`{ev.get('judge')}`; {ev.get('bootstrap')} bootstrap resamples, 95 % intervals.", ""]
+        md += [CAVEAT, ""]
+        # -- held-out evaluation
+        if ev:
+            md += ["## Held-out evaluation", "",
+                   "| metric | base | trained | trained − base |", "|---|---|---|---|",
+                   f"| mean eval reward | {_ci(ev, 'base_eval_reward_mean')} | {_ci(ev, 'eval_reward_mean')} | "
+                   f"{_ci(ev, 'eval_reward_diff')}{' (significant)' if ev.get('eval_reward_diff_significant') else ''} |",
+                   f"| win rate of trained over base (ties ½) | | {_ci(ev, 'win_rate')} | "
+                   f"{ev.get('wins')} wins / {ev.get('ties')} ties / {ev.get('losses')} losses |",
+                   f"| perplexity on held-out chosen responses | {_ci(ev, 'base_perplexity', 2)} | "
+                   f"{_ci(ev, 'perplexity', 2)} | ratio {_ci(ev, 'perplexity_ratio')} |",
+                   f"| refusal rate on held-out prompts (judge) | {_n(ev.get('base_heldout_refusal_rate'), 2)} | "
+                   f"{_n(ev.get('heldout_refusal_rate'), 2)} | |"]
+            if ev.get("sampled_eval_reward_mean") is not None:
+                md.append(f"| mean eval reward of samples (T={params.evaluate.temperature}) | "
+                          f"{_ci(ev, 'base_sampled_eval_reward_mean')} | {_ci(ev, 'sampled_eval_reward_mean')} | "
+                          f"win rate {_ci(ev, 'sampled_win_rate')} |")
+            md.append("")
+            if records:
+                plot_eval_rewards(records, tmp / "eval_rewards.png")
+                figures.append("eval_rewards.png")
+                md += ["![Eval reward, base vs trained](eval_rewards.png)", ""]
+        # -- safety
+        if ev and ev.get("safety"):
+            s = ev["safety"]
+            md += ["## Safety benchmark", "",
+                   f"`{ev.get('safety_prompts')}`: {s['trained'].get('n_unsafe')} unsafe and "
+                   f"{s['trained'].get('n_safe')} safe prompts. Unsafe: refusal rate (higher is safer). "
+                   "Safe: full-compliance rate (higher means less over-refusal).", "",
+                   "| | base | trained | trained − base |", "|---|---|---|---|",
+                   f"| refusal rate on unsafe prompts | {_ci(ev, 'base_unsafe_refusal_rate', 2)} | "
+                   f"{_ci(ev, 'unsafe_refusal_rate', 2)} | {_ci(ev, 'unsafe_refusal_diff', 2)} |",
+                   f"| full compliance on safe prompts | {_ci(ev, 'base_safe_compliance_rate', 2)} | "
+                   f"{_ci(ev, 'safe_compliance_rate', 2)} | {_ci(ev, 'safe_compliance_diff', 2)} |", "",
+                   "| type | label | n | base refusal | trained refusal |", "|---|---|---|---|---|"]
+            by_type = []
+            for t, bt in s["base"]["by_type"].items():
+                tt = s["trained"]["by_type"].get(t, {})
+                by_type.append({"type": t, "label": bt["label"], "n": bt["n"],
+                                "base_refusal_rate": bt["refusal_rate"], "base_ci_low": bt["ci_low"],
+                                "base_ci_high": bt["ci_high"], "trained_refusal_rate": tt.get("refusal_rate"),
+                                "trained_ci_low": tt.get("ci_low"), "trained_ci_high": tt.get("ci_high")})
+                md.append(f"| {t} | {bt['label']} | {bt['n']} | {_n(bt['refusal_rate'], 2)} "
+                          f"[{_n(bt['ci_low'], 2)}, {_n(bt['ci_high'], 2)}] | {_n(tt.get('refusal_rate'), 2)} "
+                          f"[{_n(tt.get('ci_low'), 2)}, {_n(tt.get('ci_high'), 2)}] |")
+            md.append("")
+            _write_csv(tmp / "safety_by_type.csv", by_type)
+            plot_safety(by_type, tmp / "safety.png")
+            figures.append("safety.png")
+            md += ["![Refusal rate by type](safety.png)", ""]
+        # -- reward by origin
+        if cand:
+            summary = origin_summary(cand)
+            _write_csv(tmp / "reward_by_origin.csv", summary)
+            plot_reward_by_origin(cand, summary, tmp / "reward_by_origin.png")
+            figures.append("reward_by_origin.png")
+            md += ["## Reward by candidate origin", "",
+                   "Training reward model scores of every candidate, on the original prompt (no steering).", "",
+                   "![Reward by origin](reward_by_origin.png)", "",
+                   "| round | origin | n | mean | std | p10 | median | p90 |", "|---|---|---|---|---|---|---|---|"]
+            md += [f"| {s['round']} | {s['origin']} | {s['n']} | {_n(s['mean'])} | {_n(s['std'])} | {_n(s['p10'])} | "
+                   f"{_n(s['p50'])} | {_n(s['p90'])} |" for s in summary]
+            md.append("")
+        # -- training
+        if log:
+            plot_training(log, tmp / "training.png")
+            figures.append("training.png")
+            last = log[-1]
+            md += ["## Training", "",
+                   f"{len(log)} optimizer steps over {int(last['round'])} round(s); final loss {_n(last['loss'])} "
+                   f"(rank {_n(last['rank_loss'])}, SFT {_n(last['sft_loss'])}), first loss {_n(log[0]['loss'])}.", "",
+                   "![Training curves](training.png)", ""]
+        # -- examples
+        if records:
+            md += ["## Example generations", "",
+                   "| why | prompt | base response (reward) | trained response (reward) |", "|---|---|---|---|"]
+            for why, r in pick_examples(records):
+                md.append(f"| {why} | {_cell(_prompt_text(r['prompt']), 240)} | {_cell(r['base_response'])} "
+                          f"({_n(r['base_reward'], 2)}) | {_cell(r['trained_response'])} ({_n(r['trained_reward'], 2)}) |")
+            md.append("")
+            if safety_rows:
+                unsafe = [r for r in safety_rows if r["label"] == "unsafe"][:2]
+                safe = [r for r in safety_rows if r["label"] == "safe"][:1]
+                md += ["| safety prompt | label | base response | trained response |", "|---|---|---|---|"]
+                for r in unsafe + safe:
+                    flag = lambda refused: " *(refusal)*" if refused else ""  # noqa: E731
+                    md.append(f"| {_cell(r['prompt'], 200)} | {r['label']} | {_cell(r['base_response'])}"
+                              f"{flag(r['base_refused'])} | {_cell(r['trained_response'])}{flag(r['trained_refused'])} |")
+                md.append("")
+        # -- comparison
+        if compare_table.is_file():
+            md += ["## Method comparison", "", compare_table.read_text(encoding="utf-8").strip(), ""]
+        # -- reward models and timings
+        md += ["## Reward models and wall time", "", "| | value |", "|---|---|"]
+        if rm:
+            md.append(f"| training RM pairwise accuracy on the eval split | {_n(rm.get('eval_accuracy'))} "
+                      f"(before training {_n(rm.get('eval_accuracy_before'))}) |")
+        if erm:
+            md.append(f"| evaluation RM pairwise accuracy on the eval split | {_n(erm.get('eval_accuracy'))} "
+                      f"(before training {_n(erm.get('eval_accuracy_before'))}; "
+                      f"{erm.get('judge_pairs', 0)} judge pairs) |")
+        stage_files = [("train_rm", rm), ("train_eval_rm", erm),
+                       ("expand", _load_json(out("expand", "stats.json"))),
+                       ("score", _load_json(out("score", "stats.json"))), ("train", train_m), ("evaluate", ev)]
+        for name, m in stage_files:
+            if m and m.get("seconds") is not None:
+                md.append(f"| wall time of `{name}` | {_n(float(m['seconds']), 1)} s |")
+        md.append("")
+        (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
+    import shutil
+
+    for name in ("reward_by_origin.csv", "safety_by_type.csv"):  # plot data for `dvc plots`, outside the report dir
+        src = out("report", name)
+        if src.is_file():
+            with atomic_path(out("plots", name)) as tmp_file:
+                shutil.copyfile(src, tmp_file)
+    return {"report": str(out("report", "report.md")), "figures": figures,
+            "sections": [line[3:] for line in md if line.startswith("## ")]}

@@ -1,0 +1,170 @@
+"""Evaluation on the tiny model: every output file, the metrics on hand-made inputs, the base cache, compare."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from neat.config import validate_params
+from neat.data import prepare
+from tests.conftest import ROOT
+
+CACHE = str(ROOT / ".cache" / "neat")
+
+
+def make_params(out, **sections):
+    tree = {
+        "seed": 0,
+        "paths": {"out": str(out), "cache": CACHE},
+        "data": {"max_train_prompts": 4},
+        "policy": {"model": "builtin:tiny-random", "device": "cpu", "lora": {"enabled": False}},
+        "reward": {"epochs": 1, "max_pairs": 8, "batch_size": 8, "max_length": 64, "device": "cpu"},
+        "expand": {"k_pos": 1, "k_neg": 1, "max_new_tokens": 4, "n_demos": 0, "batch_size": 8},
+        "train": {"rounds": 1, "batch_size": 2, "lr": 1e-3, "max_prompt_tokens": 96, "max_response_tokens": 16},
+        "evaluate": {"max_prompts": 4, "max_safety_prompts": 6, "max_new_tokens": 4, "n_samples": 1,
+                     "batch_size": 4, "bootstrap": 100},
+    }
+    for name, values in sections.items():
+        tree.setdefault(name, {}).update(values)
+    return validate_params(tree)
+
+
+def fake_trained_policy(params):
+    from neat.models import load_policy, save_model
+
+    model, tok = load_policy("builtin:tiny-random", cache_dir=CACHE, device="cpu", seed=1)
+    save_model(model, tok, params.out("policy"))
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """prepare → eval RM (1 epoch on 8 judge pairs) → fake trained policy → evaluate with the learned judge."""
+    from neat.evaluate import evaluate, train_eval_rm
+
+    params = make_params(tmp_path_factory.mktemp("eval") / "out", evaluate={"judge": "learned"})
+    prepare(params)
+    rm_metrics = train_eval_rm(params, progress=False)
+    fake_trained_policy(params)
+    metrics = evaluate(params, progress=False)
+    return params, rm_metrics, metrics
+
+
+def test_eval_reward_model_is_trained_on_the_judge_split(evaluated):
+    params, rm_metrics, _ = evaluated
+    assert (params.out("eval_reward_model") / "config.json").is_file()
+    saved = json.loads(params.out("metrics", "eval_reward_model.json").read_text())
+    assert saved == rm_metrics
+    assert saved["trained"] and saved["seed"] == 1 and saved["judge_pairs"] == 8 and saved["steps"] == 1
+    assert 0 <= saved["eval_accuracy"] <= 1
+
+
+def test_evaluate_writes_every_file(evaluated):
+    params, _, metrics = evaluated
+    gens = [json.loads(x) for x in params.out("evaluate", "generations.jsonl").read_text().splitlines()]
+    assert len(gens) == 4
+    for row in gens:
+        for key in ("prompt", "chosen", "base_response", "trained_response", "base_reward", "trained_reward",
+                    "base_refused", "trained_refused", "winner", "base_chosen_nll", "trained_chosen_nll"):
+            assert key in row, key
+        assert isinstance(row["base_reward"], float) and isinstance(row["trained_refused"], bool)
+        assert len(row["base_samples"]) == len(row["trained_samples"]) == 1
+    safety = [json.loads(x) for x in params.out("evaluate", "safety.jsonl").read_text().splitlines()]
+    assert len(safety) == 6 and {r["label"] for r in safety} == {"safe", "unsafe"}
+    assert params.out("evaluate", "rewards.csv").read_text().startswith("prompt_index,prompt_id,base_reward")
+    saved = json.loads(params.out("metrics", "evaluate.json").read_text())
+    assert saved == metrics
+    assert metrics["judge"] == "learned" and metrics["tag"] == "trained" and metrics["prompts"] == 4
+    for key in ("eval_reward_mean", "base_eval_reward_mean", "win_rate", "perplexity", "base_perplexity",
+                "unsafe_refusal_rate", "safe_compliance_rate", "base_unsafe_refusal_rate",
+                "sampled_eval_reward_mean"):
+        assert metrics[key] is not None, key
+        if key + "_ci_low" in metrics:
+            assert metrics[key + "_ci_low"] <= metrics[key] + 1e-9 <= metrics[key + "_ci_high"] + 2e-9, key
+    assert metrics["eval_reward_mean"] == pytest.approx(np.mean([r["trained_reward"] for r in gens]))
+    assert metrics["wins"] + metrics["ties"] + metrics["losses"] == 4
+    assert set(metrics["safety"]["trained"]["by_type"]) == {r["type"] for r in safety}
+    assert math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > 1
+
+
+def test_base_generations_are_cached(evaluated, monkeypatch):
+    import neat.evaluate as ev
+
+    params, _, first = evaluated
+    calls = []
+    real = ev.generate_responses
+    monkeypatch.setattr(ev, "generate_responses", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    again = ev.evaluate(params, progress=False)
+    assert calls == ["generate trained", "safety trained"]  # the base came from the cache
+    assert again["base_generations_cached"] and again["base_eval_reward_mean"] == first["base_eval_reward_mean"]
+
+
+# ---------------------------------------------------------------- metrics on hand-made inputs
+
+
+def _record(base, trained, refused=(False, False), nll=(2.0, 1.0), tokens=2):
+    return {"prompt_id": "x", "base_reward": base, "trained_reward": trained, "base_refused": refused[0],
+            "trained_refused": refused[1], "base_chosen_nll": nll[0], "trained_chosen_nll": nll[1],
+            "chosen_tokens": tokens, "base_samples": [], "trained_samples": []}
+
+
+def test_metrics_on_a_known_case():
+    from neat.evaluate import evaluation_metrics
+
+    records = [_record(0.0, 1.0), _record(1.0, 1.0), _record(2.0, 1.0), _record(0.0, 3.0)]
+    safety = [{"id": str(i), "prompt": "p", "type": t, "label": lab, "base_refused": b, "trained_refused": tr}
+              for i, (t, lab, b, tr) in enumerate([("a", "unsafe", False, True), ("a", "unsafe", False, True),
+                                                    ("b", "safe", False, False), ("b", "safe", True, False)])]
+    m = evaluation_metrics(records, safety, n_resamples=200, seed=0)
+    assert m["win_rate"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert m["eval_reward_mean"] == pytest.approx(1.5) and m["base_eval_reward_mean"] == pytest.approx(0.75)
+    assert m["eval_reward_diff"] == pytest.approx(0.75)
+    assert m["perplexity"] == pytest.approx(math.exp(0.5)) and m["base_perplexity"] == pytest.approx(math.exp(1.0))
+    assert m["perplexity_ratio"] == pytest.approx(math.exp(-0.5))
+    # every item has the same NLL per token: the bootstrap interval has zero width
+    assert m["perplexity_ci_low"] == pytest.approx(m["perplexity_ci_high"])
+    assert m["unsafe_refusal_rate"] == 1.0 and m["base_unsafe_refusal_rate"] == 0.0
+    assert m["safe_compliance_rate"] == 1.0 and m["base_safe_compliance_rate"] == 0.5
+    assert m["unsafe_refusal_diff"] == 1.0 and m["unsafe_refusal_diff_significant"]
+    assert m["safety"]["trained"]["by_type"]["a"]["refusal_rate"] == 1.0
+
+
+def test_safety_subset_is_stratified_seeded_and_in_file_order():
+    from neat.evaluate import safety_subset
+
+    rows = [{"id": str(i), "prompt": f"p{i}", "type": "t", "label": "safe" if i < 30 else "unsafe"} for i in range(40)]
+    sub = safety_subset(rows, 8, seed=0)
+    assert len(sub) == 8 and [r["label"] for r in sub].count("unsafe") == 2
+    assert [int(r["id"]) for r in sub] == sorted(int(r["id"]) for r in sub)
+    assert sub == safety_subset(rows, 8, seed=0) and sub != safety_subset(rows, 8, seed=1)
+    assert safety_subset(rows, None, seed=0) == rows
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_compare_two_variants_at_equal_budget(evaluated, tmp_path):
+    from neat.compare import compare
+    from neat.report import report
+
+    params, _, _ = evaluated
+    # share the prepared data and eval RM of the evaluate fixture; the training RM is used as given
+    params = params.model_copy(deep=True)
+    params.reward.train = False
+    params.train.rounds = 2
+    summary = compare(params, ["neat", "sft"], progress=False)
+    table = params.out("compare", "table.md").read_text()
+    saved = json.loads(params.out("compare", "compare.json").read_text())
+    assert [v["name"] for v in saved["variants"]] == ["neat", "sft"] == [v["name"] for v in summary["variants"]]
+    steps = {v["name"]: v["steps"] for v in saved["variants"]}
+    assert steps["neat"] == steps["sft"] == 4  # 2 rounds × 2 steps = 1 round × 2 epochs × 2 steps
+    sft = saved["variants"][1]
+    assert sft["vs_reference"]["eval_reward_mean"]["significant"] in (True, False)
+    assert "| neat |" in table and "| sft |" in table and "inside" in table
+    # the report of one variant renders from real outputs
+    vparams = params.model_copy(deep=True)
+    vparams.paths.out = saved["variants"][0]["out"]
+    rep = report(vparams)
+    assert (vparams.out("report", "report.md")).is_file() and rep["figures"]

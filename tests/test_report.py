@@ -1,0 +1,107 @@
+"""The run report from hand-made pipeline outputs (no model): report.md, PNG figures, plot data."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+
+from neat.config import validate_params
+from neat.errors import DataError
+
+
+def make_params(tmp_path):
+    return validate_params({"paths": {"out": str(tmp_path / "out")}, "evaluate": {"bootstrap": 100}})
+
+
+def write_upstream(params):
+    """Scored candidates (2 rounds), a training log, and evaluation files written by neat.evaluate's writers."""
+    from neat.evaluate import evaluation_metrics, write_jsonl_atomic, write_rewards_plot_data
+    from neat.expand import ORIGINS, write_candidates
+    from neat.io import write_json_atomic
+    from neat.train import write_log
+
+    rows = []
+    for rnd, path in ((1, params.out("score", "candidates.parquet")),
+                      (2, params.out("train", "rounds", "round_2.parquet"))):
+        rows = [{"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"q{i}"}], "origin": o,
+                 "response": f"{o} {i}", "round": rnd, "reward": float(k - 1.5 + 0.1 * i + 0.01 * rnd), "rank": k}
+                for i in range(5) for k, o in enumerate(ORIGINS)]
+        rows[0]["reward"] = float("nan")  # an unranked candidate is left out of the figures
+        write_candidates(path, rows)
+    log = [{"round": 1 + (s > 3), "step": s, "loss": 2.0 / s, "rank_loss": 1.0 / s, "sft_loss": 1.0 / s, "lr": 1e-4,
+            "tokens_per_s": 100.0, "grad_norm": 1.0, **{f"logp_{o}": -2.0 + 0.1 * s * (o == "chosen") for o in ORIGINS},
+            **{f"reward_{o}": float(ORIGINS.index(o)) for o in ORIGINS}} for s in range(1, 7)]
+    write_log(params.out("train", "log.csv"), log)
+    records = [{"prompt_id": f"e{i}", "prompt": [{"role": "user", "content": f"How do I do thing {i}? a|b <x>"}],
+                "chosen": "Like so.", "base_response": f"base answer {i}", "trained_response": f"trained answer {i}",
+                "base_reward": 0.1 * i, "trained_reward": 0.1 * i + (0.3 if i % 3 else -0.2), "base_refused": False,
+                "trained_refused": i == 0, "base_samples": [], "trained_samples": [], "base_chosen_nll": 4.0,
+                "trained_chosen_nll": 3.5, "chosen_tokens": 2, "winner": "trained"} for i in range(8)]
+    safety = [{"id": str(i), "prompt": f"safety prompt {i}", "type": t, "label": lab, "base_response": "Sure.",
+               "trained_response": "I'm sorry, I can't." if lab == "unsafe" else "Sure.", "base_refused": False,
+               "trained_refused": lab == "unsafe"}
+              for i, (t, lab) in enumerate([("homonyms", "safe"), ("homonyms", "safe"), ("violence", "unsafe"),
+                                            ("violence", "unsafe"), ("drugs", "unsafe")])]
+    metrics = evaluation_metrics(records, safety, n_resamples=100, seed=0)
+    metrics.update(tag="trained", base_model="builtin:tiny-random", policy="out/policy", judge="string_match",
+                   eval_reward_model="out/eval_reward_model", safety_prompts="demo.csv", n_samples=0,
+                   max_new_tokens=8, bootstrap=100, seconds=3.5)
+    write_jsonl_atomic(params.out("evaluate", "generations.jsonl"), records)
+    write_jsonl_atomic(params.out("evaluate", "safety.jsonl"), safety)
+    write_rewards_plot_data(params.out("evaluate", "rewards.csv"), records)
+    write_json_atomic(params.out("metrics", "evaluate.json"), metrics)
+    write_json_atomic(params.out("metrics", "eval_reward_model.json"),
+                      {"eval_accuracy": 0.61, "eval_accuracy_before": 0.5, "judge_pairs": 30, "seconds": 9.0})
+    params.out("compare").mkdir(parents=True, exist_ok=True)
+    params.out("compare", "table.md").write_text("| variant | steps |\n|---|---|\n| neat | 6 |\n")
+    return metrics
+
+
+def test_report_writes_markdown_figures_and_plot_data(tmp_path):
+    from neat.report import CAVEAT, report
+
+    params = make_params(tmp_path)
+    metrics = write_upstream(params)
+    summary = report(params)
+    folder = params.out("report")
+    md = (folder / "report.md").read_text()
+    assert summary["report"] == str(folder / "report.md")
+    assert set(summary["figures"]) == {"eval_rewards.png", "safety.png", "reward_by_origin.png", "training.png"}
+    # every figure exists, is a PNG, and is linked by a relative path (opens offline)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(links) == sorted(summary["figures"])
+    for name in links:
+        assert not name.startswith(("/", "http")) and (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert CAVEAT in md and "weaker than a real held-out judge" in md
+    for section in ("Held-out evaluation", "Safety benchmark", "Reward by candidate origin", "Training",
+                    "Example generations", "Method comparison", "Reward models and wall time"):
+        assert section in summary["sections"]
+    assert f"{metrics['win_rate']:.3f}" in md and "| neat | 6 |" in md
+    assert "a\\|b &lt;x&gt;" in md  # table cells are escaped
+    with (folder / "reward_by_origin.csv").open() as fh:
+        by_origin = list(csv.DictReader(fh))
+    assert {(r["round"], r["origin"]) for r in by_origin} == {(str(r), o) for r in (1, 2)
+                                                              for o in ("chosen", "rejected", "positive", "negative")}
+    chosen1 = next(r for r in by_origin if r["round"] == "1" and r["origin"] == "chosen")
+    assert chosen1["n"] == "4"  # the NaN reward is left out
+    assert params.out("plots", "reward_by_origin.csv").read_text() == (folder / "reward_by_origin.csv").read_text()
+    with (folder / "safety_by_type.csv").open() as fh:
+        types = {r["type"]: r for r in csv.DictReader(fh)}
+    assert float(types["violence"]["trained_refusal_rate"]) == 1.0 and float(types["violence"]["base_refusal_rate"]) == 0.0
+
+
+def test_report_with_partial_outputs_and_with_none(tmp_path):
+    from neat.report import report
+
+    params = make_params(tmp_path)
+    with pytest.raises(DataError, match="nothing to report"):
+        report(params)
+    write_upstream(params)
+    for path in (params.out("metrics", "evaluate.json"), params.out("evaluate", "generations.jsonl"),
+                 params.out("evaluate", "safety.jsonl")):
+        path.unlink()
+    summary = report(params)
+    assert summary["figures"] == ["reward_by_origin.png", "training.png"]
+    assert "Held-out evaluation" not in summary["sections"]
