@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         if stage.name == "train":
             stage_parser.add_argument("--resume", action="store_true",
                                       help="continue from the last checkpoint of the same inputs and params")
+        if stage.name == "compare":
+            stage_parser.add_argument("--variants", default=None, help="comma-separated subset of: neat,rrhf,sft")
         _add_common(stage_parser)
 
     rollback = sub.add_parser("rollback", help="move the registry's production pointer back one version")
@@ -91,6 +93,8 @@ def dispatch(args) -> int:
         return 0
     if args.command in STAGES:
         options = {"resume": True} if getattr(args, "resume", False) else {}
+        if getattr(args, "variants", None):
+            options["variants"] = args.variants.split(",")
         summary = run_stage(args.command, params, **options)
         if summary:
             print(json.dumps(summary, indent=2, default=str))

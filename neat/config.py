@@ -29,6 +29,7 @@ class Paths(Section):
     refusal_examples: str = "data/demo/refusal_examples.jsonl"
     out: str = Field("outputs", description="every stage writes under this directory")
     cache: str = Field(".cache/neat", description="converted builtin models")
+    checkpoints: str = Field(".neat/checkpoints", description="resumable training state (not versioned)")
 
 
 class DataParams(Section):

@@ -12,6 +12,7 @@ class Stage:
     name: str
     target: str  # "module:function", imported lazily so `neat --help` stays fast
     help: str
+    in_pipeline: bool = True  # part of dvc.yaml's graph (compare is a separate benchmark command)
 
     def load(self) -> Callable:
         module, func = self.target.split(":")
@@ -26,6 +27,11 @@ STAGES: dict[str, Stage] = {
         Stage("expand", "neat.expand:expand", "sample positive/negative-steered candidates from the policy"),
         Stage("score", "neat.reward:score", "score and rank every candidate on the original prompt"),
         Stage("train", "neat.train:train", "online ranking-loss training (RRHF/PRO + SFT), several rounds"),
+        Stage("train-eval-rm", "neat.evaluate:train_eval_rm", "train the evaluation reward model on the judge split"),
+        Stage("evaluate", "neat.evaluate:evaluate", "base vs trained: eval reward, win rate, perplexity, safety"),
+        Stage("report", "neat.report:report", "report.md with figures, tables and example generations"),
+        Stage("compare", "neat.compare:compare", "train and evaluate NEAT, RRHF and SFT at equal steps; table",
+              in_pipeline=False),
     ]
 }
 

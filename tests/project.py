@@ -41,7 +41,7 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
     files = git("ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT).splitlines()
     for rel in files:
         src = ROOT / rel
-        if src.is_file() and not rel.startswith("tests/"):
+        if src.is_file() and not rel.startswith(("tests/", "outputs/", ".neat/")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     set_params_in_file(dest / "params.yaml", {**TINY, **(overrides or {})})

@@ -14,6 +14,7 @@ from tests.conftest import ROOT
 def tiny_overrides(out):
     return [
         f"paths.out={out}",
+        f"paths.checkpoints={out}-checkpoints",
         "policy.model=builtin:tiny-random",
         "policy.device=cpu",
         "data.max_train_prompts=6",

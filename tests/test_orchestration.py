@@ -1,0 +1,194 @@
+"""DVC pipeline behaviour, the S3 remote round trip, and a real Prefect server + worker deployment run.
+
+One tiny-model project copy is reproduced once and shared by the tests of this module, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neat.pipeline import stage_order
+from neat.stages import STAGES
+from tests.conftest import ROOT
+from tests.project import git, make_project, venv_env
+
+BUCKET = "neat-dvc"
+CREDS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+         "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=venv_env(env), capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
+
+
+# ---------------------------------------------------------------- the graph, defined once
+
+
+def test_dvc_stages_are_the_neat_stage_entry_points_in_topological_order():
+    order = stage_order(ROOT)
+    assert sorted(s.neat_name for s in order) == sorted(n for n, s in STAGES.items() if s.in_pipeline)
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    produced: set[str] = set()
+    for stage in order:
+        for dep in spec[stage.dvc_name].get("deps", []):
+            if dep.startswith("${paths.out}"):
+                assert any(dep == out or dep.startswith(out + "/") for out in produced), (stage.dvc_name, dep)
+        for kind in ("outs", "metrics", "plots"):
+            for out in spec[stage.dvc_name].get(kind, []):
+                produced.add(out if isinstance(out, str) else next(iter(out)))
+
+
+# ---------------------------------------------------------------- DVC on a real project copy
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    import boto3
+
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                 aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("project"))
+    first = sh(["dvc", "repro"], root)
+    assert "Running stage 'train'" in first.stdout
+    return root
+
+
+def test_second_repro_does_nothing(project):
+    again = sh(["dvc", "repro"], project)
+    assert "Data and pipelines are up to date" in again.stdout
+    assert "Running stage" not in again.stdout
+
+
+def test_changing_a_parameter_reruns_only_dependent_stages(project):
+    from neat.pipeline import set_params_in_file
+
+    set_params_in_file(project / "params.yaml", {"train.lr": 2e-4})
+    out = sh(["dvc", "repro"], project).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    skipped = {line.split("'")[1] for line in out.splitlines() if "didn't change, skipping" in line}
+    assert "train" in ran
+    assert {"prepare", "train_rm", "expand", "score"} <= skipped
+    assert not ({"prepare", "train_rm", "expand", "score"} & ran)
+
+
+def test_experiment_run_and_show(project):
+    sh(["dvc", "exp", "run", "-S", "train.sft_weight=0.5", "-n", "sft-half"], project)
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
+    assert "sft-half" in json.dumps(shown)
+    diff = sh(["dvc", "metrics", "diff", "--json"], project)
+    assert diff.returncode == 0
+
+
+def test_s3_remote_push_then_pull_in_fresh_clone(project, s3_server, tmp_path):
+    remote = f"s3://{BUCKET}/store"
+    sh(["dvc", "remote", "add", "-f", "-d", "storage", remote], project)
+    sh(["dvc", "remote", "modify", "--local", "storage", "endpointurl", s3_server], project)
+    git("add", "-A", cwd=project)
+    git("-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "results", cwd=project)
+    pushed = sh(["dvc", "push"], project, env=CREDS)
+    assert CREDS["AWS_SECRET_ACCESS_KEY"] not in pushed.stdout + pushed.stderr
+    tracked = (project / ".dvc" / "config").read_text()
+    assert "endpointurl" not in tracked and CREDS["AWS_SECRET_ACCESS_KEY"] not in tracked
+
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(project), str(clone), cwd=tmp_path)
+    sh(["dvc", "remote", "modify", "--local", "storage", "endpointurl", s3_server], clone)
+    sh(["dvc", "pull"], clone, env=CREDS)
+    cached = ("outputs/policy", "outputs/reward_model", "outputs/expand/candidates.parquet",
+              "outputs/score/candidates.parquet", "outputs/data/train.jsonl")
+    for out in cached:
+        assert (clone / out).exists(), out
+        assert tree_digest(clone / out) == tree_digest(project / out), out
+    status = sh(["dvc", "status"], clone)
+    assert "up to date" in status.stdout.lower() or status.stdout.strip() == ""
+
+
+# ---------------------------------------------------------------- a real Prefect server and worker
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    port = free_port()
+    env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_API_REQUEST_TIMEOUT": "90",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PREFECT_LOGGING_LEVEL": "INFO"}
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=venv_env(env), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    import urllib.request
+
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("prefect server did not start:\n" + (tmp_path / "server.log").read_text()[-2000:])
+            time.sleep(1)
+    yield env
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
+    env = prefect_server
+    sh(["prefect", "work-pool", "create", "neat-pool", "--type", "process"], project, env)
+    sh(["prefect", "gcl", "create", "neat-pipeline", "--limit", "1"], project, env)
+    sh(["prefect", "--no-prompt", "deploy", "--all"], project, env)
+    worker_log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "neat-pool"], cwd=tmp_path,
+                              env=venv_env(env), stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        run = sh(["prefect", "deployment", "run", "neat-pipeline/on-demand", "--param",
+                  'overrides={"train.sft_weight": 0.25}', "--watch", "--watch-timeout", "600"], project, env,
+                 check=False)
+        log = (tmp_path / "worker.log").read_text()
+        assert run.returncode == 0, run.stdout[-3000:] + log[-3000:]
+        assert "Completed" in run.stdout
+        assert "Running stage 'train'" in log and "Stage 'prepare' didn't change, skipping" in log
+        assert "revision:" in log and "dvc_experiment" in log
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["train"]["sft_weight"] != 0.25  # the override was for that run only
+    assert (project / "outputs" / "policy" / "config.json").exists()
+    assert json.loads((project / "outputs" / "metrics" / "train.json").read_text())["steps"] > 0
