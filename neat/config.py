@@ -113,6 +113,7 @@ class TrainParams(Section):
     max_response_tokens: int = Field(128, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end of round only")
     include_dataset_responses: bool = Field(True, description="keep chosen/rejected as candidates")
+    shared_prompt: bool = Field(True, description="compute each prompt once for all its candidates (packed rows)")
     gradient_checkpointing: bool = False
     bf16_autocast: bool = Field(False, description="GPU only")
     logprob_chunk: int = Field(1024, ge=1)

@@ -91,6 +91,8 @@ def response_logprobs(
     *,
     chunk_size: int = 1024,
     position_ids: Tensor | None = None,
+    sequence_index: Tensor | None = None,
+    num_sequences: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sum of the log-probs of the response tokens of each sequence, and how many there are.
 
@@ -105,23 +107,46 @@ def response_logprobs(
         chunk_size: number of scored positions sent through the LM head and log-softmax at once.
         position_ids: ``[N, T]``; by default ``cumsum(attention_mask) - 1`` (1 on padding), so that a
             sequence gets the same positions whether it is left or right padded.
+        attention_mask (4D form): ``[N, 1, T, T]`` instead of ``[N, T]``, passed to the model as is
+            (a custom mask, e.g. the block mask of packed sequences, see ``neat.packing``): bool (True =
+            may attend) or additive float (0 / large negative), in the form the model's attention
+            implementation takes. ``position_ids`` is then required, and padding is not checked.
+        sequence_index: ``[N, T]`` int64; with it, the log-prob of response token ``(n, t)`` is added to
+            output slot ``sequence_index[n, t]`` instead of ``n`` (several sequences packed in one row).
+            Only read where ``response_mask`` is set.
+        num_sequences: number of output slots with ``sequence_index`` (default: its max over the
+            response tokens + 1).
 
     Returns:
         ``(sum_logps, n_tokens)``: float32 ``[N]`` sum over response tokens t of
         ``log p(x_t | x_<t)`` (token t is predicted from position t - 1), and int64 ``[N]`` number of
         response tokens. Differentiable when gradients are enabled; works under ``torch.no_grad``.
     """
-    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or response_mask.shape != input_ids.shape:
+    four_d = attention_mask.dim() == 4
+    if four_d:
+        n, t = input_ids.shape if input_ids.dim() == 2 else (None, None)
+        if input_ids.dim() != 2 or tuple(attention_mask.shape) != (n, 1, t, t) or response_mask.shape != input_ids.shape:
+            raise ValueError(
+                "with a 4D attention mask, input_ids and response_mask must be [N, T] and attention_mask "
+                f"[N, 1, T, T], got {tuple(input_ids.shape)}, {tuple(response_mask.shape)} and "
+                f"{tuple(attention_mask.shape)}"
+            )
+        if position_ids is None:
+            raise ValueError("a 4D attention mask needs explicit position_ids")
+    elif input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or response_mask.shape != input_ids.shape:
         raise ValueError(
             "input_ids, attention_mask and response_mask must share one [N, T] shape, got "
             f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)} and {tuple(response_mask.shape)}"
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if sequence_index is not None and sequence_index.shape != input_ids.shape:
+        raise ValueError(f"sequence_index must have shape {tuple(input_ids.shape)}, got {tuple(sequence_index.shape)}")
     response_mask = response_mask.bool()
-    attention_mask_b = attention_mask.bool()
-    if bool((response_mask & ~attention_mask_b).any()):
-        raise ValueError("response_mask marks a padding token (attention_mask == 0) as a response token")
+    if not four_d:
+        attention_mask_b = attention_mask.bool()
+        if bool((response_mask & ~attention_mask_b).any()):
+            raise ValueError("response_mask marks a padding token (attention_mask == 0) as a response token")
     if bool(response_mask[:, 0].any()):
         raise ValueError("response_mask marks token 0 as a response token; it has no preceding token to predict it")
     if position_ids is None:
@@ -152,9 +177,17 @@ def response_logprobs(
     # No scored token at all: an empty [0] tensor that is still part of the graph.
     token_logps = torch.cat(pieces) if pieces else h.float().sum(dim=1) * 0
 
-    n = input_ids.shape[0]
-    sum_logps = torch.zeros(n, dtype=torch.float32, device=input_ids.device).index_add(0, rows, token_logps)
-    n_tokens = response_mask.sum(dim=1)
+    if sequence_index is None:
+        n, slots = input_ids.shape[0], rows
+        n_tokens = response_mask.sum(dim=1)
+    else:
+        slots = sequence_index[:, 1:][rows, cols].long()
+        n = num_sequences if num_sequences is not None else (int(slots.max()) + 1 if slots.numel() else 0)
+        if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= n):
+            raise ValueError(f"sequence_index of a response token is outside [0, {n})")
+        n_tokens = torch.zeros(n, dtype=torch.long, device=input_ids.device).index_add(
+            0, slots, torch.ones_like(slots))
+    sum_logps = torch.zeros(n, dtype=torch.float32, device=input_ids.device).index_add(0, slots, token_logps)
     return sum_logps, n_tokens
 
 

@@ -13,6 +13,7 @@ continues from them and reaches the same final weights as an uninterrupted run o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -124,13 +125,71 @@ def collate(tokenizer, groups: list[Group], max_prompt_tokens: int, max_response
     return Batch(input_ids, attention, response, torch.tensor(slots), rewards, mask, [g.origins for g in groups])
 
 
-def batch_logps(model, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward pass over every candidate of the batch → (normalised logps, sums, counts), each [B, K]."""
+@dataclass
+class PackedBatch:
+    """Shared-prompt layout (see `neat.packing`): one row per prompt, the prompt once, then each candidate."""
+
+    input_ids: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T]
+    segment_ids: torch.Tensor  # [B, T]: 0 prompt, k + 1 candidate k, -1 padding
+    response_mask: torch.Tensor  # [B, T]
+    sequence_index: torch.Tensor  # [B, T]: row of `slot` each response token belongs to
+    slot: torch.Tensor  # [N, 2] (prompt b, candidate k) of each candidate
+    rewards: torch.Tensor  # [B, K]
+    mask: torch.Tensor  # [B, K]
+    origins: list[list[str]]
+    n_tokens: int  # real tokens the model runs over
+
+
+def _encode_groups(tokenizer, groups, max_prompt_tokens, max_response_tokens):
+    k_max = max(len(g.responses) for g in groups)
+    rewards = torch.zeros(len(groups), k_max)
+    mask = torch.zeros(len(groups), k_max, dtype=torch.bool)
+    prompts, responses, slots = [], [], []
+    for b, group in enumerate(groups):
+        prompts.append(encode_prompt(tokenizer, group.prompt, max_prompt_tokens))
+        responses.append([encode_response(tokenizer, text, max_response_tokens) for text in group.responses])
+        for k, reward in enumerate(group.rewards):
+            slots.append((b, k))
+            rewards[b, k] = reward
+            mask[b, k] = True
+    return prompts, responses, slots, rewards, mask
+
+
+def collate_packed(tokenizer, groups: list[Group], max_prompt_tokens: int, max_response_tokens: int,
+                   pad_id: int) -> PackedBatch:
+    """Like `collate`, but each prompt is computed once for all its candidates (same log-probs)."""
+    from neat.packing import pack_rows
+
+    prompts, responses, slots, rewards, mask = _encode_groups(tokenizer, groups, max_prompt_tokens, max_response_tokens)
+    rows = pack_rows(prompts, responses, pad_id)
+    return PackedBatch(rows.input_ids, rows.position_ids, rows.segment_ids, rows.response_mask, rows.sequence_index,
+                       torch.tensor(slots), rewards, mask, [g.origins for g in groups], rows.n_tokens)
+
+
+def batch_tokens(batch) -> int:
+    return batch.n_tokens if isinstance(batch, PackedBatch) else int(batch.attention_mask.sum())
+
+
+def batch_logps(model, batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass over every candidate of the batch → (normalised logps, sums, counts), each [B, K].
+
+    `batch` is a `Batch` (one sequence per candidate) or a `PackedBatch` (one per prompt)."""
     device = next(model.parameters()).device
-    sums, counts = response_logprobs(
-        model, batch.input_ids.to(device), batch.attention_mask.to(device), batch.response_mask.to(device),
-        chunk_size=chunk,
-    )
+    if isinstance(batch, PackedBatch):
+        from neat.packing import block_mask, model_mask
+
+        attn = model_mask(model, block_mask(batch.segment_ids.to(device)))
+        sums, counts = response_logprobs(
+            model, batch.input_ids.to(device), attn, batch.response_mask.to(device), chunk_size=chunk,
+            position_ids=batch.position_ids.to(device), sequence_index=batch.sequence_index.to(device),
+            num_sequences=batch.slot.shape[0],
+        )
+    else:
+        sums, counts = response_logprobs(
+            model, batch.input_ids.to(device), batch.attention_mask.to(device), batch.response_mask.to(device),
+            chunk_size=chunk,
+        )
     shape = batch.mask.shape
     b, k = batch.slot[:, 0].to(device), batch.slot[:, 1].to(device)
     sum_bk = torch.zeros(shape, device=device).index_put((b, k), sums)
@@ -142,19 +201,61 @@ def ranking_loss(name: str, logps, rewards, mask):
     return {"rrhf": rrhf_loss, "pro": pro_loss}[name](logps, rewards, mask)
 
 
-def step_loss(model, batch: Batch, cfg) -> tuple[torch.Tensor, dict]:
+def _counting_prompts(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Prompts the ranking losses average over: at least two real candidates with different rewards."""
+    big = torch.finfo(rewards.dtype).max
+    hi = torch.where(mask, rewards, torch.full_like(rewards, -big)).amax(dim=1)
+    lo = torch.where(mask, rewards, torch.full_like(rewards, big)).amin(dim=1)
+    return (mask.sum(dim=1) >= 2) & (hi > lo)
+
+
+def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False) -> tuple[torch.Tensor, dict]:
+    """Loss of one micro-batch and its logged statistics.
+
+    With `dist_group` (a `neat.distributed.Group`), the batch is this process's shard of a global
+    micro-batch: every mean (ranking loss over counting prompts, SFT over best-candidate tokens,
+    logged log-probs) is taken over the global batch, and the returned loss is scaled by the world
+    size so that DDP's gradient *average* equals the single-process gradient of the global batch.
+    `phantom`: this process has no prompt of the micro-batch and runs `batch` only to take part in
+    the collective calls; it contributes nothing (weight 0).
+    """
     device = next(model.parameters()).device
     rewards, mask = batch.rewards.to(device), batch.mask.to(device)
     logps, sums, counts = batch_logps(model, batch, cfg.logprob_chunk)
     rank = ranking_loss(cfg.loss, logps, rewards, mask)
-    sft = sft_loss(sums, counts, best_candidate_index(rewards, mask))
-    loss = rank + cfg.sft_weight * sft
-    stats = {"rank_loss": rank.item(), "sft_loss": sft.item()}
+    best = best_candidate_index(rewards, mask)
+    sft = sft_loss(sums, counts, best)
+    sel_by_origin = {o: [(b, k) for b, row in enumerate(batch.origins) for k, x in enumerate(row) if x == o]
+                     for o in ORIGINS}
     detached = logps.detach().cpu()
-    for origin in ORIGINS:
-        sel = [(b, k) for b, row in enumerate(batch.origins) for k, o in enumerate(row) if o == origin]
-        stats[f"logp_{origin}"] = float(sum(detached[b, k] for b, k in sel) / len(sel)) if sel else math.nan
-        stats[f"reward_{origin}"] = float(sum(batch.rewards[b, k] for b, k in sel) / len(sel)) if sel else math.nan
+    if dist_group is None:
+        loss = rank + cfg.sft_weight * sft
+        stats = {"rank_loss": rank.item(), "sft_loss": sft.item()}
+        for origin, sel in sel_by_origin.items():
+            stats[f"logp_{origin}"] = float(sum(detached[b, k] for b, k in sel) / len(sel)) if sel else math.nan
+            stats[f"reward_{origin}"] = float(sum(batch.rewards[b, k] for b, k in sel) / len(sel)) if sel else math.nan
+        return loss, stats
+    # local sums -> global normalisers (one all_reduce of a small vector)
+    n_rank = _counting_prompts(rewards, mask).sum().float()
+    n_sft = counts.gather(1, best[:, None]).sum().float()
+    if phantom:
+        n_rank, n_sft, sel_by_origin = n_rank * 0, n_sft * 0, {o: [] for o in ORIGINS}
+    local = [n_rank, n_sft]
+    for origin, sel in sel_by_origin.items():
+        local += [torch.tensor(float(len(sel))), torch.tensor(float(sum(detached[b, k] for b, k in sel))),
+                  torch.tensor(float(sum(batch.rewards[b, k] for b, k in sel)))]
+    rank_sum, sft_sum = rank.detach() * n_rank, sft.detach() * n_sft
+    local += [rank_sum, sft_sum]
+    totals = dist_group.all_sum(torch.stack([torch.as_tensor(x, dtype=torch.float64).reshape(()).cpu() for x in local]))
+    g_rank, g_sft = totals[0].clamp(min=1), totals[1].clamp(min=1)
+    world = dist_group.world_size
+    loss = (rank * n_rank / g_rank + cfg.sft_weight * sft * n_sft / g_sft) * world
+    stats = {"rank_loss": float(totals[-2] / g_rank), "sft_loss": float(totals[-1] / g_sft)}
+    for i, origin in enumerate(ORIGINS):
+        n, lp, rw = (float(v) for v in totals[2 + 3 * i : 5 + 3 * i])
+        stats[f"logp_{origin}"] = lp / n if n else math.nan
+        stats[f"reward_{origin}"] = rw / n if n else math.nan
+    stats["loss"] = stats["rank_loss"] + cfg.sft_weight * stats["sft_loss"]
     return loss, stats
 
 
@@ -243,10 +344,12 @@ def write_log(path: Path, rows: list[dict]) -> None:
 class Trainer:
     """Holds the policy, the optimisation state and the round data of one training run."""
 
-    def __init__(self, params, model, tokenizer, *, out_dir: Path, scorer=None, progress: bool = True):
+    def __init__(self, params, model, tokenizer, *, out_dir: Path, scorer=None, progress: bool = True,
+                 state_dir: Path | None = None):
         self.params, self.cfg = params, params.train
         self.model, self.tokenizer = model, tokenizer
-        self.out_dir, self.state_dir = Path(out_dir), Path(out_dir) / "state"
+        self.out_dir = Path(out_dir)
+        self.state_dir = Path(state_dir) if state_dir else self.out_dir / "state"
         self.scorer = scorer  # callable(rows) -> rows with reward and rank, for rounds >= 2
         self.progress = progress
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -255,6 +358,26 @@ class Trainer:
             raise TrainingError("the policy has no trainable parameter (LoRA disabled and weights frozen?)")
         self.optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.log: list[dict] = []
+        # several processes (accelerate launch / torchrun): DDP over a shard of each micro-batch
+        from neat.distributed import init_from_env, wrap_ddp
+        from neat.packing import supports_packing
+
+        self.dist = init_from_env(next(model.parameters()).device)
+        self.forward_model = wrap_ddp(model, self.dist) if self.dist else model
+        self.shared_prompt = self.cfg.shared_prompt and supports_packing(model)
+        self.autocast = bool(self.cfg.bf16_autocast) and next(model.parameters()).device.type == "cuda"
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
+    def _barrier(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()
+
+    def collate(self, groups: list[Group]):
+        fn = collate_packed if self.shared_prompt else collate
+        return fn(self.tokenizer, groups, self.cfg.max_prompt_tokens, self.cfg.max_response_tokens, self.pad_id)
 
     def steps_per_round(self, n_groups: int) -> int:
         batches = math.ceil(n_groups / self.cfg.batch_size) * self.cfg.epochs_per_round
@@ -267,6 +390,9 @@ class Trainer:
         path = self.out_dir / "rounds" / f"round_{round_}.parquet"
         if path.exists():  # written before this round's first step: resuming mid-round
             return read_candidates(path)
+        if not self.is_main:  # the main process samples and scores the round; the others read it
+            self._barrier()
+            return read_candidates(path)
         rows, _ = build_candidates(
             self.model, self.tokenizer, groups_source, demo_pool, self.params.expand, seed=self.params.seed,
             policy_id=policy_id, round_=round_, progress=self.progress,
@@ -274,6 +400,7 @@ class Trainer:
         )
         rows = self.scorer(rows)
         write_candidates(path, rows)
+        self._barrier()
         return rows
 
     def run(self, first_rows: list[dict], groups_source, demo_pool, *, fingerprint_: str, resume: bool = False,
@@ -294,7 +421,7 @@ class Trainer:
             else:
                 print(f"neat train: checkpoint in {self.state_dir} is from other inputs/params; starting fresh")
         self.model.train()
-        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not self.progress)
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (self.progress and self.is_main))
         for round_ in range(start_round, cfg.rounds + 1):
             rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
             groups = groups_from_scored(rows)
@@ -313,14 +440,18 @@ class Trainer:
                 info = {"round": round_, "position": position, "step": step, "fingerprint": fingerprint_,
                         "log": self.log, "round_done": position >= len(batches)}
                 if info["round_done"] or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                    save_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler, info)
-                    write_log(self.out_dir / "log.csv", self.log)
+                    if self.is_main:
+                        save_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler, info)
+                        write_log(self.out_dir / "log.csv", self.log)
+                    self._barrier()
                 if stop_after_steps is not None and step >= stop_after_steps:
                     bar.close()
                     return {"stopped_at_step": step}
             position = 0
         bar.close()
-        write_log(self.out_dir / "log.csv", self.log)
+        if self.is_main:
+            write_log(self.out_dir / "log.csv", self.log)
+        self._barrier()
         return {"steps": step, "rounds": cfg.rounds}
 
     def _optimizer_step(self, micro_batches: list[list[Group]], round_: int, step: int) -> dict:
@@ -329,17 +460,28 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         tokens = 0
-        for groups in micro_batches:
-            batch = collate(self.tokenizer, groups, cfg.max_prompt_tokens, cfg.max_response_tokens, self.pad_id)
-            tokens += int(batch.attention_mask.sum())
-            loss, stats = step_loss(self.model, batch, cfg)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at round {round_}, step {step + 1}; stopped. The last good "
-                    f"checkpoint is kept in {self.state_dir} (lower train.lr or check the scored data)"
-                )
-            (loss / len(micro_batches)).backward()
-            stats["loss"] = loss.item()
+        for i, groups in enumerate(micro_batches):
+            phantom = False
+            if self.dist is not None:
+                shard = self.dist.shard(groups)
+                # a process without a prompt still runs one (weight 0) to take part in DDP's all-reduce
+                groups, phantom = (shard, False) if shard else (groups[:1], True)
+            batch = self.collate(groups)
+            tokens += 0 if phantom else batch_tokens(batch)
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if self.dist is None or last else self.forward_model.no_sync()
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+            with sync:
+                with amp:
+                    loss, stats = step_loss(self.forward_model, batch, cfg, self.dist, phantom)
+                finite = bool(torch.isfinite(loss)) if self.dist is None else math.isfinite(stats["loss"])
+                if not finite:
+                    raise TrainingError(
+                        f"non-finite loss ({loss.item()}) at round {round_}, step {step + 1}; stopped. The last good "
+                        f"checkpoint is kept in {self.state_dir} (lower train.lr or check the scored data)"
+                    )
+                (loss / len(micro_batches)).backward()
+            stats.setdefault("loss", loss.item())
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -367,7 +509,7 @@ def load_trainable_policy(params):
     if lora.enabled:
         model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
     if params.train.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
 
 
@@ -381,6 +523,13 @@ def reward_scorer(params):
                                    seed=params.reward.seed)
     return lambda rows: score_candidates(rows, rm, rm_tok, batch_size=params.reward.batch_size,
                                          max_length=params.reward.max_length)
+
+
+def state_dir_for(params) -> Path:
+    """Resumable state lives outside the DVC outputs (DVC deletes outputs before it reruns a stage)."""
+    out = Path(params.paths.out).resolve()
+    key = hashlib.sha256(str(out).encode()).hexdigest()[:8]
+    return Path(params.paths.checkpoints) / f"{out.name}-{key}" / "train"
 
 
 def train(params, resume: bool = False, stop_after_steps: int | None = None) -> dict:
@@ -398,10 +547,13 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     out_dir = params.out("train")
     (out_dir / "rounds").mkdir(parents=True, exist_ok=True)  # a DVC output even with a single round
     started = time.perf_counter()
-    trainer = Trainer(params, model, tokenizer, out_dir=out_dir, scorer=scorer)
+    trainer = Trainer(params, model, tokenizer, out_dir=out_dir, scorer=scorer,
+                      state_dir=state_dir_for(params))
     summary = trainer.run(first_rows, groups_source, pairs, fingerprint_=fingerprint(params, scored_path),
                           resume=resume, stop_after_steps=stop_after_steps)
     if "stopped_at_step" in summary:
+        return summary
+    if not trainer.is_main:
         return summary
     save_model(model, tokenizer, params.out("policy"))
     last = trainer.log[-1] if trainer.log else {}
