@@ -192,3 +192,50 @@ def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
     assert params["train"]["sft_weight"] != 0.25  # the override was for that run only
     assert (project / "outputs" / "policy" / "config.json").exists()
     assert json.loads((project / "outputs" / "metrics" / "train.json").read_text())["steps"] > 0
+
+
+def test_retrain_gate_promotes_then_refuses_regression(project, tmp_path):
+    from flows.pipeline import promote_if_better
+    from neat import registry
+    from neat.config import load_params
+    from neat.pipeline import set_params_in_file
+
+    set_params_in_file(project / "params.yaml", {"registry.uri": str(tmp_path / "registry")})
+    params = load_params(project / "params.yaml")
+    first = promote_if_better(project, params)
+    assert first["promote"] and first["reason"] == "no production model yet"
+    again = promote_if_better(project, params)
+    assert not again["promote"] and "already production" in again["reason"]
+
+    store = registry.open_store(params.registry)
+    current = registry.production(store)["version"]
+    better = registry.production_metrics(store) | {params.gate.metric: 1e9}
+    store.put_json(f"versions/{current}/metrics.json", better)  # production now looks far better
+    (project / "outputs/policy/extra.txt").write_text("a different checkpoint")
+    refused = promote_if_better(project, params)
+    assert not refused["promote"] and "regresses" in refused["reason"]
+    assert registry.production(store)["version"] == current
+
+
+def test_new_incoming_data_is_checked_and_picked_up(project, tmp_path):
+    from neat.config import load_params
+    from neat.errors import DataError
+    from neat.pipeline import set_params_in_file
+    from neat.retrain import fetch_incoming
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    set_params_in_file(project / "params.yaml", {"retrain.incoming": str(incoming)})
+    params = load_params(project / "params.yaml")
+    assert fetch_incoming(params, project) is None
+    (incoming / "batch-001.jsonl").write_text((ROOT / "data/demo/hh_demo.jsonl").read_text())
+    assert fetch_incoming(params, project) == "data/incoming/batch-001.jsonl"
+    assert (project / "data/incoming/batch-001.jsonl").exists()
+    bad = incoming / "batch-002.jsonl"
+    bad.write_text("not json\n")
+    import os
+
+    os.utime(bad, (time.time() + 10, time.time() + 10))
+    with pytest.raises(DataError, match="batch-002.jsonl: not JSON lines"):
+        fetch_incoming(params, project)
+    assert not (project / "data/incoming/batch-002.jsonl").exists()
