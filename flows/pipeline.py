@@ -195,5 +195,51 @@ def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = N
     return summary | {"gate": decision}
 
 
+def mark_orphaned_runs_crashed(work_pool: str = "neat-pool") -> list[str]:
+    """Mark Running flow runs of `work_pool` whose process is gone from this machine as Crashed.
+
+    A process worker runs each flow run as a child process (in its own session) on the worker's
+    machine and records its pid as the run's `infrastructure_pid`. When the worker's machine or
+    container dies, or the worker and its runs are killed, nothing tells the server: the run stays
+    Running (Prefect only notices through flow heartbeats plus a zombie-run automation, which this
+    project does not require). A worker restarted on the same machine runs this first
+    (`python -m flows.pipeline mark-crashed --pool neat-pool && prefect worker start ...`), so an
+    orphaned run is marked Crashed and can simply be run again: DVC reuses the stages that completed
+    and `neat train --resume` continues from the last checkpoint. Returns the ids marked.
+    """
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, \
+        WorkPoolFilter, WorkPoolFilterName
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    def alive(pid: Optional[str]) -> bool:
+        try:
+            proc = psutil.Process(int(str(pid).rsplit(":", 1)[-1]))
+            return proc.status() != psutil.STATUS_ZOMBIE and "prefect" in " ".join(proc.cmdline())
+        except (ValueError, psutil.Error):
+            return False
+
+    marked = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
+        )
+        for run_ in runs:
+            if run_.infrastructure_pid and not alive(run_.infrastructure_pid):
+                client.set_flow_run_state(run_.id, Crashed(message=(
+                    f"flow-run process {run_.infrastructure_pid} no longer exists (its worker died); "
+                    "marked crashed at worker start")), force=True)
+                marked.append(str(run_.id))
+    return marked
+
+
 if __name__ == "__main__":
-    neat_pipeline()
+    if sys.argv[1:2] == ["mark-crashed"]:
+        pool = sys.argv[sys.argv.index("--pool") + 1] if "--pool" in sys.argv else "neat-pool"
+        for run_id in mark_orphaned_runs_crashed(pool):
+            print(f"marked flow run {run_id} as Crashed (its process is gone)")
+    else:
+        neat_pipeline()

@@ -109,11 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     except NeatError as exc:
         if args.debug:
             raise
+        _close_progress_bars()
         print(f"neat: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("neat: interrupted", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar left open by the failed stage, so the error starts on a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - best effort, the error message matters more
+            pass
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class DataParams(Section):
     judge_fraction: float = Field(0.15, ge=0, lt=1, description="prompts reserved for the evaluation reward model")
     split_salt: str = "neat"
     max_train_prompts: Optional[int] = Field(None, ge=1, description="prompts the policy trains on per round")
+    max_row_chars: int = Field(200_000, ge=100, description="rows with more text than this are skipped as too_long")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataParams":
@@ -75,6 +76,7 @@ class RewardParams(Section):
     max_pairs: Optional[int] = Field(None, ge=1)
     device: str = "auto"
     trust_remote_code: bool = False
+    shard_size: int = Field(512, ge=1, description="candidates per resumable shard of the score stage")
 
 
 class ExpandParams(Section):
@@ -95,6 +97,7 @@ class ExpandParams(Section):
     batch_size: int = Field(8, ge=1)
     max_prompt_tokens: int = Field(384, ge=8)
     min_response_tokens: int = Field(2, ge=0, description="shorter samples are flagged degenerate")
+    shard_size: int = Field(64, ge=1, description="prompts per resumable shard (a killed run continues from whole shards)")
 
 
 class TrainParams(Section):

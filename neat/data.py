@@ -34,15 +34,18 @@ SKIP_REASONS = (
     "prompt_mismatch",
     "duplicate",
 )
+# Rows skipped for their size rather than their content; counted the same way as SKIP_REASONS.
+LIMIT_REASONS = ("too_long",)
+DEFAULT_MAX_ROW_CHARS = 200_000  # a row with more text than this is skipped as too_long (params: data.max_row_chars)
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
 
 
 class RowError(Exception):
-    """A row that cannot be used; `reason` is one of SKIP_REASONS."""
+    """A row that cannot be used; `reason` is one of SKIP_REASONS or LIMIT_REASONS."""
 
     def __init__(self, reason: str, detail: str = ""):
-        assert reason in SKIP_REASONS, reason
+        assert reason in SKIP_REASONS or reason in LIMIT_REASONS, reason
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
 
@@ -204,12 +207,19 @@ def _open_text(path: Path) -> io.TextIOBase:
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
-def iter_json_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (1-based row number, parsed row or the RowError) from JSON lines or a JSON array file."""
+def _row_chars(pair: "PreferencePair") -> int:
+    return len(pair.chosen) + len(pair.rejected) + sum(len(m["content"]) for m in pair.prompt)
+
+
+def iter_json_rows(path: Path, max_line_chars: int | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (1-based row number, parsed row or the RowError) from JSON lines or a JSON array file.
+
+    A JSON line longer than `max_line_chars` is not parsed: it comes back as a `too_long` RowError.
+    """
     try:
         with _open_text(path) as fh:
             text = fh.read()
@@ -224,11 +234,17 @@ def iter_json_rows(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        yield from enumerate(rows, start=1)
-        return
+            # "[1, 2]\n{...}\n": JSON lines whose first row is an array, not a JSON array file
+            if exc.msg != "Extra data":
+                raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        else:
+            yield from enumerate(rows if isinstance(rows, list) else [rows], start=1)
+            return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
+            continue
+        if max_line_chars is not None and len(line) > max_line_chars:
+            yield number, RowError("too_long", f"{len(line)} characters")
             continue
         try:
             yield number, json.loads(line)
@@ -249,8 +265,14 @@ def _iter_hub_rows(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(ds, start=1)
 
 
-def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "train") -> ReadResult:
-    """Read every row of `source`, keep the usable ones, count the rest by reason."""
+def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "train",
+                     max_row_chars: int = DEFAULT_MAX_ROW_CHARS) -> ReadResult:
+    """Read every row of `source`, keep the usable ones, count the rest by reason.
+
+    A row with more than `max_row_chars` characters of text (prompt turns plus both responses; for
+    JSON lines, the raw line, checked before parsing) is skipped as `too_long`: no model context
+    holds it, and tokenizing a 50 MB row would stall every later stage.
+    """
     source_s = str(source)
     if source_s.startswith("hub:"):
         rows: Iterable[tuple[int, Any]] = _iter_hub_rows(source_s[4:], hub_split)
@@ -258,7 +280,8 @@ def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "tr
         path = Path(source_s)
         if not path.exists():
             raise DataError(f"{path}: data file not found")
-        rows = iter_json_rows(path)
+        # JSON escapes can make a raw line longer than its text: allow a margin before parsing
+        rows = iter_json_rows(path, max_line_chars=4 * max_row_chars + 1024)
     result = ReadResult(source=source_s, pairs=[])
     seen: set[tuple[str, str, str]] = set()
     for number, row in rows:
@@ -267,6 +290,8 @@ def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "tr
             if isinstance(row, RowError):
                 raise row
             pair = to_pair(row, fmt)
+            if _row_chars(pair) > max_row_chars:
+                raise RowError("too_long", f"{_row_chars(pair)} characters")
             key = (pair.prompt_id, pair.chosen, pair.rejected)
             if key in seen:
                 raise RowError("duplicate")
@@ -399,7 +424,8 @@ def prepare(params) -> dict:
     Splits are written whole: the reward models train on every pair of their split; the policy
     stages cap how many prompts they use (`data.max_train_prompts`, `evaluate.max_prompts`).
     """
-    result = read_preferences(params.paths.data, params.data.format, params.data.hub_split)
+    result = read_preferences(params.paths.data, params.data.format, params.data.hub_split,
+                              max_row_chars=params.data.max_row_chars)
     d = params.data
     splits = split_pairs(result.pairs, d.eval_fraction, d.judge_fraction, d.split_salt)
     out_dir = params.out("data")

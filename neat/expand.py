@@ -5,6 +5,12 @@ and `k_neg` under the negative one, applied as a system message through the chat
 `n_demos` in-context demonstrations taken from *other* prompts (chosen responses for the positive
 prompt, rejected ones for the negative). The dataset's chosen and rejected responses join them as
 candidates. Every candidate records where it came from.
+
+The prompts are processed in shards of `expand.shard_size`; each finished shard is saved under
+`paths.checkpoints` (outside the DVC outputs), so a killed `neat expand` continues from the
+completed shards ("resuming: k of n shards done") and ends with the same candidates as an
+uninterrupted run. Shards are keyed by a hash of the inputs, params and policy: stale ones are
+never reused.
 """
 
 from __future__ import annotations
@@ -94,14 +100,21 @@ def candidate_rows_from_dataset(group: list[PreferencePair], round_: int) -> lis
 
 
 def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo_pool: list[PreferencePair],
-                      cfg, *, seed: int, policy_id: str, round_: int, progress: bool = True) -> tuple[list[dict], dict]:
-    """Sample positive and negative candidates for every prompt group; returns (rows, stats)."""
+                      cfg, *, seed: int, policy_id: str, round_: int, progress: bool = True,
+                      bar=None) -> tuple[list[dict], dict]:
+    """Sample positive and negative candidates for every prompt group; returns (rows, stats).
+
+    The prompts are bucketed by length *within* `groups` only, and every generation batch is seeded
+    from its own first prompt, so the result for a set of groups never depends on what ran before.
+    """
     specs = [SteeringSpec("positive", cfg.positive_prompt, cfg.k_pos), SteeringSpec("negative", cfg.negative_prompt, cfg.k_neg)]
     specs = [s for s in specs if s.k > 0]
     gen_settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
     rows: list[dict] = []
     stats = {"prompts": len(groups), "prompts_too_long": 0, "samples": 0, "degenerate": 0, "generated_tokens": 0}
-    bar = tqdm(total=len(groups) * len(specs), desc=f"expand round {round_}", unit="prompt", disable=not progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(groups) * len(specs), desc=f"expand round {round_}", unit="prompt", disable=not progress)
     for spec in specs:
         demo_use = "chosen" if spec.origin == "positive" else "rejected"
         texts, keep = [], []
@@ -132,7 +145,8 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
                 stats["samples"] += 1
                 stats["degenerate"] += gen.degenerate
                 stats["generated_tokens"] += gen.n_tokens
-    bar.close()
+    if own_bar:
+        bar.close()
     return rows, stats
 
 
@@ -159,39 +173,92 @@ def read_candidates(path: str | Path) -> list[dict]:
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
 
 
+SHARD_STATS = ("prompts", "prompts_too_long", "samples", "degenerate", "generated_tokens")
+
+
+def shard_groups(groups: list, shard_size: int | None) -> list[list]:
+    """Consecutive shards of `shard_size` prompt groups (one shard when `shard_size` is falsy)."""
+    size = shard_size or max(len(groups), 1)
+    return [groups[i:i + size] for i in range(0, len(groups), size)] or [[]]
+
+
 def build_candidates(model, tokenizer, groups, demo_pool, cfg, *, seed, policy_id, round_, progress=True,
-                     include_dataset: bool = True) -> tuple[list[dict], dict]:
-    """Dataset responses (optional) plus steered samples for every prompt group."""
+                     include_dataset: bool = True, shards=None) -> tuple[list[dict], dict]:
+    """Dataset responses (optional) plus steered samples for every prompt group.
+
+    The groups are processed in shards of `cfg.shard_size` prompts, each independently (bucketing
+    and seeding stay inside a shard), so the rows are the same whether shards run in one go or
+    across a killed run and its rerun. `shards` (a `neat.io.ShardStore`) persists each finished
+    shard and returns it instead of recomputing; without it nothing is persisted.
+    """
+    chunks = shard_groups(groups, getattr(cfg, "shard_size", None))
+    n_specs = (cfg.k_pos > 0) + (cfg.k_neg > 0)
+    stats = {k: 0 for k in SHARD_STATS} | {"shards": len(chunks), "shards_resumed": 0}
     rows: list[dict] = []
-    if include_dataset:
-        for group in groups:
-            rows += candidate_rows_from_dataset(group, round_)
-    sampled, stats = sample_candidates(model, tokenizer, groups, demo_pool, cfg, seed=seed,
-                                       policy_id=policy_id, round_=round_, progress=progress)
+    bar = tqdm(total=len(groups) * n_specs, desc=f"expand round {round_}", unit="prompt", disable=not progress)
+    for i, chunk in enumerate(chunks):
+        saved = shards.load(i) if shards is not None else None
+        if saved is not None:
+            chunk_rows, chunk_stats = saved["rows"], saved["stats"]
+            stats["shards_resumed"] += 1
+            bar.update(len(chunk) * n_specs)
+        else:
+            chunk_rows = []
+            if include_dataset:
+                for group in chunk:
+                    chunk_rows += candidate_rows_from_dataset(group, round_)
+            sampled, chunk_stats = sample_candidates(model, tokenizer, chunk, demo_pool, cfg, seed=seed,
+                                                     policy_id=policy_id, round_=round_, bar=bar)
+            chunk_rows += sampled
+            if shards is not None:
+                shards.save(i, {"rows": chunk_rows, "stats": chunk_stats})
+        rows += chunk_rows
+        for key in SHARD_STATS:
+            stats[key] += chunk_stats[key]
+    bar.close()
     order = {g[0].prompt_id: i for i, g in enumerate(groups)}
-    rows = sorted(rows + sampled, key=lambda r: (order[r["prompt_id"]], ORIGINS.index(r["origin"])))
+    rows = sorted(rows, key=lambda r: (order[r["prompt_id"]], ORIGINS.index(r["origin"])))
     return rows, stats
+
+
+def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
+    """Everything the expansion depends on: a shard saved under another fingerprint is never reused."""
+    from neat.io import fingerprint_of
+
+    desc = {"stage": "expand", "format": 1, "seed": params.seed, "policy": params.policy.model_dump(mode="json"),
+            "policy_id": policy_id, "expand": params.expand.model_dump(mode="json"),
+            "max_train_prompts": params.data.max_train_prompts,
+            "include_dataset": params.train.include_dataset_responses}
+    return fingerprint_of(desc, train_path)
 
 
 def expand(params) -> dict:
     """Stage: round-1 candidates from the base policy → `<out>/expand/candidates.parquet`."""
     import time
 
+    from neat.io import ShardStore, work_dir_for
     from neat.models import checkpoint_id, load_policy
 
-    pairs = read_pairs(params.out("data", "train.jsonl"))
+    train_path = params.out("data", "train.jsonl")
+    pairs = read_pairs(train_path)
     groups = select_prompts(pairs, params.data.max_train_prompts)
+    policy_id = checkpoint_id(params.policy.model)
+    n_shards = len(shard_groups(groups, params.expand.shard_size))
+    shards = ShardStore(work_dir_for(params.paths.checkpoints, params.paths.out, "expand"),
+                        expand_fingerprint(params, train_path, policy_id), n_shards, label="expand")
+    shards.announce()
     model, tokenizer = load_policy(params.policy.model, cache_dir=params.paths.cache, device=params.policy.device,
                                    dtype=params.policy.dtype, trust_remote_code=params.policy.trust_remote_code,
                                    seed=params.seed)
     start = time.perf_counter()
     rows, stats = build_candidates(model, tokenizer, groups, pairs, params.expand, seed=params.seed,
-                                   policy_id=checkpoint_id(params.policy.model), round_=1,
-                                   include_dataset=params.train.include_dataset_responses)
+                                   policy_id=policy_id, round_=1,
+                                   include_dataset=params.train.include_dataset_responses, shards=shards)
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["tokens_per_second"] = round(stats["generated_tokens"] / max(stats["seconds"], 1e-9), 1)
     write_candidates(params.out("expand", "candidates.parquet"), rows)
     from neat.io import write_json_atomic
 
     write_json_atomic(params.out("expand", "stats.json"), stats)
+    shards.finish()  # the output is complete: the shards are no longer needed
     return stats

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,3 +47,76 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- resumable sharded work
+
+
+def work_dir_for(checkpoints: str | os.PathLike, out: str | os.PathLike, stage: str) -> Path:
+    """Where a stage keeps resumable work for the outputs under `out`: inside `paths.checkpoints`,
+    never inside the DVC outputs (DVC deletes a stage's outputs before it reruns the stage).
+    Same layout as the training state (`neat.train.state_dir_for`)."""
+    out = Path(out).resolve()
+    key = hashlib.sha256(str(out).encode()).hexdigest()[:8]
+    return Path(checkpoints) / f"{out.name}-{key}" / stage
+
+
+def fingerprint_of(obj: Any, *files: str | os.PathLike) -> str:
+    """A short hash of a JSON-able description plus the bytes of `files`: the identity of a piece of work."""
+    h = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode())
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+class ShardStore:
+    """Completed shards of one stage's work, each written atomically as JSON under `root/<key>/`.
+
+    `key` is a fingerprint of everything the work depends on (inputs, params, model), so a shard of
+    other inputs is never reused: directories under `root` with another key are deleted on open.
+    A killed run leaves only whole shards behind; the rerun loads them and computes the rest.
+    `finish()` removes the work once the stage's output is written.
+    """
+
+    def __init__(self, root: str | os.PathLike, key: str, n_shards: int, *, label: str):
+        self.root, self.key, self.n, self.label = Path(root), key, n_shards, label
+        self.dir = self.root / key
+        if self.root.is_dir():
+            for other in self.root.iterdir():
+                if other.name != key:
+                    shutil.rmtree(other, ignore_errors=True) if other.is_dir() else other.unlink(missing_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob(".*.tmp"):  # a shard being written when the last run was killed
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def path(self, i: int) -> Path:
+        return self.dir / f"shard-{i:05d}-of-{self.n:05d}.json"
+
+    def load(self, i: int) -> Any | None:
+        """The saved result of shard `i`, or None if it was not completed (or is unreadable)."""
+        try:
+            return json.loads(self.path(i).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def save(self, i: int, obj: Any) -> None:
+        with atomic_path(self.path(i)) as tmp:
+            tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+
+    def done(self) -> list[int]:
+        return [i for i in range(self.n) if self.path(i).is_file()]
+
+    def announce(self, stream=None) -> int:
+        """Print 'resuming: k of n shards done' when a previous run left completed shards; returns k."""
+        k = len(self.done())
+        if k:
+            print(f"neat {self.label}: resuming: {k} of {self.n} shards done (in {self.dir})",
+                  file=stream or sys.stderr, flush=True)
+        return k
+
+    def finish(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.rmdir()  # only if empty

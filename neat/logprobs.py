@@ -11,7 +11,6 @@ response tokens, instead of keeping every chunk's ``[rows, vocab]`` log-softmax 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 

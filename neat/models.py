@@ -212,8 +212,13 @@ def _load_error(src: _Source, exc: Exception) -> ModelError:
 
 
 def _from_pretrained(auto_cls: Any, src: _Source, **kwargs: Any) -> Any:
+    from safetensors import SafetensorError
+
     try:
         return auto_cls.from_pretrained(src.location, **kwargs)
+    except SafetensorError as exc:  # a truncated or corrupt weights file
+        raise ModelError(f"cannot load model '{src.ref}': its safetensors weights are damaged or incomplete "
+                         f"({(str(exc).strip().splitlines() or ['?'])[0][:200]})") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(src, exc) from exc
 
@@ -476,9 +481,17 @@ def load_reward_model(
         raise ModelError(f"'{ref}' is a LoRA adapter; save a merged model (neat save_model) to use it as a reward model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = _from_pretrained(
-            AutoModelForSequenceClassification, src, num_labels=1, dtype=dt, **_load_kwargs(src, trust_remote_code)
-        )
+        try:
+            model = _from_pretrained(
+                AutoModelForSequenceClassification, src, num_labels=1, dtype=dt, **_load_kwargs(src, trust_remote_code)
+            )
+        except ModelError as exc:
+            if "Unrecognized configuration class" not in str(exc):
+                raise
+            kind = str(exc).split("configuration_")[-1].split(".")[0] if "configuration_" in str(exc) else "this"
+            raise ModelError(f"cannot load model '{ref}' as a reward model: the {kind} architecture has no "
+                             "sequence-classification head (AutoModelForSequenceClassification); use a text "
+                             "encoder or decoder checkpoint") from exc
     tokenizer = _tokenizer_from(src, trust_remote_code)
     _set_model_pad(model, tokenizer)
     return model.to(dev), tokenizer

@@ -86,8 +86,10 @@ def set_params_in_file(path: str | os.PathLike, overrides: dict[str, Any]) -> No
             stack = stack[:depth] + [m["key"]]
             if stack == parts:
                 body, comment = _split_comment(m["rest"])
-                if not body.strip() or body.strip() in (">-", "|", ">", "|-"):
+                # an empty value is a null scalar (DVC writes `key:` for null) unless the key is a section
+                if (not body.strip() and _is_section(parts)) or body.strip() in (">-", "|", ">", "|-"):
                     raise ConfigError(f"{path}: '{dotted}' is a section or a block value; edit the file to change it")
+                comment = comment if body.strip() else (" " + comment.lstrip() if comment else "")
                 rendered = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
                 rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
                 lines[i] = f"{m['indent']}{m['key']}: {rendered}{comment}\n"
@@ -98,6 +100,20 @@ def set_params_in_file(path: str | os.PathLike, overrides: dict[str, Any]) -> No
     new_text = "".join(lines)
     load_params_from_text(new_text, path)
     write_text_atomic(path, new_text)
+
+
+def _is_section(parts: list[str]) -> bool:
+    from pydantic import BaseModel
+
+    from neat.config import Params
+
+    model = Params
+    for part in parts:
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        model = field.annotation
+    return isinstance(model, type) and issubclass(model, BaseModel)
 
 
 def load_params_from_text(text: str, source: Path) -> None:

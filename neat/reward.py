@@ -19,6 +19,9 @@ Ranking (`rank_candidates`), per `prompt_id`:
 * `n_ranked` (on every row of the prompt) is how many candidates of that prompt were ranked.
 
 `separation` reports how well the reward model tells the origins apart, over ranked candidates only.
+
+`neat score` works in shards of `reward.shard_size` candidates, each saved under `paths.checkpoints`
+when done, so a killed run continues from the completed shards and ends with the same scores.
 """
 
 from __future__ import annotations
@@ -311,14 +314,40 @@ def rank_candidates(rows: list[dict]) -> list[dict]:
 
 
 def score_candidates(rows: list[dict], model, tokenizer, *, batch_size: int, max_length: int,
-                     progress: bool = True) -> list[dict]:
+                     progress: bool = True, shard_size: int | None = None, shards=None) -> list[dict]:
     """New rows with `reward` (float, NaN possible) for every candidate, degenerate ones included, then ranked.
 
-    The reward model reads each row's original `prompt` and its `response`.
+    The reward model reads each row's original `prompt` and its `response`. Rows are scored in
+    consecutive shards of `shard_size` (all at once when None); batching stays inside a shard, so
+    the rewards do not depend on whether the shards ran in one go. `shards` (a
+    `neat.io.ShardStore`) persists each shard's rewards and returns saved ones instead of rescoring.
     """
-    scores = score_texts(model, tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                         batch_size=batch_size, max_length=max_length, progress=progress, desc="score candidates")
+    size = shard_size or max(len(rows), 1)
+    scores: list[float] = []
+    n_shards = max(1, math.ceil(len(rows) / size))
+    for i, start in enumerate(range(0, len(rows), size)):
+        chunk = rows[start:start + size]
+        saved = shards.load(i) if shards is not None else None
+        if saved is not None and len(saved.get("rewards", ())) == len(chunk):
+            scores += [float(v) for v in saved["rewards"]]
+            continue
+        desc = "score candidates" if n_shards == 1 else f"score shard {i + 1}/{n_shards}"
+        chunk_scores = score_texts(model, tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
+                                   batch_size=batch_size, max_length=max_length, progress=progress, desc=desc)
+        if shards is not None:
+            shards.save(i, {"rewards": chunk_scores})
+        scores += chunk_scores
     return rank_candidates([{**row, "reward": score} for row, score in zip(rows, scores)])
+
+
+def score_fingerprint(params, source, ref: str) -> str:
+    """Everything the scores depend on: a shard saved under another fingerprint is never reused."""
+    from neat.io import fingerprint_of
+    from neat.models import checkpoint_id
+
+    desc = {"stage": "score", "format": 1, "reward": params.reward.model_dump(mode="json"), "ref": ref,
+            "ref_id": checkpoint_id(ref, seed=params.reward.seed)}
+    return fingerprint_of(desc, source)
 
 
 def _p_greater(groups: dict[str, dict[str, list[float]]], better: str, worse: str) -> dict:
@@ -481,13 +510,20 @@ def score(params) -> dict:
     if params.reward.train and not Path(ref).is_dir():
         raise ModelError(f"{ref}: trained reward model not found (run the train_rm stage first, "
                          "or set reward.train: false to score with reward.model as is)")
+    from neat.io import ShardStore, work_dir_for
+
     start = time.perf_counter()
     model, tokenizer = _load(params, ref)
+    size = params.reward.shard_size
+    shards = ShardStore(work_dir_for(params.paths.checkpoints, params.paths.out, "score"),
+                        score_fingerprint(params, source, ref), max(1, math.ceil(len(rows) / size)), label="score")
+    shards.announce()
     scored = score_candidates(rows, model, tokenizer, batch_size=params.reward.batch_size,
-                              max_length=params.reward.max_length)
+                              max_length=params.reward.max_length, shard_size=size, shards=shards)
     write_candidates(params.out("score", "candidates.parquet"), scored)
     stats = {"model": ref, **ranking_stats(scored), "separation": separation(scored),
              "seconds": round(time.perf_counter() - start, 2)}
     stats = _json_safe(stats)
     write_json_atomic(params.out("score", "stats.json"), stats)
+    shards.finish()
     return stats

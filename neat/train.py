@@ -411,9 +411,17 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
         start_round, position, step = 1, 0, 0
         if resume and (self.state_dir / "state.json").exists():
-            info = json.loads((self.state_dir / "state.json").read_text())
+            try:
+                info = json.loads((self.state_dir / "state.json").read_text())
+            except ValueError:
+                raise TrainingError(f"{self.state_dir / 'state.json'}: damaged checkpoint state; remove "
+                                    f"{self.state_dir} to start over") from None
             if info.get("fingerprint") == fingerprint_:
-                info = load_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler)
+                try:
+                    info = load_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler)
+                except Exception as exc:  # a damaged or tampered checkpoint (torch.load refuses pickles)
+                    raise TrainingError(f"{self.state_dir}: checkpoint cannot be loaded safely "
+                                        f"({type(exc).__name__}); remove it to start over") from None
                 start_round, position, step = info["round"], info["position"], info["step"]
                 self.log = info["log"]
                 if info.get("round_done"):

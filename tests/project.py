@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 from neat.pipeline import set_params_in_file
 from tests.conftest import ROOT
@@ -60,3 +66,37 @@ def venv_env(extra: dict | None = None) -> dict:
     env.update({"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1"})
     env.update(extra or {})
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """md5 of a file, or of every file under a folder, keyed by path relative to its parent."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
+
+
+def start_prefect_server(tmp_path: Path) -> tuple[dict, subprocess.Popen]:
+    """A real Prefect server on a free loopback port with its own PREFECT_HOME; (env, process)."""
+    port = free_port()
+    env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_API_REQUEST_TIMEOUT": "90",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PREFECT_LOGGING_LEVEL": "INFO"}
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=venv_env(env), stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+            return env, server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("prefect server did not start:\n" + log.read_text()[-2000:])
+            time.sleep(1)

@@ -5,9 +5,7 @@ One tiny-model project copy is reproduced once and shared by the tests of this m
 
 from __future__ import annotations
 
-import hashlib
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,17 +16,11 @@ import yaml
 from neat.pipeline import stage_order
 from neat.stages import STAGES
 from tests.conftest import ROOT
-from tests.project import git, make_project, venv_env
+from tests.project import free_port, git, make_project, start_prefect_server, tree_digest, venv_env
 
 BUCKET = "neat-dvc"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
          "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -36,11 +28,6 @@ def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(p.relative_to(path.parent)): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
 
 
 # ---------------------------------------------------------------- the graph, defined once
@@ -143,26 +130,7 @@ def test_s3_remote_push_then_pull_in_fresh_clone(project, s3_server, tmp_path):
 
 @pytest.fixture
 def prefect_server(tmp_path):
-    port = free_port()
-    env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1",
-           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_API_REQUEST_TIMEOUT": "90",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PREFECT_LOGGING_LEVEL": "INFO"}
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=venv_env(env), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    import urllib.request
-
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("prefect server did not start:\n" + (tmp_path / "server.log").read_text()[-2000:])
-            time.sleep(1)
+    env, server = start_prefect_server(tmp_path)
     yield env
     server.terminate()
     server.wait(timeout=30)
