@@ -259,22 +259,36 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def report(params) -> dict:
-    """Stage: `<out>/report/report.md` + PNG figures + plot data, from whatever the pipeline produced."""
+    """Stage: `<out>/report/report.md` + PNG figures + plot data, from whatever the pipeline produced.
+
+    After `neat compare` alone (no pipeline run in `<out>`), the run sections describe the `neat`
+    variant (`<out>/compare/neat`) and the comparison table is added.
+    """
+    top = params.out
+    if not top("metrics", "evaluate.json").is_file() and top("compare", "neat", "metrics", "evaluate.json").is_file():
+        variant = params.model_copy(deep=True)
+        variant.paths.out = str(top("compare", "neat"))
+        return _report(variant, top)
+    return _report(params, top)
+
+
+def _report(params, top) -> dict:
+    """`params.out` holds the run's artifacts; `top` the reward-model metrics, comparison and report."""
     out = params.out
     ev = _load_json(out("metrics", "evaluate.json"))
     records = _load_jsonl(out("evaluate", "generations.jsonl"))
     safety_rows = _load_jsonl(out("evaluate", "safety.jsonl"))
     log = _load_log(out("train", "log.csv"))
     cand = candidate_rewards(params) if out("score", "candidates.parquet").is_file() else []
-    rm, erm = _load_json(out("metrics", "reward_model.json")), _load_json(out("metrics", "eval_reward_model.json"))
+    rm, erm = _load_json(top("metrics", "reward_model.json")), _load_json(top("metrics", "eval_reward_model.json"))
     train_m = _load_json(out("metrics", "train.json"))
-    compare_table = out("compare", "table.md")
+    compare_table = top("compare", "table.md")
     if ev is None and not log and not cand:
         raise DataError(f"{out()}: nothing to report yet (no metrics/evaluate.json, train/log.csv or scored "
                         "candidates); run the pipeline first")
     figures: list[str] = []
     md: list[str] = ["# NEAT run report", ""]
-    with atomic_path(out("report"), is_dir=True) as tmp:
+    with atomic_path(top("report"), is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         # -- summary
         if ev:
@@ -396,9 +410,9 @@ def report(params) -> dict:
     import shutil
 
     for name in ("reward_by_origin.csv", "safety_by_type.csv"):  # plot data for `dvc plots`, outside the report dir
-        src = out("report", name)
+        src = top("report", name)
         if src.is_file():
-            with atomic_path(out("plots", name)) as tmp_file:
+            with atomic_path(top("plots", name)) as tmp_file:
                 shutil.copyfile(src, tmp_file)
-    return {"report": str(out("report", "report.md")), "figures": figures,
+    return {"report": str(top("report", "report.md")), "figures": figures,
             "sections": [line[3:] for line in md if line.startswith("## ")]}
