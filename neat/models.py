@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -521,7 +522,9 @@ def apply_lora(
         target_modules=list(target_modules) if target_modules is not None else None,
     )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5; harmless
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:
         raise ModelError(f"cannot apply LoRA (target_modules={target_modules}): {str(exc).splitlines()[0]}") from exc
 
