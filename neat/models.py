@@ -416,6 +416,13 @@ def _adapter_base(src: _Source, cache_dir: Path, seed: int) -> _Source:
     return base
 
 
+def _placement(cache_dir, device, dtype) -> tuple[Path, torch.device, torch.dtype]:
+    """Cache dir, device and dtype as given, or resolved from their names ("auto", "cuda:1", "bf16", ...)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return cache_dir, dev, dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+
+
 def load_tokenizer(
     ref: str, *, cache_dir: Path | None = None, trust_remote_code: bool = False, seed: int = 0
 ) -> PreTrainedTokenizerBase:
@@ -437,9 +444,7 @@ def load_policy(
     seed: int = 0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, on the resolved device/dtype. LoRA adapter dirs come back merged."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+    cache_dir, dev, dt = _placement(cache_dir, device, dtype)
     if str(ref).strip() == BUILTIN_PREFIX + MINILM:
         raise ModelError("builtin:minilm is an encoder and can only be a reward model; use builtin:smollm2-135m-instruct")
     src = _resolve(ref, cache_dir, seed)
@@ -474,9 +479,7 @@ def load_reward_model(
 
     Besides hub ids and directories, accepts builtin:minilm and, for tests, builtin:tiny-random.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+    cache_dir, dev, dt = _placement(cache_dir, device, dtype)
     src = _resolve(ref, cache_dir, seed)
     if src.adapter is not None:
         raise ModelError(f"'{ref}' is a LoRA adapter; save a merged model (neat save_model) to use it as a reward model")
