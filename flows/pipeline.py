@@ -73,7 +73,8 @@ def run_stage(stage: PipelineStage, project_dir: str, use_dvc: bool = True) -> d
     cwd = os.getcwd()
     os.chdir(project_dir)  # params.yaml paths are relative to the project
     try:
-        summary = run_in_process(stage.neat_name, load_params("params.yaml"))
+        options = {"resume": True} if stage.neat_name == "train" else {}  # as dvc.yaml's `neat train --resume`
+        summary = run_in_process(stage.neat_name, load_params("params.yaml"), **options)
     finally:
         os.chdir(cwd)
     logger.info(json.dumps(summary, default=str)[:2000])
@@ -186,7 +187,7 @@ def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = N
             set_params_in_file(project / "params.yaml", {"paths.data": newest})
         logger.info(f"new preference data: {newest}")
     summary = neat_pipeline(str(project), overrides, None, use_dvc)
-    params = load_params(project / "params.yaml")
+    params = load_params(project / "params.yaml", overrides)  # the run's own settings (paths, gate, registry)
     decision = promote_if_better(project, params)
     logger.info(f"gate: {decision}")
     if use_dvc and params.retrain.dvc_push:

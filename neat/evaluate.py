@@ -262,21 +262,22 @@ def safety_subset(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
     quota = {lab: round(limit * len(idx) / len(rows)) for lab, idx in by_label.items()}
     while sum(quota.values()) > limit:  # rounding can overshoot by one per label
         quota[max(quota, key=quota.get)] -= 1
+    if limit >= len(labels):  # every label gets at least one prompt, taken from the largest quota
+        for lab in labels:
+            if quota[lab] == 0:
+                quota[max(quota, key=quota.get)] -= 1
+                quota[lab] = 1
     for lab, idx in by_label.items():
-        keep += idx[:max(quota[lab], 1 if limit >= len(labels) else 0)]
-    return [rows[i] for i in sorted(keep[:limit])]
+        keep += idx[:quota[lab]]
+    return [rows[i] for i in sorted(keep)]
 
 
 def fit_prompt(tokenizer, messages: list[dict], max_tokens: int) -> str:
-    """The original prompt rendered through the chat template; early turns dropped until it fits."""
-    from neat.data import render_prompt
+    """The original prompt rendered through the chat template, early exchanges dropped until it fits
+    (the same rule as training; a single over-long turn is generated from as it is)."""
+    from neat.train import fit_turns
 
-    turns = list(messages)
-    while True:
-        text = render_prompt(tokenizer, turns)
-        if len(turns) <= 1 or len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
-            return text
-        turns = turns[2:]
+    return fit_turns(tokenizer, messages, max_tokens)[0]
 
 
 # ---------------------------------------------------------------- generation

@@ -548,23 +548,18 @@ def save_model(model: Any, tokenizer: PreTrainedTokenizerBase | None, out_dir: P
 
 
 def _hash_files(files: list[Path], root: Path) -> str:
+    """Full-content hash: two checkpoints that differ anywhere (e.g. one LoRA-merged layer) differ here."""
     h = hashlib.sha256()
-    chunk = 1 << 20
     for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(root)}\0{size}\0".encode())
+        h.update(f"{f.relative_to(root)}\0{f.stat().st_size}\0".encode())
         with f.open("rb") as fh:
-            h.update(fh.read(chunk))
-            if size > 2 * chunk:
-                fh.seek(size - chunk)
-                h.update(fh.read(chunk))
-            elif size > chunk:
-                h.update(fh.read())
+            while block := fh.read(1 << 22):
+                h.update(block)
     return h.hexdigest()[:16]
 
 
 def checkpoint_id(path_or_ref: str | os.PathLike, *, seed: int = 0) -> str:
-    """A short stable id: a 16-hex hash for local files/dirs (names, sizes, first and last MB of each
+    """A short stable id: a 16-hex hash for local files/dirs (names, sizes and full content of each
     top-level file), ``builtin:NAME`` (plus ``@seed{seed}`` when the weights depend on it), ``hub:ID``."""
     ref = str(path_or_ref).strip()
     if ref.startswith(BUILTIN_PREFIX):

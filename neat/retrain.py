@@ -55,8 +55,6 @@ def fetch_incoming(params, project: str | Path = ".") -> str | None:
     location, _ = found
     name = location.rsplit("/", 1)[-1]
     rel = INCOMING_DIR / name
-    if str(rel) == params.paths.data:
-        return None
     target = Path(project) / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{name}.part")
@@ -67,6 +65,9 @@ def fetch_incoming(params, project: str | Path = ".") -> str | None:
         store._call(f"download of {location}", store.client.download_file, store.bucket, store._key(name), str(tmp))
     else:
         shutil.copyfile(location, tmp)
+    if str(rel) == params.paths.data and target.exists() and _same_content(tmp, target):
+        tmp.unlink()  # the newest file is the one already in use (same name, same bytes)
+        return None
     try:
         read_preferences(tmp, params.data.format)  # refuse unusable data before it replaces anything
     except DataError as exc:
@@ -74,3 +75,9 @@ def fetch_incoming(params, project: str | Path = ".") -> str | None:
         raise DataError(f"{location}: {str(exc).split(': ', 1)[-1]}") from None
     tmp.replace(target)
     return str(rel)
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return filecmp.cmp(a, b, shallow=False)

@@ -72,14 +72,22 @@ def groups_from_scored(rows: list[dict]) -> list[Group]:
 # ---------------------------------------------------------------- batching
 
 
-def encode_prompt(tokenizer, messages: list[dict], max_tokens: int) -> list[int]:
-    """Prompt ids without any steering; early turns are dropped (then ids cut) to fit `max_tokens`."""
-    turns = list(messages)
+def fit_turns(tokenizer, messages: list[dict], max_tokens: int) -> tuple[str, list[int]]:
+    """The prompt rendered without steering, with its ids; to fit `max_tokens` the earliest user/assistant
+    exchanges are dropped (a leading system turn is kept), then the ids are cut from the left."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    rest = list(messages[len(system):])
     while True:
-        ids = tokenizer(render_prompt(tokenizer, turns), add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_tokens or len(turns) <= 1:
-            return ids[-max_tokens:]
-        turns = turns[2:]
+        text = render_prompt(tokenizer, system + rest)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_tokens or len(rest) <= 1:
+            return text, ids[-max_tokens:]
+        rest = rest[2:]
+
+
+def encode_prompt(tokenizer, messages: list[dict], max_tokens: int) -> list[int]:
+    """Prompt ids without any steering, fitted to `max_tokens` (see `fit_turns`)."""
+    return fit_turns(tokenizer, messages, max_tokens)[1]
 
 
 def encode_response(tokenizer, text: str, max_tokens: int) -> list[int]:
@@ -380,16 +388,24 @@ class Trainer:
         return fn(self.tokenizer, groups, self.cfg.max_prompt_tokens, self.cfg.max_response_tokens, self.pad_id)
 
     def steps_per_round(self, n_groups: int) -> int:
-        batches = math.ceil(n_groups / self.cfg.batch_size) * self.cfg.epochs_per_round
+        """Optimizer steps of one round, as the loop takes them (epochs are concatenated, then batched)."""
+        batches = math.ceil(n_groups * self.cfg.epochs_per_round / self.cfg.batch_size)
         return math.ceil(batches / self.cfg.grad_accum)
 
     def round_rows(self, round_: int, first_rows: list[dict], groups_source, demo_pool, policy_id: str) -> list[dict]:
         """Round 1: the scored expansion; later rounds: fresh samples from the current policy, scored."""
         if round_ == 1:
             return first_rows
-        path = self.out_dir / "rounds" / f"round_{round_}.parquet"
-        if path.exists():  # written before this round's first step: resuming mid-round
-            return read_candidates(path)
+        # Sampled once per run and round, kept beside the resumable state (outside the DVC outputs, which
+        # DVC deletes before a rerun) and keyed by the run's fingerprint: a resumed run trains on exactly
+        # the same round data, and a run with other inputs or params never reuses it.
+        path = self.state_dir.with_name("rounds") / f"round_{round_}-{self.fingerprint}.parquet"
+        published = self.out_dir / "rounds" / f"round_{round_}.parquet"
+        if path.exists():
+            rows = read_candidates(path)
+            if self.is_main and not published.exists():
+                write_candidates(published, rows)
+            return rows
         if not self.is_main:  # the main process samples and scores the round; the others read it
             self._barrier()
             return read_candidates(path)
@@ -400,13 +416,16 @@ class Trainer:
         )
         rows = self.scorer(rows)
         write_candidates(path, rows)
+        write_candidates(published, rows)
         self._barrier()
         return rows
 
     def run(self, first_rows: list[dict], groups_source, demo_pool, *, fingerprint_: str, resume: bool = False,
             stop_after_steps: int | None = None) -> dict:
         cfg = self.cfg
-        n_prompts = max(1, len(groups_source))
+        self.fingerprint = fingerprint_
+        # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
+        n_prompts = max(1, len(groups_from_scored(first_rows)))
         total = self.steps_per_round(n_prompts) * cfg.rounds
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
         start_round, position, step = 1, 0, 0
