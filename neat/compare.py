@@ -254,7 +254,8 @@ def format_table(variants: list[dict], reference: str) -> str:
 
 def compare(params, variants: Sequence[str] | None = None, progress: bool = True) -> dict:
     """Stage: train and evaluate each variant against the same base → `<out>/compare/table.md` and `compare.json`."""
-    from neat.evaluate import evaluate, json_safe
+    from neat.evaluate import evaluate
+    from neat.io import json_safe
 
     names = list(variants) if variants else list(DEFAULT_VARIANTS)
     if len(set(names)) != len(names) or not names:

@@ -43,26 +43,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from neat.errors import DataError, ModelError
-from neat.io import atomic_path, write_json_atomic, write_text_atomic
+from neat.io import atomic_path, json_safe, write_json_atomic, write_text_atomic
 
 ALPHA = 0.05
 _CACHE_VERSION = 1
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/inf → None and numpy scalars → python, recursively, so metrics files are strict JSON."""
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def write_jsonl_atomic(path: str | Path, rows: Sequence[dict]) -> None:

@@ -426,17 +426,6 @@ def ranking_stats(rows: list[dict]) -> dict:
 # ---------------------------------------------------------------- stages
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf → None, recursively, so the metrics files are strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def reward_model_ref(params) -> str:
     """The reward model to score with: the trained directory if `reward.train`, else `reward.model` as is."""
     return str(params.out("reward_model")) if params.reward.train else params.reward.model
@@ -459,7 +448,7 @@ def train_rm(params) -> dict:
     nothing is trained or saved: the metrics hold the eval accuracy of `reward.model` as given.
     """
     from neat.data import read_pairs
-    from neat.io import write_json_atomic
+    from neat.io import json_safe, write_json_atomic
 
     r = params.reward
     start = time.perf_counter()
@@ -490,7 +479,7 @@ def train_rm(params) -> dict:
         )
     metrics["device"] = str(_device_of(model))
     metrics["seconds"] = round(time.perf_counter() - start, 2)
-    metrics = _json_safe(metrics)
+    metrics = json_safe(metrics)
     write_json_atomic(params.out("metrics", "reward_model.json"), metrics)
     return metrics
 
@@ -500,7 +489,7 @@ def score(params) -> dict:
     from pathlib import Path
 
     from neat.expand import read_candidates, write_candidates
-    from neat.io import write_json_atomic
+    from neat.io import json_safe, write_json_atomic
 
     source = params.out("expand", "candidates.parquet")
     rows = read_candidates(source)
@@ -523,7 +512,7 @@ def score(params) -> dict:
     write_candidates(params.out("score", "candidates.parquet"), scored)
     stats = {"model": ref, **ranking_stats(scored), "separation": separation(scored),
              "seconds": round(time.perf_counter() - start, 2)}
-    stats = _json_safe(stats)
+    stats = json_safe(stats)
     write_json_atomic(params.out("score", "stats.json"), stats)
     shards.finish()
     return stats
