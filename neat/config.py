@@ -100,6 +100,14 @@ class ExpandParams(Section):
     shard_size: int = Field(64, ge=1, description="prompts per resumable shard (a killed run continues from whole shards)")
 
 
+class GenerationParams(Section):
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="engine for expansion, online-round sampling and evaluation; vllm needs a CUDA GPU")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=0.95, description="share of GPU memory vLLM may take (training shares the GPU in online rounds)")
+    vllm_enforce_eager: bool = Field(False, description="skip CUDA-graph capture: faster start, slower decoding")
+
+
 class TrainParams(Section):
     rounds: int = Field(2, ge=1, le=100)
     loss: Literal["rrhf", "pro"] = "rrhf"
@@ -119,6 +127,8 @@ class TrainParams(Section):
     shared_prompt: bool = Field(True, description="compute each prompt once for all its candidates (packed rows)")
     gradient_checkpointing: bool = False
     bf16_autocast: bool = Field(False, description="GPU only")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: replicate the model (ddp) or shard weights, grads and optimizer (fsdp)")
     logprob_chunk: int = Field(1024, ge=1)
 
 
@@ -161,6 +171,7 @@ class Params(Section):
     policy: PolicyParams = PolicyParams()
     reward: RewardParams = RewardParams()
     expand: ExpandParams = ExpandParams()
+    generation: GenerationParams = GenerationParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
