@@ -466,6 +466,37 @@ def load_policy(
     return model.to(dev), tokenizer
 
 
+def policy_dir_for_engine(
+    ref: str, *, cache_dir: Path | None = None, seed: int = 0, trust_remote_code: bool = False
+) -> str:
+    """A Hugging Face-format checkpoint (a local directory, or a hub id) holding the policy `ref`, for an
+    engine that loads weights itself (vLLM).
+
+    Builtins and ``.gguf`` files give the cache directory `load_policy` converts them into; a plain HF
+    directory gives itself; a hub id gives the id; a LoRA adapter directory is merged into its base once,
+    into ``<cache_dir>/merged-<adapter content hash>`` (rebuilt when the adapter's content, its base
+    reference or `seed` changes; not when the base's weights change in place).
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if str(ref).strip() == BUILTIN_PREFIX + MINILM:
+        raise ModelError("builtin:minilm is an encoder and can only be a reward model; use builtin:smollm2-135m-instruct")
+    src = _resolve(ref, cache_dir, seed)
+    if src.adapter is None:
+        return src.location
+    adapter = src.adapter.expanduser().resolve()
+    base = _adapter_base(src, cache_dir, seed)
+    key = checkpoint_id(adapter)
+    fingerprint = {"source": str(adapter), "adapter": key, "base": base.location, "seed": int(seed),
+                   "format": _CACHE_FORMAT}
+
+    def build(tmp: Path) -> None:
+        model, tokenizer = load_policy(str(adapter), cache_dir=cache_dir, device="cpu", dtype="float32",
+                                       trust_remote_code=trust_remote_code, seed=seed)
+        save_model(model, tokenizer, tmp)
+
+    return str(_build_cache(cache_dir / f"merged-{key}", fingerprint, build))
+
+
 def load_reward_model(
     ref: str,
     *,
