@@ -7,6 +7,7 @@ compute on padding and the KV cache serves every new token. Outputs come back in
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -47,14 +48,25 @@ def quality_flags(token_ids: Sequence[int], text: str, finished: bool, min_token
     return flags
 
 
-def _stop_ids(tokenizer, model) -> set[int]:
+def eos_ids(*sources) -> set[int]:
+    """The stop token ids named by `eos_token_id`-like values (an int, a list of ints, or None)."""
     ids = set()
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+    for source in sources:
         if isinstance(source, int):
             ids.add(source)
         elif isinstance(source, (list, tuple)):
             ids.update(source)
     return ids
+
+
+def _stop_ids(tokenizer, model) -> set[int]:
+    return eos_ids(tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
+
+
+def _vllm_engine(model) -> bool:
+    """Whether `model` is a `neat.vllm_backend.VllmEngine` (without importing that module or vllm)."""
+    backend = sys.modules.get("neat.vllm_backend")
+    return backend is not None and isinstance(model, backend.VllmEngine)
 
 
 @torch.no_grad()
@@ -75,7 +87,13 @@ def generate(
     """Generate `num_return_sequences` responses per prompt (rendered prompt strings).
 
     temperature 0 means greedy decoding. `on_batch(n_prompts_done)` drives a progress bar.
+    `model` may also be a `neat.vllm_backend.VllmEngine` (generation.backend: vllm): the call is
+    then delegated to it, with the same contract (`batch_size` is left to vLLM's scheduler).
     """
+    if _vllm_engine(model):
+        return model.generate(tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, num_return_sequences=num_return_sequences, seed=seed,
+                              min_tokens=min_tokens, on_batch=on_batch)
     if not prompts:
         return []
     device = next(model.parameters()).device
