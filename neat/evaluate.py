@@ -26,8 +26,10 @@ refusal_rate) with the same bootstrap settings; the stage calls `neat.stats` dir
 modules wrap, to avoid importing `evaluate` (several seconds).
 
 Base generations are cached under `<out>/cache/eval_generations/<key>.json`, keyed by the base
-checkpoint id, the rendered prompts and every generation setting, so comparing several variants
-generates from the base once.
+checkpoint id, the rendered prompts and every generation setting (the backend, `hf` or `vllm`,
+included), so comparing several variants generates from the base once. With
+`generation.backend: vllm` the responses come from a vLLM engine (`neat.vllm_backend`) and the
+perplexity from the HF model.
 """
 
 from __future__ import annotations
@@ -274,7 +276,7 @@ def _generation_settings(params) -> dict:
     e = params.evaluate
     return {"max_new_tokens": e.max_new_tokens, "n_samples": e.n_samples, "temperature": e.temperature,
             "batch_size": e.batch_size, "seed": params.seed, "device": params.policy.device,
-            "dtype": params.policy.dtype}
+            "dtype": params.policy.dtype, "backend": params.generation.backend}
 
 
 def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,
@@ -368,29 +370,55 @@ def make_judge(params):
 
 def _policy_outputs(params, ref: str, *, held: list[dict], safety: list[dict], seed_for_builtin: int,
                     cache: Path | None, label: str, progress: bool) -> dict:
-    """Load one policy, generate on held-out + safety prompts (cached if `cache`), perplexity on chosen."""
-    from neat.models import checkpoint_id, load_policy
+    """Load one policy, generate on held-out + safety prompts (cached if `cache`), perplexity on chosen.
+
+    With generation.backend: vllm the generations come from a vLLM engine (started only when the cache
+    misses, closed before the HF model is loaded for the perplexity, so the two never share the GPU).
+    """
+    from neat.models import checkpoint_id, load_policy, load_tokenizer
 
     p, t = params.policy, params.train
     started = time.perf_counter()
-    model, tokenizer = load_policy(ref, cache_dir=params.paths.cache, device=p.device, dtype=p.dtype,
-                                   trust_remote_code=p.trust_remote_code, seed=seed_for_builtin)
+    load = dict(cache_dir=params.paths.cache, trust_remote_code=p.trust_remote_code, seed=seed_for_builtin)
+    if params.generation.backend == "vllm":
+        model, tokenizer = None, load_tokenizer(ref, **load)
+    else:
+        model, tokenizer = load_policy(ref, device=p.device, dtype=p.dtype, **load)
     settings = _generation_settings(params)
     texts = [fit_prompt(tokenizer, h["prompt"], t.max_prompt_tokens) for h in held]
     safety_texts = [fit_prompt(tokenizer, [{"role": "user", "content": r["prompt"]}], t.max_prompt_tokens)
                     for r in safety]
     policy_id = checkpoint_id(ref, seed=seed_for_builtin)
+    engine = None
+
+    def generator():
+        nonlocal engine
+        if model is not None:
+            return model
+        if engine is None:
+            from neat.vllm_backend import engine_for_policy
+
+            engine = engine_for_policy(ref, params, seed=seed_for_builtin)
+        return engine
 
     def produce_held():
-        return generate_responses(model, tokenizer, texts, settings, desc=f"generate {label}", progress=progress)
+        return generate_responses(generator(), tokenizer, texts, settings, desc=f"generate {label}",
+                                  progress=progress)
 
     def produce_safety():
-        return generate_responses(model, tokenizer, safety_texts, dict(settings, n_samples=0),
+        return generate_responses(generator(), tokenizer, safety_texts, dict(settings, n_samples=0),
                                   desc=f"safety {label}", progress=progress)
 
-    held_out, hit_h = cached_generations(cache, policy_id, texts, settings, produce_held)
-    safety_out, hit_s = (cached_generations(cache, policy_id, safety_texts, dict(settings, n_samples=0),
-                                            produce_safety) if safety else ([], True))
+    try:
+        held_out, hit_h = cached_generations(cache, policy_id, texts, settings, produce_held)
+        safety_out, hit_s = (cached_generations(cache, policy_id, safety_texts, dict(settings, n_samples=0),
+                                                produce_safety) if safety else ([], True))
+    finally:
+        if engine is not None:
+            engine.close()
+            engine = None
+    if model is None:
+        model, _ = load_policy(ref, device=p.device, dtype=p.dtype, **load)
     nll, tokens = response_nll(model, tokenizer, [h["prompt"] for h in held], [h["chosen"] for h in held],
                                batch_size=params.evaluate.batch_size, max_prompt_tokens=t.max_prompt_tokens,
                                max_response_tokens=t.max_response_tokens, chunk=t.logprob_chunk)
@@ -497,6 +525,10 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
 
     e = params.evaluate
     started = time.perf_counter()
+    if params.generation.backend == "vllm":  # fail before any work when vLLM cannot run here
+        from neat.vllm_backend import require_vllm
+
+        require_vllm()
     policy_dir = Path(policy_dir) if policy_dir is not None else params.out("policy")
     if not policy_dir.exists():
         raise ModelError(f"{policy_dir}: trained policy not found (run `neat train` first)")

@@ -229,6 +229,8 @@ def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
             "policy_id": policy_id, "expand": params.expand.model_dump(mode="json"),
             "max_train_prompts": params.data.max_train_prompts,
             "include_dataset": params.train.include_dataset_responses}
+    if params.generation.backend != "hf":  # other samplers: other samples (hf keeps its earlier fingerprints)
+        desc["backend"] = params.generation.backend
     return fingerprint_of(desc, train_path)
 
 
@@ -237,8 +239,13 @@ def expand(params) -> dict:
     import time
 
     from neat.io import ShardStore, work_dir_for
-    from neat.models import checkpoint_id, load_policy
+    from neat.models import checkpoint_id, load_policy, load_tokenizer
 
+    vllm = params.generation.backend == "vllm"
+    if vllm:  # fail before any work when vLLM cannot run here
+        from neat.vllm_backend import engine_for_policy, require_vllm
+
+        require_vllm()
     train_path = params.out("data", "train.jsonl")
     pairs = read_pairs(train_path)
     groups = select_prompts(pairs, params.data.max_train_prompts)
@@ -247,13 +254,22 @@ def expand(params) -> dict:
     shards = ShardStore(work_dir_for(params.paths.checkpoints, params.paths.out, "expand"),
                         expand_fingerprint(params, train_path, policy_id), n_shards, label="expand")
     shards.announce()
-    model, tokenizer = load_policy(params.policy.model, cache_dir=params.paths.cache, device=params.policy.device,
-                                   dtype=params.policy.dtype, trust_remote_code=params.policy.trust_remote_code,
-                                   seed=params.seed)
+    if vllm:  # the tokenizer renders and tokenizes the prompts; the engine generates
+        tokenizer = load_tokenizer(params.policy.model, cache_dir=params.paths.cache,
+                                   trust_remote_code=params.policy.trust_remote_code, seed=params.seed)
+        model = engine_for_policy(params.policy.model, params, seed=params.seed)
+    else:
+        model, tokenizer = load_policy(params.policy.model, cache_dir=params.paths.cache, device=params.policy.device,
+                                       dtype=params.policy.dtype, trust_remote_code=params.policy.trust_remote_code,
+                                       seed=params.seed)
     start = time.perf_counter()
-    rows, stats = build_candidates(model, tokenizer, groups, pairs, params.expand, seed=params.seed,
-                                   policy_id=policy_id, round_=1,
-                                   include_dataset=params.train.include_dataset_responses, shards=shards)
+    try:
+        rows, stats = build_candidates(model, tokenizer, groups, pairs, params.expand, seed=params.seed,
+                                       policy_id=policy_id, round_=1,
+                                       include_dataset=params.train.include_dataset_responses, shards=shards)
+    finally:
+        if vllm:
+            model.close()
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["tokens_per_second"] = round(stats["generated_tokens"] / max(stats["seconds"], 1e-9), 1)
     write_candidates(params.out("expand", "candidates.parquet"), rows)
