@@ -66,6 +66,9 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda, else mps, else cpu; also 'cpu', 'cuda', 'cuda:N', 'mps'."""
     name = str(name).strip().lower()
+    if name in ("auto", "cuda") and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # one GPU per process under accelerate launch / torchrun
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
