@@ -249,7 +249,7 @@ def expand(params) -> dict:
     train_path = params.out("data", "train.jsonl")
     pairs = read_pairs(train_path)
     groups = select_prompts(pairs, params.data.max_train_prompts)
-    policy_id = checkpoint_id(params.policy.model)
+    policy_id = checkpoint_id(params.policy.model, seed=params.seed)  # builtin:tiny-random depends on it
     n_shards = len(shard_groups(groups, params.expand.shard_size))
     shards = ShardStore(work_dir_for(params.paths.checkpoints, params.paths.out, "expand"),
                         expand_fingerprint(params, train_path, policy_id), n_shards, label="expand")
