@@ -17,21 +17,32 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["response_logprobs", "length_normalised"]
 
 
+def _is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
 def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
-    """The causal-LM module under DDP / peft wrappers, and whether a DDP wrapper must run the forward."""
+    """The causal-LM module under DDP / FSDP / peft wrappers, and whether the wrapper must run the forward."""
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     lm = model.module if is_ddp else model
     get_base_model = getattr(lm, "get_base_model", None)  # peft.PeftModel: LoRA layers live in it in place
     if callable(get_base_model):
         lm = get_base_model()
-    return lm, is_ddp
+    # FSDP gathers the root unit's weights (embeddings, LM head) in the root's forward hook, and keeps
+    # them gathered until backward: the chunked LM head below then sees full weights.
+    return lm, is_ddp or _is_fsdp(model)
 
 
 def _final_hidden_states(
     model: nn.Module, lm: nn.Module, via_forward: bool, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor
 ) -> Tensor:
     if via_forward:
-        # DDP only syncs gradients of a graph built through its own forward(): call it, asking for the
+        # DDP only syncs gradients of a graph built through its own forward() (and FSDP gathers the root's
+        # weights there): call it, asking for the
         # hidden states and for the logits of the last position only.
         out = model(
             input_ids=input_ids,

@@ -291,18 +291,24 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 def fingerprint(params, scored_path: Path) -> str:
     """What a checkpoint was trained from; resuming under anything else would mix two runs."""
     keys = {k: getattr(params, k).model_dump(mode="json") for k in ("policy", "expand", "train", "data")}
+    # checkpoints of a sharded (fsdp) and a replicated run keep the optimizer state in different layouts
     keys["seed"] = params.seed
+    if params.generation.backend != "hf":  # online rounds sample with another engine
+        keys["generation"] = params.generation.model_dump(mode="json")
     h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
     if scored_path.exists():
         h.update(scored_path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def save_checkpoint(state_dir: Path, model, optimizer, scheduler, info: dict) -> None:
+def save_checkpoint(state_dir: Path, model, optimizer, scheduler, info: dict, *, weights: dict | None = None,
+                    optimizer_state: dict | None = None) -> None:
+    """`weights` / `optimizer_state`: already gathered full states (FSDP) instead of `model` / `optimizer`'s."""
     with atomic_path(state_dir, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        weights = trainable_state(model) if weights is None else {k: v.contiguous() for k, v in weights.items()}
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state().tolist(), "python": _jsonable(random.getstate())}
         (tmp / "state.json").write_text(json.dumps(info | {"rng": rng}))
@@ -316,14 +322,21 @@ def _tuplify(obj):
     return tuple(_tuplify(x) for x in obj) if isinstance(obj, list) else obj
 
 
-def load_checkpoint(state_dir: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(state_dir: Path, model, optimizer, scheduler, *, sharded: bool = False) -> dict:
+    """Restore a checkpoint; `sharded`: `model` is FSDP-sharded and every process reads the full state."""
     info = json.loads((state_dir / "state.json").read_text())
     weights = load_file(str(state_dir / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+    optimizer_state = torch.load(state_dir / "optimizer.pt", weights_only=True)
+    if sharded:
+        from neat.distributed import load_full_state
+
+        load_full_state(model, weights, optimizer, optimizer_state)
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
     torch.set_rng_state(torch.tensor(info["rng"]["torch"], dtype=torch.uint8))
     random.setstate(_tuplify(info["rng"]["python"]))
@@ -361,17 +374,24 @@ class Trainer:
         self.scorer = scorer  # callable(rows) -> rows with reward and rank, for rounds >= 2
         self.progress = progress
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
+        self.trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        if not self.trainable_names:
             raise TrainingError("the policy has no trainable parameter (LoRA disabled and weights frozen?)")
-        self.optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.log: list[dict] = []
-        # several processes (accelerate launch / torchrun): DDP over a shard of each micro-batch
-        from neat.distributed import init_from_env, wrap_ddp
+        # several processes (accelerate launch / torchrun): each takes a shard of every micro-batch, with
+        # the model replicated (DDP) or its weights, gradients and optimizer state sharded (FSDP)
+        from neat.distributed import init_from_env, shard_fsdp, wrap_ddp
         from neat.packing import supports_packing
 
         self.dist = init_from_env(next(model.parameters()).device)
-        self.forward_model = wrap_ddp(model, self.dist) if self.dist else model
+        self.fsdp = self.dist is not None and self.cfg.parallel == "fsdp"
+        if self.fsdp:
+            self.forward_model = shard_fsdp(model, self.dist)
+        else:
+            self.forward_model = wrap_ddp(model, self.dist) if self.dist else model
+        # after sharding: FSDP replaces the parameters with sharded ones
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.shared_prompt = self.cfg.shared_prompt and supports_packing(model)
         self.autocast = bool(self.cfg.bf16_autocast) and next(model.parameters()).device.type == "cuda"
 
@@ -382,6 +402,41 @@ class Trainer:
     def _barrier(self) -> None:
         if self.dist is not None:
             self.dist.barrier()
+
+    def _main_says(self, flag: bool) -> bool:
+        """The main process's `flag`, on every process (a file check must not race with the main's writes)."""
+        if self.dist is None:
+            return flag
+        return bool(self.dist.all_sum(torch.tensor([float(flag and self.is_main)], dtype=torch.float64))[0] > 0)
+
+    def full_policy(self):
+        """Collective: the policy with full weights on the main process (None on the others).
+
+        Replicated runs return the training model itself; under FSDP the gathered weights go into a
+        fresh, unsharded copy (built with `load_trainable_policy`) for sampling and saving."""
+        if not self.fsdp:
+            return self.model if self.is_main else None
+        from neat.distributed import gather_full_state
+
+        weights, _ = gather_full_state(self.model)
+        if not self.is_main:
+            return None
+        copy, _ = load_trainable_policy(self.params)
+        copy.load_state_dict({k: v for k, v in weights.items()}, strict=True)
+        return copy
+
+    def save_state(self, info: dict) -> None:
+        """Collective: the resumable checkpoint, written by the main process."""
+        if self.fsdp:
+            from neat.distributed import gather_full_state
+
+            weights, optim = gather_full_state(self.model, self.optimizer)
+            if self.is_main:
+                keep = set(self.trainable_names)
+                save_checkpoint(self.state_dir, None, None, self.scheduler, info | {"layout": "fsdp"},
+                                weights={k: v for k, v in weights.items() if k in keep}, optimizer_state=optim)
+        elif self.is_main:
+            save_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler, info)
 
     def collate(self, groups: list[Group]):
         fn = collate_packed if self.shared_prompt else collate
@@ -401,24 +456,36 @@ class Trainer:
         # the same round data, and a run with other inputs or params never reuses it.
         path = self.state_dir.with_name("rounds") / f"round_{round_}-{self.fingerprint}.parquet"
         published = self.out_dir / "rounds" / f"round_{round_}.parquet"
-        if path.exists():
+        if self._main_says(path.exists()):
             rows = read_candidates(path)
             if self.is_main and not published.exists():
                 write_candidates(published, rows)
             return rows
+        policy = self.full_policy()
         if not self.is_main:  # the main process samples and scores the round; the others read it
             self._barrier()
             return read_candidates(path)
-        rows, _ = build_candidates(
-            self.model, self.tokenizer, groups_source, demo_pool, self.params.expand, seed=self.params.seed,
-            policy_id=policy_id, round_=round_, progress=self.progress,
-            include_dataset=self.cfg.include_dataset_responses,
-        )
+        with self._sampler(policy) as sampler:
+            rows, _ = build_candidates(
+                sampler, self.tokenizer, groups_source, demo_pool, self.params.expand, seed=self.params.seed,
+                policy_id=policy_id, round_=round_, progress=self.progress,
+                include_dataset=self.cfg.include_dataset_responses,
+            )
+        del policy, sampler
         rows = self.scorer(rows)
         write_candidates(path, rows)
         write_candidates(published, rows)
         self._barrier()
         return rows
+
+    def _sampler(self, policy):
+        """What samples a round: the policy itself, or a vLLM engine on a saved copy of it."""
+        if self.params.generation.backend == "vllm":
+            from neat.vllm_backend import engine_for_trained_policy
+
+            return engine_for_trained_policy(policy, self.tokenizer, self.params,
+                                             self.state_dir.with_name("vllm-policy"))
+        return contextlib.nullcontext(policy)
 
     def run(self, first_rows: list[dict], groups_source, demo_pool, *, fingerprint_: str, resume: bool = False,
             stop_after_steps: int | None = None) -> dict:
@@ -435,9 +502,10 @@ class Trainer:
             except ValueError:
                 raise TrainingError(f"{self.state_dir / 'state.json'}: damaged checkpoint state; remove "
                                     f"{self.state_dir} to start over") from None
-            if info.get("fingerprint") == fingerprint_:
+            if self._main_says(info.get("fingerprint") == fingerprint_):
                 try:
-                    info = load_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler)
+                    info = load_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler,
+                                           sharded=self.fsdp)
                 except Exception as exc:  # a damaged or tampered checkpoint (torch.load refuses pickles)
                     raise TrainingError(f"{self.state_dir}: checkpoint cannot be loaded safely "
                                         f"({type(exc).__name__}); remove it to start over") from None
@@ -467,8 +535,8 @@ class Trainer:
                 info = {"round": round_, "position": position, "step": step, "fingerprint": fingerprint_,
                         "log": self.log, "round_done": position >= len(batches)}
                 if info["round_done"] or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    self.save_state(info)
                     if self.is_main:
-                        save_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler, info)
                         write_log(self.out_dir / "log.csv", self.log)
                     self._barrier()
                 if stop_after_steps is not None and step >= stop_after_steps:
@@ -496,7 +564,10 @@ class Trainer:
             batch = self.collate(groups)
             tokens += 0 if phantom else batch_tokens(batch)
             last = i == len(micro_batches) - 1
-            sync = contextlib.nullcontext() if self.dist is None or last else self.forward_model.no_sync()
+            if self.fsdp:  # reduce-scatter gradients only after the last micro-batch
+                self.forward_model.set_requires_gradient_sync(last)
+            sync = (contextlib.nullcontext() if self.dist is None or self.fsdp or last
+                    else self.forward_model.no_sync())
             amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
             with sync:
                 with amp:
@@ -513,6 +584,10 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over the processes
+            grad_norm = grad_norm.full_tensor()
+        if self.dist is not None:  # every process's tokens, not just this one's
+            tokens = int(self.dist.all_sum(torch.tensor([float(tokens)], dtype=torch.float64))[0])
         if not torch.isfinite(grad_norm):
             raise TrainingError(f"non-finite gradient norm at round {round_}, step {step + 1}; stopped. "
                                 f"The last good checkpoint is kept in {self.state_dir}")
@@ -534,7 +609,14 @@ def load_trainable_policy(params):
                                    seed=params.seed)
     lora = params.policy.lora
     if lora.enabled:
-        model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+        # the adapters' random init depends on the seed alone (every process of a run gets the same),
+        # not on what ran before; the global RNG is left as it was
+        device = next(model.parameters()).device
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(params.seed)
+            model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                               target_modules=lora.target_modules)
     if params.train.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
@@ -563,6 +645,10 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     """Stage: online rounds of ranking-loss training → `<out>/policy` (merged HF checkpoint)."""
     from neat.models import save_model
 
+    if params.generation.backend == "vllm" and params.train.rounds > 1:
+        from neat.vllm_backend import require_vllm
+
+        require_vllm()  # before round 1, not after it
     torch.manual_seed(params.seed)
     random.seed(params.seed)
     scored_path = params.out("score", "candidates.parquet")
@@ -580,9 +666,10 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
                           resume=resume, stop_after_steps=stop_after_steps)
     if "stopped_at_step" in summary:
         return summary
+    policy = trainer.full_policy()
     if not trainer.is_main:
         return summary
-    save_model(model, tokenizer, params.out("policy"))
+    save_model(policy, tokenizer, params.out("policy"))
     last = trainer.log[-1] if trainer.log else {}
     summary |= {"seconds": round(time.perf_counter() - started, 1), "final_loss": last.get("loss")}
     write_json_atomic(params.out("metrics", "train.json"), summary)

@@ -1,4 +1,4 @@
-"""Two CPU processes under `accelerate launch` (DDP, gloo) train like one process on the same global batch."""
+"""Two CPU processes under `accelerate launch` (gloo; DDP or FSDP) train like one process on the same global batch."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from neat.expand import select_prompts
 from neat.train import Trainer, load_trainable_policy
 from tests.conftest import ROOT
-from tests.test_train import make_params, synthetic_rows
+from tests.test_train import fake_scorer, make_params, synthetic_rows
 
 # 7 prompts, 3 per step: the steps' shards are (2, 1), (2, 1) and (1, none), so the second process
 # also runs a step in which it has no prompt of its own.
@@ -31,20 +31,82 @@ WORKER = textwrap.dedent(
     from safetensors.torch import save_file
     from neat.expand import select_prompts
     from neat.train import Trainer, load_trainable_policy
-    from tests.test_train import make_params, synthetic_rows
+    from tests.test_distributed import worker_params
+    from tests.test_train import fake_scorer, synthetic_rows
 
-    out = sys.argv[1]
-    params = make_params(__import__("pathlib").Path(out), batch_size={batch}, max_response_tokens=16)
-    pairs, rows = synthetic_rows({n})
+    out, spec = sys.argv[1], json.loads(sys.argv[2])
+    params = worker_params(__import__("pathlib").Path(out), spec)
+    pairs, rows = synthetic_rows(spec["n"])
     model, tokenizer = load_trainable_policy(params)
-    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
-    assert trainer.dist is not None and trainer.dist.world_size == 2
-    trainer.run(rows, select_prompts(pairs, {n}), pairs, fingerprint_="ddp")
+    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False, scorer=fake_scorer)
+    assert trainer.dist is not None and trainer.dist.world_size == 2 and trainer.fsdp == (spec["parallel"] == "fsdp")
+    if spec.get("nan_on_rank") is not None and trainer.dist.rank == spec["nan_on_rank"]:
+        with torch.no_grad():  # this process alone computes a non-finite loss
+            next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+    summary = trainer.run(rows, select_prompts(pairs, spec["n"]), pairs, fingerprint_="dist",
+                          resume=spec.get("resume", False), stop_after_steps=spec.get("stop_after"))
+    policy = trainer.full_policy()
     if trainer.is_main:
-        save_file({{k: p.detach().contiguous() for k, p in model.named_parameters()}}, out + "/weights.safetensors")
+        save_file({{k: p.detach().contiguous() for k, p in policy.named_parameters()}}, out + "/weights.safetensors")
         json.dump(trainer.log, open(out + "/log.json", "w"))
     """
 )
+
+
+def worker_params(tmp_path, spec: dict):
+    """The params of one test run (a single process uses the same)."""
+    params = make_params(tmp_path, batch_size=spec.get("batch", BATCH), max_response_tokens=16,
+                         rounds=spec.get("rounds", 1), checkpoint_every=spec.get("checkpoint_every", 0),
+                         parallel=spec["parallel"])
+    # no LoRA dropout: its random masks differ between one process and two
+    lora = params.policy.lora.model_copy(update={"enabled": spec.get("lora", False), "dropout": 0.0})
+    return params.model_copy(update={"policy": params.policy.model_copy(update={"lora": lora})})
+
+
+def launch(tmp_path, out, spec: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Two CPU processes (gloo) under `accelerate launch`."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate CLI not installed")
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER.format(root=str(ROOT)))
+    out.mkdir(exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(worker), str(out), json.dumps(spec)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def single_process(tmp_path, spec: dict) -> Trainer:
+    params = worker_params(tmp_path, spec)
+    pairs, rows = synthetic_rows(spec["n"])
+    model, tokenizer = load_trainable_policy(params)
+    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False, scorer=fake_scorer)
+    assert trainer.dist is None
+    trainer.run(rows, select_prompts(pairs, spec["n"]), pairs, fingerprint_="dist")
+    return trainer
+
+
+def assert_same_training(out, trainer: Trainer, spec: dict, steps: int) -> None:
+    dist_log = json.loads((out / "log.json").read_text())
+    assert len(dist_log) == len(trainer.log) == steps
+    for got, want in zip(dist_log, trainer.log):
+        for key in ("loss", "rank_loss", "sft_loss", "grad_norm", "logp_chosen", "logp_negative"):
+            assert abs(got[key] - want[key]) < 1e-5 * max(1.0, abs(want[key])), (key, got[key], want[key])
+    dist_weights = load_file(str(out / "weights.safetensors"))
+    single = {k: p.detach() for k, p in trainer.model.named_parameters()}
+    assert dist_weights.keys() == single.keys()
+    initial, _ = load_trainable_policy(trainer.params)
+    moved = max((p.detach() - single[k]).abs().max().item() for k, p in initial.named_parameters())
+    assert moved > 1e-4  # training did change the weights
+    for name, want in single.items():
+        torch.testing.assert_close(dist_weights[name], want, atol=1e-6, rtol=1e-4, msg=name)
+    # the main process alone wrote the checkpoint and the log; the checkpoint holds the full trainable weights
+    state = load_file(str(out / "out" / "train" / "state" / "trainable.safetensors"))
+    assert state.keys() == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    for name, tensor in state.items():
+        torch.testing.assert_close(tensor, single[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def _free_port() -> int:
@@ -53,42 +115,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
-def test_two_cpu_processes_match_one(tmp_path):
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("accelerate CLI not installed")
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER.format(root=str(ROOT), batch=BATCH, n=N_PROMPTS))
-    out = tmp_path / "ddp"
-    out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           str(worker), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+needs_dist = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
+
+
+@needs_dist
+@pytest.mark.parametrize("parallel,lora", [("ddp", False), ("fsdp", False), ("fsdp", True)])
+def test_two_cpu_processes_match_one(tmp_path, parallel, lora):
+    spec = {"parallel": parallel, "lora": lora, "n": N_PROMPTS}
+    out = tmp_path / "dist"
+    proc = launch(tmp_path, out, spec)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_same_training(out, single_process(tmp_path / "single", spec), spec, steps=3)
 
-    # the same global batch in this single process
-    params = make_params(tmp_path / "single", batch_size=BATCH, max_response_tokens=16)
-    pairs, rows = synthetic_rows(N_PROMPTS)
-    model, tokenizer = load_trainable_policy(params)
-    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
-    assert trainer.dist is None
-    trainer.run(rows, select_prompts(pairs, N_PROMPTS), pairs, fingerprint_="ddp")
 
-    ddp_log = json.loads((out / "log.json").read_text())
-    assert len(ddp_log) == len(trainer.log) == 3
-    for got, want in zip(ddp_log, trainer.log):
-        for key in ("loss", "rank_loss", "sft_loss", "grad_norm", "logp_chosen", "logp_negative"):
-            assert abs(got[key] - want[key]) < 1e-5 * max(1.0, abs(want[key])), (key, got[key], want[key])
-    ddp_weights = load_file(str(out / "weights.safetensors"))
-    single = {k: p.detach() for k, p in model.named_parameters()}
-    assert ddp_weights.keys() == single.keys()
-    initial, _ = load_trainable_policy(params)
-    moved = max((p.detach() - single[k]).abs().max().item() for k, p in initial.named_parameters())
-    assert moved > 1e-4  # training did change the weights
-    for name, want in single.items():
-        torch.testing.assert_close(ddp_weights[name], want, atol=1e-6, rtol=1e-4, msg=name)
-    # the main process alone wrote the checkpoint and the log
-    assert (out / "out" / "train" / "state" / "trainable.safetensors").exists()
+@needs_dist
+def test_fsdp_resumes_and_samples_online_rounds_like_one_process(tmp_path):
+    """Killed after 2 steps (checkpointed every step), resumed, then a second round sampled from the
+    gathered policy: the same weights as one uninterrupted process."""
+    spec = {"parallel": "fsdp", "n": 5, "batch": 2, "rounds": 2, "checkpoint_every": 1}
+    out = tmp_path / "dist"
+    first = launch(tmp_path, out, spec | {"stop_after": 2})
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert json.loads((out / "out" / "train" / "state" / "state.json").read_text())["step"] == 2
+    second = launch(tmp_path, out, spec | {"resume": True})
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert (out / "out" / "train" / "rounds" / "round_2.parquet").exists()
+    assert_same_training(out, single_process(tmp_path / "single", spec), spec, steps=6)
+
+
+@needs_dist
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_non_finite_loss_on_one_process_stops_all_without_hanging(tmp_path, parallel):
+    spec = {"parallel": parallel, "n": N_PROMPTS, "nan_on_rank": 1}
+    proc = launch(tmp_path, tmp_path / "dist", spec, timeout=240)  # a hang would time out here
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert log.count("non-finite loss") >= 2, log[-3000:]  # both processes stopped on it
+    assert not (tmp_path / "dist" / "out" / "train" / "state").exists()  # no checkpoint of NaN weights

@@ -353,6 +353,52 @@ def test_engine_for_trained_policy_cleans_up_after_a_failure(fake_vllm, tmp_path
     assert not (tmp_path / "w").exists() and fake_vllm.LLM.log[0] == "engine_core.shutdown"
 
 
+def test_online_rounds_sample_through_an_engine_on_the_current_policy(fake_vllm, tmp_path):
+    """`neat train` round 2 with generation.backend: vllm: an engine on a saved copy of the policy as
+    trained in round 1, its samples in the round data, the copy removed afterwards."""
+    from neat.expand import select_prompts
+    from neat.train import Trainer, load_trainable_policy
+    from tests.test_train import fake_scorer, make_params, synthetic_rows
+
+    params = make_params(tmp_path, rounds=2)
+    params = params.model_copy(update={"generation": params.generation.model_copy(update={"backend": "vllm"})})
+    pairs, rows = synthetic_rows(4)
+    model, tokenizer = load_trainable_policy(params)
+    seen = {}
+
+    def scorer(round_rows):
+        engines = fake_vllm.LLM.registry
+        seen["engines"] = [(e.model, Path(e.model).exists()) for e in engines]
+        return fake_scorer(round_rows)
+
+    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False, scorer=scorer,
+                      state_dir=tmp_path / "ckpt" / "train")
+    trainer.run(rows, select_prompts(pairs, 4), pairs, fingerprint_="vllm")
+    (engine_dir, existed_while_sampling), = seen["engines"]
+    assert Path(engine_dir) == tmp_path / "ckpt" / "vllm-policy" and existed_while_sampling is False  # closed
+    assert not Path(engine_dir).exists()
+    llm = fake_vllm.LLM.registry[0]
+    assert llm.calls and "engine_core.shutdown" in fake_vllm.LLM.log
+    from neat.expand import read_candidates
+
+    sampled = [r for r in read_candidates(params.out("train", "rounds", "round_2.parquet"))
+               if r["origin"] in ("positive", "negative")]
+    assert len(sampled) == 4 * 2  # k_pos = k_neg = 1 per prompt, all from the engine
+    assert sum(len(c["prompts"]) for c in llm.calls) == 4 * 2
+    assert len(trainer.log) == 4  # 2 steps per round, round 2 trained on the engine's samples
+
+
+def test_train_checks_vllm_before_round_one(monkeypatch, tmp_path):
+    from neat.train import train
+    from tests.test_train import make_params
+
+    monkeypatch.setattr(vb, "_unavailable_reason", lambda: "vllm is not installed")
+    params = make_params(tmp_path, rounds=2)
+    params = params.model_copy(update={"generation": params.generation.model_copy(update={"backend": "vllm"})})
+    with pytest.raises(vb.BackendUnavailable, match="generation.backend: vllm"):
+        train(params)  # fails before reading any input: nothing was trained for an hour first
+
+
 # ---------------------------------------------------------------------- the stages
 
 
