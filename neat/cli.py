@@ -96,7 +96,7 @@ def dispatch(args) -> int:
         if getattr(args, "variants", None):
             options["variants"] = args.variants.split(",")
         summary = run_stage(args.command, params, **options)
-        if summary:
+        if summary and os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
             print(json.dumps(summary, indent=2, default=str))
         return 0
     raise AssertionError(args.command)

@@ -152,3 +152,36 @@ def test_non_finite_loss_on_one_process_stops_all_without_hanging(tmp_path, para
     log = proc.stdout + proc.stderr
     assert log.count("non-finite loss") >= 2, log[-3000:]  # both processes stopped on it
     assert not (tmp_path / "dist" / "out" / "train" / "state").exists()  # no checkpoint of NaN weights
+
+
+@needs_dist
+def test_neat_train_stage_under_fsdp_saves_the_policy_one_process_would(tmp_path):
+    """`accelerate launch -m neat.cli train -S train.parallel=fsdp` on a tiny project (2 rounds): the
+    saved policy equals a single-process `neat train`, and the summary is printed once."""
+    from tests.project import make_project, venv_env
+
+    project = make_project(tmp_path / "project", {"train.rounds": 2, "paths.cache": str(ROOT / ".cache" / "neat")})
+    env = venv_env({"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+
+    def neat(*args):
+        proc = subprocess.run(["neat", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    for stage in ("prepare", "train-rm", "expand", "score"):
+        neat(stage)
+    shutil.copytree(project / "outputs", project / "single")
+    neat("train", "-S", "paths.out=single", "-S", "paths.checkpoints=.neat/single")
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                           "-m", "neat.cli", "train", "-S", "train.parallel=fsdp"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count('"rounds": 2') == 1  # the main process alone prints the summary
+    sharded = load_file(str(project / "outputs" / "policy" / "model.safetensors"))
+    single = load_file(str(project / "single" / "policy" / "model.safetensors"))
+    assert sharded.keys() == single.keys()
+    for name, want in single.items():
+        torch.testing.assert_close(sharded[name], want, atol=1e-6, rtol=1e-4, msg=name)
+    metrics = json.loads((project / "outputs" / "metrics" / "train.json").read_text())
+    assert metrics["steps"] == 4 and metrics["rounds"] == 2
