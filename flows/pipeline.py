@@ -7,6 +7,7 @@ records what ran), or in-process with `use_dvc=False`. The flows hold no pipelin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -70,13 +71,9 @@ def run_stage(stage: PipelineStage, project_dir: str, use_dvc: bool = True) -> d
         return {"stage": stage.dvc_name, "reused_from_cache": skipped}
     from neat.stages import run_stage as run_in_process
 
-    cwd = os.getcwd()
-    os.chdir(project_dir)  # params.yaml paths are relative to the project
-    try:
+    with inside(project_dir):
         options = {"resume": True} if stage.neat_name == "train" else {}  # as dvc.yaml's `neat train --resume`
         summary = run_in_process(stage.neat_name, load_params("params.yaml"), **options)
-    finally:
-        os.chdir(cwd)
     logger.info(json.dumps(summary, default=str)[:2000])
     return {"stage": stage.dvc_name, "reused_from_cache": False}
 
@@ -145,6 +142,17 @@ def neat_pipeline(project_dir: str = ".", overrides: Optional[dict[str, Any]] = 
     return {"stages": results, "revision": info, "metrics": metrics}
 
 
+@contextlib.contextmanager
+def inside(project_dir):
+    """Run in the project directory: params.yaml paths are relative to it."""
+    cwd = os.getcwd()
+    os.chdir(project_dir)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
 def promote_if_better(project: Path, params) -> dict:
     """Publish and promote `<out>/policy` if the gate passes against the production model."""
     from neat import registry
@@ -159,12 +167,27 @@ def promote_if_better(project: Path, params) -> dict:
     ckpt = checkpoint_id(out / "policy")
     if pointer and (store.get_json(f"versions/{pointer['version']}/info.json") or {}).get("checkpoint") == ckpt:
         return {"promote": False, "reason": f"checkpoint {ckpt} is already production ({pointer['version']})"}
-    verdict = registry.gate(candidate, registry.production_metrics(store), params.gate.metric,
-                            params.gate.margin, params.gate.higher_is_better)
+    g, head = params.gate, None
+    if pointer and g.head_to_head:
+        # production re-evaluated beside the candidate, on this run's prompts, eval RM and judge: its stored
+        # metrics came from another run's evaluation and are not comparable once any of those changed
+        from neat.evaluate import evaluate
+
+        with inside(project):
+            production_dir = registry.fetch_policy(store, pointer["version"],
+                                                   Path(params.paths.checkpoints) / "registry")
+            head = evaluate(params, policy_dir=Path(params.paths.out) / "policy", tag="candidate",
+                            base_policy=production_dir, out_dir=Path(params.paths.checkpoints) / "gate",
+                            progress=False)
+        verdict = registry.head_to_head_gate(head, g.metric, g.margin, g.higher_is_better)
+    else:
+        verdict = registry.gate(candidate, registry.production_metrics(store), g.metric, g.margin, g.higher_is_better)
     decision = {"promote": verdict.promote, "reason": verdict.reason}
     if verdict.promote:
         version = registry.publish(store, out / "policy", candidate, out / "report",
-                                   extra={"checkpoint": ckpt, **revision(project)})
+                                   extra={"checkpoint": ckpt, "gate": verdict.reason, **revision(project)})
+        if head is not None:  # the evidence the promotion rests on, beside the version
+            store.put_json(f"versions/{version}/gate_head_to_head.json", head)
         registry.promote(store, version)
         decision["version"] = version
     return decision

@@ -150,6 +150,9 @@ class GateParams(Section):
     metric: str = Field("eval_reward_mean", description="key of metrics/evaluate.json compared against production")
     higher_is_better: bool = True
     margin: float = Field(0.0, ge=0, description="promote only if new >= current - margin (higher is better)")
+    head_to_head: bool = Field(
+        True, description="re-evaluate production beside the candidate (same prompts, eval RM, judge); "
+                          "false compares with the metrics stored when production was promoted")
 
 
 class RegistryParams(Section):

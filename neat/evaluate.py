@@ -511,7 +511,8 @@ def _mean(values):
 
 
 def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained", progress: bool = True,
-             generation_cache: str | Path | None = None) -> dict:
+             generation_cache: str | Path | None = None, base_policy: str | Path | None = None,
+             out_dir: str | Path | None = None) -> dict:
     """Stage: base vs trained policy on held-out and safety prompts → `<out>/evaluate/`, `<out>/metrics/evaluate.json`.
 
     Writes `generations.jsonl` (per held-out prompt: prompt, chosen reference, base and trained
@@ -519,6 +520,8 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     `safety.jsonl` (per safety prompt: type, label, both responses, judge labels) and the metrics,
     every file atomically. `policy_dir` defaults to `<out>/policy`; `tag` names the trained variant.
     Base generations are cached in `generation_cache` (default `<out>/cache/eval_generations`).
+    `base_policy` replaces `policy.model` as the baseline (the promotion gate compares a candidate
+    with production this way); `out_dir` replaces `<out>` as where the files go.
     """
     from neat.judges import read_safety_csv
     from neat.reward import score_texts
@@ -536,7 +539,8 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     safety_rows = safety_subset(read_safety_csv(params.paths.safety_prompts), e.max_safety_prompts, params.seed)
     timings: dict[str, float] = {}
     cache = Path(generation_cache) if generation_cache is not None else params.out("cache", "eval_generations")
-    base = _policy_outputs(params, params.policy.model, held=held, safety=safety_rows, seed_for_builtin=params.seed,
+    base_ref = str(base_policy) if base_policy is not None else params.policy.model
+    base = _policy_outputs(params, base_ref, held=held, safety=safety_rows, seed_for_builtin=params.seed,
                            cache=cache, label="base", progress=progress)
     timings["base_seconds"] = base["seconds"]
     trained = _policy_outputs(params, str(policy_dir), held=held, safety=safety_rows, seed_for_builtin=params.seed,
@@ -598,7 +602,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     metrics = evaluation_metrics(records, safety_records, n_resamples=e.bootstrap, seed=params.seed,
                                  safety_rows=safety_rows)
     metrics.update({
-        "tag": tag, "base_model": params.policy.model, "base_policy_id": base["policy_id"],
+        "tag": tag, "base_model": base_ref, "base_policy_id": base["policy_id"],
         "policy": str(policy_dir), "policy_id": trained["policy_id"], "judge": judge.name,
         "eval_reward_model": eval_reward_model_ref(params), "safety_prompts": str(params.paths.safety_prompts),
         "n_samples": e.n_samples, "max_new_tokens": e.max_new_tokens, "bootstrap": e.bootstrap,
@@ -606,10 +610,11 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
         "seconds": round(time.perf_counter() - started, 2), **timings,
     })
     metrics = json_safe(metrics)
-    write_jsonl_atomic(params.out("evaluate", "generations.jsonl"), records)
-    write_jsonl_atomic(params.out("evaluate", "safety.jsonl"), safety_records)
-    write_rewards_plot_data(params.out("evaluate", "rewards.csv"), records)
-    write_json_atomic(params.out("metrics", "evaluate.json"), metrics)
+    root = Path(out_dir) if out_dir is not None else params.out()
+    write_jsonl_atomic(root / "evaluate" / "generations.jsonl", records)
+    write_jsonl_atomic(root / "evaluate" / "safety.jsonl", safety_records)
+    write_rewards_plot_data(root / "evaluate" / "rewards.csv", records)
+    write_json_atomic(root / "metrics" / "evaluate.json", metrics)
     return metrics
 
 

@@ -35,6 +35,7 @@ class Store(Protocol):
     def put_json(self, key: str, obj: dict) -> None: ...
     def get_json(self, key: str) -> dict | None: ...
     def list(self, prefix: str) -> list[str]: ...
+    def get_file(self, key: str, path: Path) -> None: ...
 
 
 class LocalStore:
@@ -56,6 +57,11 @@ class LocalStore:
     def get_json(self, key: str) -> dict | None:
         path = self.root / key
         return json.loads(path.read_text()) if path.exists() else None
+
+    def get_file(self, key: str, path: Path) -> None:
+        if not (self.root / key).is_file():
+            raise RegistryError(f"{self.root}: {key} is missing")
+        shutil.copyfile(self.root / key, path)
 
     def list(self, prefix: str) -> list[str]:
         base = self.root / prefix
@@ -103,6 +109,11 @@ class S3Store:
         self._call(f"write of {key}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body,
                    ContentType="application/json")
 
+    def get_file(self, key: str, path: Path) -> None:
+        self._call(f"download of {key}", self.client.download_file, self.bucket, self._key(key), str(path))
+        if not Path(path).exists():
+            raise RegistryError(f"{self.uri}: {key} is missing")
+
     def get_json(self, key: str) -> dict | None:
         resp = self._call(f"read of {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         return None if resp is None else json.loads(resp["Body"].read())
@@ -135,6 +146,31 @@ class GateDecision:
     reason: str
     candidate: float | None
     current: float | None
+
+
+# a base-relative metric, read from a head-to-head evaluation (candidate vs production), and its "no change" value
+_RELATIVE = {"win_rate": 0.5, "sampled_win_rate": 0.5, "eval_reward_diff": 0.0, "perplexity_ratio": 1.0,
+             "unsafe_refusal_diff": 0.0, "safe_compliance_diff": 0.0}
+
+
+def head_to_head_gate(metrics: dict, metric: str, margin: float, higher_is_better: bool = True) -> GateDecision:
+    """The gate on one evaluation of the candidate ("trained") against production ("base"): the candidate's
+    `metric` vs production's `base_<metric>`, or a relative metric (win rate, paired difference, ratio)
+    vs its no-change value. Both sides were measured on the same prompts by the same judges."""
+    if metric in _RELATIVE:
+        new, cur = metrics.get(metric), _RELATIVE[metric]
+    else:
+        new, cur = metrics.get(metric), metrics.get(f"base_{metric}")
+        if f"base_{metric}" not in metrics:
+            return GateDecision(False, f"'{metric}' has no production counterpart (base_{metric}) in the "
+                                       "head-to-head evaluation; pick another gate.metric", None, None)
+    if new is None or cur is None:
+        return GateDecision(False, f"head-to-head evaluation lacks a value for '{metric}'", None, None)
+    new, cur = float(new), float(cur)
+    ok = new >= cur - margin if higher_is_better else new <= cur + margin
+    word = "holds" if ok else "regresses"
+    return GateDecision(ok, f"{metric} {word} head to head: candidate {new:.4f} vs production {cur:.4f} "
+                            f"(margin {margin})", new, cur)
 
 
 def gate(candidate_metrics: dict, current_metrics: dict | None, metric: str, margin: float,
@@ -170,6 +206,25 @@ def _upload_dir(store: Store, prefix: str, folder: Path) -> int:
 
 def production(store: Store) -> dict | None:
     return store.get_json(POINTER)
+
+
+def fetch_policy(store: Store, version: str, cache_root: Path) -> Path:
+    """The checkpoint of a published `version`, downloaded once into `cache_root/<version>`."""
+    from neat.io import atomic_path
+
+    target = Path(cache_root) / version
+    if (target / "config.json").exists():
+        return target
+    prefix = f"versions/{version}/policy/"
+    keys = [k for k in store.list(prefix) if not k.endswith("/")]
+    if not keys:
+        raise RegistryError(f"version {version} has no published checkpoint under {prefix}")
+    with atomic_path(target, is_dir=True) as tmp:
+        for key in keys:
+            dest = tmp / key[len(prefix):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            store.get_file(key, dest)
+    return target
 
 
 def production_metrics(store: Store) -> dict | None:

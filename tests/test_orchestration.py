@@ -177,12 +177,68 @@ def test_retrain_gate_promotes_then_refuses_regression(project, tmp_path):
 
     store = registry.open_store(params.registry)
     current = registry.production(store)["version"]
-    better = registry.production_metrics(store) | {params.gate.metric: 1e9}
-    store.put_json(f"versions/{current}/metrics.json", better)  # production now looks far better
+    stored = registry.production_metrics(store)
+
+    # stored-metrics gate: production's metrics as recorded when it was promoted
+    store.put_json(f"versions/{current}/metrics.json", stored | {params.gate.metric: 1e9})
     (project / "outputs/policy/extra.txt").write_text("a different checkpoint")
-    refused = promote_if_better(project, params)
+    stored_gate = load_params(project / "params.yaml", ["gate.head_to_head=false"])
+    refused = promote_if_better(project, stored_gate)
     assert not refused["promote"] and "regresses" in refused["reason"]
     assert registry.production(store)["version"] == current
+    store.put_json(f"versions/{current}/metrics.json", stored)
+
+
+def test_head_to_head_gate_re_evaluates_production(project, tmp_path):
+    """The default gate evaluates production beside the candidate on this run's prompts and eval RM."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from flows.pipeline import promote_if_better
+    from neat import registry
+    from neat.config import load_params
+    from neat.models import checkpoint_id
+    from neat.pipeline import set_params_in_file
+
+    set_params_in_file(project / "params.yaml", {"registry.uri": str(tmp_path / "registry"),
+                                                 "gate.metric": "perplexity", "gate.higher_is_better": False})
+    params = load_params(project / "params.yaml")
+    policy = project / "outputs" / "policy"
+    saved = tmp_path / "trained-policy"
+    shutil.copytree(policy, saved)
+    assert promote_if_better(project, params)["promote"]  # first version: nothing to compare with
+    store = registry.open_store(params.registry)
+    production = registry.production(store)["version"]
+    try:
+        # a candidate with scrambled weights: far worse perplexity on the held-out chosen responses
+        weights = load_file(str(policy / "model.safetensors"))
+        gen = torch.Generator().manual_seed(0)
+        save_file({k: v + torch.randn(v.shape, generator=gen) * 0.5 if v.is_floating_point() else v
+                   for k, v in weights.items()}, str(policy / "model.safetensors"), metadata={"format": "pt"})
+        refused = promote_if_better(project, params)
+        head = json.loads((project / ".neat/checkpoints/gate/metrics/evaluate.json").read_text())
+        assert not refused["promote"] and "head to head" in refused["reason"]
+        assert head["perplexity"] > head["base_perplexity"]
+        assert head["policy_id"] == checkpoint_id(policy)
+        fetched = project / ".neat/checkpoints/registry" / production
+        assert head["base_policy_id"] == checkpoint_id(fetched) and head["base_model"] == str(
+            Path(".neat/checkpoints/registry") / production)
+        assert registry.production(store)["version"] == production
+
+        # the same weights as production under another checkpoint id: no regression, promoted
+        shutil.rmtree(policy)
+        shutil.copytree(saved, policy)
+        (policy / "note.txt").write_text("republished")
+        promoted = promote_if_better(project, params)
+        head = json.loads((project / ".neat/checkpoints/gate/metrics/evaluate.json").read_text())
+        assert promoted["promote"], promoted
+        assert head["perplexity"] == pytest.approx(head["base_perplexity"], rel=1e-6)
+        assert store.get_json(f"versions/{promoted['version']}/gate_head_to_head.json")["policy_id"] == head["policy_id"]
+    finally:
+        shutil.rmtree(policy)
+        shutil.copytree(saved, policy)
 
 
 def test_new_incoming_data_is_checked_and_picked_up(project, tmp_path):

@@ -66,6 +66,35 @@ def test_publish_promote_rollback_never_delete(store, tmp_path):
         registry.rollback(store)
 
 
+def test_head_to_head_gate_compares_both_sides_of_one_evaluation():
+    from neat.registry import head_to_head_gate
+
+    head = {"eval_reward_mean": 0.30, "base_eval_reward_mean": 0.25, "perplexity": 12.0, "base_perplexity": 11.0,
+            "win_rate": 0.45, "eval_reward_diff": 0.05, "unsafe_refusal_rate": 0.8, "base_unsafe_refusal_rate": 0.9}
+    holds = head_to_head_gate(head, "eval_reward_mean", 0.0)
+    assert holds.promote and (holds.candidate, holds.current) == (0.30, 0.25) and "head to head" in holds.reason
+    assert not head_to_head_gate(head, "perplexity", 0.5, higher_is_better=False).promote  # 12 > 11 + 0.5
+    assert head_to_head_gate(head, "perplexity", 1.0, higher_is_better=False).promote
+    assert not head_to_head_gate(head, "win_rate", 0.0).promote  # loses more often than it wins
+    assert head_to_head_gate(head, "win_rate", 0.05).promote
+    assert head_to_head_gate(head, "eval_reward_diff", 0.0).current == 0.0
+    assert not head_to_head_gate(head, "unsafe_refusal_rate", 0.05).promote
+    missing = head_to_head_gate(head, "seconds", 0.0)
+    assert not missing.promote and "no production counterpart" in missing.reason
+
+
+def test_fetch_policy_downloads_a_version_once(store, tmp_path):
+    v1 = registry.publish(store, checkpoint(tmp_path, "a", b"weights-one"), {"r": 1.0}, version="v1")
+    got = registry.fetch_policy(store, v1, tmp_path / "cache")
+    assert (got / "model.safetensors").read_bytes() == b"weights-one"
+    assert json.loads((got / "config.json").read_text()) == {"name": "a"}
+    (got / "model.safetensors").write_bytes(b"local")  # a second call reuses the download
+    assert (registry.fetch_policy(store, v1, tmp_path / "cache") / "model.safetensors").read_bytes() == b"local"
+    with pytest.raises(RegistryError, match="no published checkpoint"):
+        registry.fetch_policy(store, "v9", tmp_path / "cache")
+    assert not (tmp_path / "cache" / "v9").exists()
+
+
 def test_promote_requires_published_version(store):
     with pytest.raises(RegistryError, match="not published"):
         registry.promote(store, "v404")
