@@ -217,13 +217,39 @@ def _counting_prompts(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (mask.sum(dim=1) >= 2) & (hi > lo)
 
 
-def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False) -> tuple[torch.Tensor, dict]:
+def response_token_counts(batch) -> torch.Tensor:
+    """[B, K] response tokens of each candidate, as `batch_logps` counts them (without a forward pass)."""
+    predicts = batch.response_mask[:, 1:].bool()
+    n = batch.slot.shape[0]
+    if isinstance(batch, PackedBatch):
+        seq = batch.sequence_index[:, 1:][predicts].long()
+    else:
+        seq = predicts.nonzero(as_tuple=True)[0]
+    per_sequence = torch.bincount(seq, minlength=n)
+    counts = torch.zeros(batch.mask.shape, dtype=torch.long)
+    return counts.index_put((batch.slot[:, 0], batch.slot[:, 1]), per_sequence)
+
+
+def batch_counts(batch) -> tuple[float, float]:
+    """What the loss terms average over: (prompts that count for the ranking loss, tokens of the
+    best candidates for the SFT term)."""
+    best = best_candidate_index(batch.rewards, batch.mask)
+    n_sft = response_token_counts(batch).gather(1, best[:, None]).sum()
+    return float(_counting_prompts(batch.rewards, batch.mask).sum()), float(n_sft)
+
+
+def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
+              norm: tuple[float, float] | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch and its logged statistics.
 
-    With `dist_group` (a `neat.distributed.Group`), the batch is this process's shard of a global
-    micro-batch: every mean (ranking loss over counting prompts, SFT over best-candidate tokens,
-    logged log-probs) is taken over the global batch, and the returned loss is scaled by the world
-    size so that DDP's gradient *average* equals the single-process gradient of the global batch.
+    The ranking loss is a mean over the prompts that count and the SFT term a mean over the tokens of
+    the best candidates; `norm` = (prompts, tokens) they average over in the whole optimizer step (every
+    micro-batch of every process; `batch_counts`). Each micro-batch's loss is its share of that mean,
+    so the gradients summed over micro-batches (and averaged by DDP/FSDP, hence the factor world size)
+    equal the gradient of the whole step's batch in one process, however unevenly its prompts and
+    tokens fall into micro-batches. Without `norm` the batch is the whole step (its own counts,
+    summed over processes with `dist_group`). `rank_loss`, `sft_loss` and `loss` in the returned stats
+    are this micro-batch's shares too (they add up over the step), under `dist_group` over all processes.
     `phantom`: this process has no prompt of the micro-batch and runs `batch` only to take part in
     the collective calls; it contributes nothing (weight 0).
     """
@@ -233,34 +259,27 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False) -> tupl
     rank = ranking_loss(cfg.loss, logps, rewards, mask)
     best = best_candidate_index(rewards, mask)
     sft = sft_loss(sums, counts, best)
+    n_rank = _counting_prompts(rewards, mask).sum().double()
+    n_sft = counts.gather(1, best[:, None]).sum().double()
     sel_by_origin = {o: [(b, k) for b, row in enumerate(batch.origins) for k, x in enumerate(row) if x == o]
                      for o in ORIGINS}
-    detached = logps.detach().cpu()
-    if dist_group is None:
-        loss = rank + cfg.sft_weight * sft
-        stats = {"rank_loss": rank.item(), "sft_loss": sft.item()}
-        for origin, sel in sel_by_origin.items():
-            stats[f"logp_{origin}"] = float(sum(detached[b, k] for b, k in sel) / len(sel)) if sel else math.nan
-            stats[f"reward_{origin}"] = float(sum(batch.rewards[b, k] for b, k in sel) / len(sel)) if sel else math.nan
-        return loss, stats
-    # local sums -> global normalisers (one all_reduce of a small vector)
-    n_rank = _counting_prompts(rewards, mask).sum().float()
-    n_sft = counts.gather(1, best[:, None]).sum().float()
     if phantom:
         n_rank, n_sft, sel_by_origin = n_rank * 0, n_sft * 0, {o: [] for o in ORIGINS}
-    local = [n_rank, n_sft]
+    detached = logps.detach().cpu()
+    local = [n_rank, n_sft, rank.detach().double() * n_rank, sft.detach().double() * n_sft]
     for origin, sel in sel_by_origin.items():
         local += [torch.tensor(float(len(sel))), torch.tensor(float(sum(detached[b, k] for b, k in sel))),
                   torch.tensor(float(sum(batch.rewards[b, k] for b, k in sel)))]
-    rank_sum, sft_sum = rank.detach() * n_rank, sft.detach() * n_sft
-    local += [rank_sum, sft_sum]
-    totals = dist_group.all_sum(torch.stack([torch.as_tensor(x, dtype=torch.float64).reshape(()).cpu() for x in local]))
-    g_rank, g_sft = totals[0].clamp(min=1), totals[1].clamp(min=1)
-    world = dist_group.world_size
-    loss = (rank * n_rank / g_rank + cfg.sft_weight * sft * n_sft / g_sft) * world
-    stats = {"rank_loss": float(totals[-2] / g_rank), "sft_loss": float(totals[-1] / g_sft)}
+    local_t = torch.stack([torch.as_tensor(x, dtype=torch.float64).reshape(()).cpu() for x in local])
+    # one all_reduce of a small vector: the micro-batch's sums over every process
+    sums_t = dist_group.all_sum(local_t) if dist_group is not None else local_t
+    g_rank, g_sft = (float(sums_t[0]), float(sums_t[1])) if norm is None else norm
+    g_rank, g_sft = max(g_rank, 1.0), max(g_sft, 1.0)
+    world = dist_group.world_size if dist_group is not None else 1
+    loss = (rank * (n_rank.float() / g_rank) + cfg.sft_weight * sft * (n_sft.float() / g_sft)) * world
+    stats = {"rank_loss": float(sums_t[2]) / g_rank, "sft_loss": float(sums_t[3]) / g_sft}
     for i, origin in enumerate(ORIGINS):
-        n, lp, rw = (float(v) for v in totals[2 + 3 * i : 5 + 3 * i])
+        n, lp, rw = (float(v) for v in sums_t[4 + 3 * i : 7 + 3 * i])
         stats[f"logp_{origin}"] = lp / n if n else math.nan
         stats[f"reward_{origin}"] = rw / n if n else math.nan
     stats["loss"] = stats["rank_loss"] + cfg.sft_weight * stats["sft_loss"]
@@ -555,15 +574,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         tokens = 0
-        for i, groups in enumerate(micro_batches):
+        batches = []
+        for groups in micro_batches:
             phantom = False
             if self.dist is not None:
                 shard = self.dist.shard(groups)
-                # a process without a prompt still runs one (weight 0) to take part in DDP's all-reduce
+                # a process without a prompt still runs one (weight 0) to take part in the collectives
                 groups, phantom = (shard, False) if shard else (groups[:1], True)
-            batch = self.collate(groups)
+            batches.append((self.collate(groups), phantom))
+        # what the step's loss terms average over, across micro-batches and processes
+        local = torch.tensor([sum(batch_counts(b)[j] for b, phantom in batches if not phantom) for j in (0, 1)],
+                             dtype=torch.float64)
+        norm = tuple(float(x) for x in (self.dist.all_sum(local) if self.dist is not None else local))
+        for i, (batch, phantom) in enumerate(batches):
             tokens += 0 if phantom else batch_tokens(batch)
-            last = i == len(micro_batches) - 1
+            last = i == len(batches) - 1
             if self.fsdp:  # reduce-scatter gradients only after the last micro-batch
                 self.forward_model.set_requires_gradient_sync(last)
             sync = (contextlib.nullcontext() if self.dist is None or self.fsdp or last
@@ -571,17 +596,17 @@ class Trainer:
             amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
             with sync:
                 with amp:
-                    loss, stats = step_loss(self.forward_model, batch, cfg, self.dist, phantom)
-                finite = bool(torch.isfinite(loss)) if self.dist is None else math.isfinite(stats["loss"])
-                if not finite:
+                    loss, stats = step_loss(self.forward_model, batch, cfg, self.dist, phantom, norm=norm)
+                # stats["loss"] is the same on every process: all of them stop together
+                if not math.isfinite(stats["loss"]) or not bool(torch.isfinite(loss)):
                     raise TrainingError(
-                        f"non-finite loss ({loss.item()}) at round {round_}, step {step + 1}; stopped. The last good "
-                        f"checkpoint is kept in {self.state_dir} (lower train.lr or check the scored data)"
+                        f"non-finite loss ({stats['loss']}) at round {round_}, step {step + 1}; stopped. The last "
+                        f"good checkpoint is kept in {self.state_dir} (lower train.lr or check the scored data)"
                     )
-                (loss / len(micro_batches)).backward()
-            stats.setdefault("loss", loss.item())
+                loss.backward()
             for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
+                share = key in ("loss", "rank_loss", "sft_loss")  # shares of the step's mean: they add up
+                totals[key] = totals.get(key, 0.0) + (value if share else value / len(batches))
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over the processes

@@ -57,7 +57,7 @@ def worker_params(tmp_path, spec: dict):
     """The params of one test run (a single process uses the same)."""
     params = make_params(tmp_path, batch_size=spec.get("batch", BATCH), max_response_tokens=16,
                          rounds=spec.get("rounds", 1), checkpoint_every=spec.get("checkpoint_every", 0),
-                         parallel=spec["parallel"])
+                         grad_accum=spec.get("accum", 1), parallel=spec["parallel"])
     # no LoRA dropout: its random masks differ between one process and two
     lora = params.policy.lora.model_copy(update={"enabled": spec.get("lora", False), "dropout": 0.0})
     return params.model_copy(update={"policy": params.policy.model_copy(update={"lora": lora})})
@@ -119,13 +119,15 @@ needs_dist = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 
 @needs_dist
-@pytest.mark.parametrize("parallel,lora", [("ddp", False), ("fsdp", False), ("fsdp", True)])
-def test_two_cpu_processes_match_one(tmp_path, parallel, lora):
-    spec = {"parallel": parallel, "lora": lora, "n": N_PROMPTS}
+@pytest.mark.parametrize("parallel,lora,accum", [("ddp", False, 1), ("fsdp", False, 1), ("fsdp", True, 1),
+                                                 ("fsdp", False, 2)])
+def test_two_cpu_processes_match_one(tmp_path, parallel, lora, accum):
+    """accum 2: micro-batches of 3 prompts, two per step ((2, 1) + (2, 1) shards, then (1, none))."""
+    spec = {"parallel": parallel, "lora": lora, "n": N_PROMPTS, "accum": accum}
     out = tmp_path / "dist"
     proc = launch(tmp_path, out, spec)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_same_training(out, single_process(tmp_path / "single", spec), spec, steps=3)
+    assert_same_training(out, single_process(tmp_path / "single", spec), spec, steps=3 if accum == 1 else 2)
 
 
 @needs_dist
