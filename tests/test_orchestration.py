@@ -241,6 +241,44 @@ def test_head_to_head_gate_re_evaluates_production(project, tmp_path):
         shutil.copytree(saved, policy)
 
 
+def test_s3_registry_promotion_head_to_head_and_no_credential_in_it(project, s3_server, monkeypatch):
+    """Publish to an S3 registry (moto on 127.0.0.1), then gate a second checkpoint head to head, which
+    downloads production back from S3; no object in the bucket holds the secret key."""
+    import boto3
+
+    from flows.pipeline import promote_if_better
+    from neat import registry
+    from neat.config import load_params
+    from neat.pipeline import set_params_in_file
+
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+    set_params_in_file(project / "params.yaml", {"registry.uri": f"s3://{BUCKET}/registry",
+                                                 "registry.endpoint_url": s3_server,
+                                                 "gate.metric": "eval_reward_mean", "gate.higher_is_better": True,
+                                                 "gate.margin": 1e6})  # this test is about the plumbing
+    params = load_params(project / "params.yaml")
+    policy = project / "outputs" / "policy"
+    note = policy / "s3-note.txt"
+    try:
+        assert promote_if_better(project, params)["promote"]
+        note.write_text("another checkpoint id, same weights")
+        second = promote_if_better(project, params)
+        assert second["promote"] and "head to head" in second["reason"], second
+    finally:
+        note.unlink(missing_ok=True)
+        set_params_in_file(project / "params.yaml", {"registry.endpoint_url": None, "gate.margin": 0.0})
+    store = registry.open_store(params.registry)
+    assert registry.production(store)["version"] == second["version"]
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="registry/")["Contents"]]
+    assert any(k.endswith("/gate_head_to_head.json") for k in keys)
+    for key in keys:
+        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert CREDS["AWS_SECRET_ACCESS_KEY"].encode() not in body, key
+        assert CREDS["AWS_ACCESS_KEY_ID"].encode() not in body, key
+
+
 def test_new_incoming_data_is_checked_and_picked_up(project, tmp_path):
     from neat.config import load_params
     from neat.errors import DataError
