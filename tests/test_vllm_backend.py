@@ -310,12 +310,17 @@ def test_policy_dir_for_engine(tmp_path, tiny_dir):
     assert policy_dir_for_engine(str(tmp_path / "plain"), cache_dir=cache) == str(tmp_path / "plain")
 
 
-def test_smollm2_engine_dir_is_the_converted_cache():
-    from neat.models import SMOLLM2, _cache_valid, _fingerprint, _smollm2_gguf, policy_dir_for_engine
+def test_smollm2_engine_dir_is_the_converted_cache(tmp_path):
+    """The engine loads the directory `load_policy` converts the GGUF into, and never converts twice."""
+    from neat.models import _MARKER, SMOLLM2, _fingerprint, _smollm2_gguf, policy_dir_for_engine
 
-    if not _cache_valid(CACHE / SMOLLM2, _fingerprint(_smollm2_gguf())):
-        pytest.skip("SmolLM2 not converted in this checkout's cache yet (the slow tests do that)")
-    assert policy_dir_for_engine("builtin:smollm2-135m-instruct", cache_dir=CACHE) == str(CACHE / SMOLLM2)
+    cache = tmp_path / "cache"
+    converted = cache / SMOLLM2
+    converted.mkdir(parents=True)  # a published conversion (what load_policy leaves behind)
+    (converted / _MARKER).write_text(json.dumps(_fingerprint(_smollm2_gguf()), sort_keys=True) + "\n")
+    before = sorted(p.name for p in converted.iterdir())
+    assert policy_dir_for_engine("builtin:smollm2-135m-instruct", cache_dir=cache) == str(converted)
+    assert sorted(p.name for p in converted.iterdir()) == before  # used as is, not rebuilt
 
 
 def test_engine_for_trained_policy_saves_merged_and_cleans_up(fake_vllm, tmp_path):
