@@ -670,10 +670,17 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     """Stage: online rounds of ranking-loss training → `<out>/policy` (merged HF checkpoint)."""
     from neat.models import save_model
 
-    if params.generation.backend == "vllm" and params.train.rounds > 1:
-        from neat.vllm_backend import require_vllm
+    if params.generation.backend == "vllm" and params.train.rounds > 1:  # checked before round 1, not after it
+        from neat.distributed import world_size_from_env
+        from neat.vllm_backend import BackendUnavailable, require_vllm
 
-        require_vllm()  # before round 1, not after it
+        if world_size_from_env() > 1:
+            # the round's engine would start inside this run's process group, which vLLM (one process,
+            # its own group) does not join
+            raise BackendUnavailable(
+                f"generation.backend: vllm samples the online rounds of single-process training only; this run "
+                f"has {world_size_from_env()} processes: set generation.backend: hf for it (or train.rounds: 1)")
+        require_vllm()
     torch.manual_seed(params.seed)
     random.seed(params.seed)
     scored_path = params.out("score", "candidates.parquet")

@@ -402,6 +402,10 @@ def test_train_checks_vllm_before_round_one(monkeypatch, tmp_path):
     params = params.model_copy(update={"generation": params.generation.model_copy(update={"backend": "vllm"})})
     with pytest.raises(vb.BackendUnavailable, match="generation.backend: vllm"):
         train(params)  # fails before reading any input: nothing was trained for an hour first
+    monkeypatch.setattr(vb, "_unavailable_reason", lambda: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under accelerate launch
+    with pytest.raises(vb.BackendUnavailable, match="single-process training only; this run has 2 processes"):
+        train(params)
 
 
 # ---------------------------------------------------------------------- the stages
