@@ -176,8 +176,9 @@ def promote_if_better(project: Path, params) -> dict:
         with inside(project):
             production_dir = registry.fetch_policy(store, pointer["version"],
                                                    Path(params.paths.checkpoints) / "registry")
+            work = Path(params.paths.checkpoints) / "gate"  # not versioned, not a DVC output
             head = evaluate(params, policy_dir=Path(params.paths.out) / "policy", tag="candidate",
-                            base_policy=production_dir, out_dir=Path(params.paths.checkpoints) / "gate",
+                            base_policy=production_dir, out_dir=work, generation_cache=work / "cache",
                             progress=False)
         verdict = registry.head_to_head_gate(head, g.metric, g.margin, g.higher_is_better)
     else:

@@ -217,7 +217,10 @@ def test_head_to_head_gate_re_evaluates_production(project, tmp_path):
         gen = torch.Generator().manual_seed(0)
         save_file({k: v + torch.randn(v.shape, generator=gen) * 0.5 if v.is_floating_point() else v
                    for k, v in weights.items()}, str(policy / "model.safetensors"), metadata={"format": "pt"})
+        untouched = {d: tree_digest(project / "outputs" / d) for d in ("metrics", "evaluate", "cache")}
         refused = promote_if_better(project, params)
+        # the gate's evaluation lives in the unversioned work area, not in the DVC outputs
+        assert {d: tree_digest(project / "outputs" / d) for d in untouched} == untouched
         head = json.loads((project / ".neat/checkpoints/gate/metrics/evaluate.json").read_text())
         assert not refused["promote"] and "head to head" in refused["reason"]
         assert head["perplexity"] > head["base_perplexity"]
