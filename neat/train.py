@@ -310,7 +310,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 def fingerprint(params, scored_path: Path) -> str:
     """What a checkpoint was trained from; resuming under anything else would mix two runs."""
     keys = {k: getattr(params, k).model_dump(mode="json") for k in ("policy", "expand", "train", "data")}
-    # checkpoints of a sharded (fsdp) and a replicated run keep the optimizer state in different layouts
+    # (train.parallel counts too: sharded and replicated runs keep the optimizer state in different layouts)
     keys["seed"] = params.seed
     if params.generation.backend != "hf":  # online rounds sample with another engine
         keys["generation"] = params.generation.model_dump(mode="json")
@@ -441,7 +441,7 @@ class Trainer:
         if not self.is_main:
             return None
         copy, _ = load_trainable_policy(self.params)
-        copy.load_state_dict({k: v for k, v in weights.items()}, strict=True)
+        copy.load_state_dict(weights, strict=True)
         return copy
 
     def save_state(self, info: dict) -> None:
