@@ -23,6 +23,10 @@ from neat.io import write_text_atomic
 from neat.pipeline import PipelineStage, project_lock, revision, run, set_params_in_file, stage_order
 
 CONCURRENCY_LIMIT = "neat-pipeline"  # `prefect gcl create neat-pipeline --limit 1`
+# The slot is held under a lease the flow renews every 3/4 of it; a run whose process dies frees its slot
+# when the lease runs out (Prefect's default is 300 s). Overlap on one checkout is prevented by the file
+# lock regardless, so a short lease only shortens how long the next run waits after a crash.
+SLOT_LEASE_SECONDS = 60
 USER_ERROR_EXIT = 2  # `neat` exits 2 on a NeatError: bad input, retrying cannot help
 
 
@@ -116,7 +120,8 @@ def neat_pipeline(project_dir: str = ".", overrides: Optional[dict[str, Any]] = 
     for this run (validated first) and the result is saved as a DVC experiment."""
     logger = get_run_logger()
     project = Path(project_dir).resolve()
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False), project_lock(project):
+    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False, lease_duration=SLOT_LEASE_SECONDS), \
+            project_lock(project):
         params_file = project / "params.yaml"
         original = params_file.read_text(encoding="utf-8")
         try:
