@@ -153,6 +153,11 @@ _RELATIVE = {"win_rate": 0.5, "sampled_win_rate": 0.5, "eval_reward_diff": 0.0, 
              "unsafe_refusal_diff": 0.0, "safe_compliance_diff": 0.0}
 
 
+def _holds(new: float, cur: float, margin: float, higher_is_better: bool) -> bool:
+    """The candidate's value `new` does not regress by more than `margin` against `cur`."""
+    return new >= cur - margin if higher_is_better else new <= cur + margin
+
+
 def head_to_head_gate(metrics: dict, metric: str, margin: float, higher_is_better: bool = True) -> GateDecision:
     """The gate on one evaluation of the candidate ("trained") against production ("base"): the candidate's
     `metric` vs production's `base_<metric>`, or a relative metric (win rate, paired difference, ratio)
@@ -167,7 +172,7 @@ def head_to_head_gate(metrics: dict, metric: str, margin: float, higher_is_bette
     if new is None or cur is None:
         return GateDecision(False, f"head-to-head evaluation lacks a value for '{metric}'", None, None)
     new, cur = float(new), float(cur)
-    ok = new >= cur - margin if higher_is_better else new <= cur + margin
+    ok = _holds(new, cur, margin, higher_is_better)
     word = "holds" if ok else "regresses"
     return GateDecision(ok, f"{metric} {word} head to head: candidate {new:.4f} vs production {cur:.4f} "
                             f"(margin {margin})", new, cur)
@@ -182,7 +187,7 @@ def gate(candidate_metrics: dict, current_metrics: dict | None, metric: str, mar
     if not current_metrics or current_metrics.get(metric) is None:
         return GateDecision(True, "no production model yet", new, None)
     cur = float(current_metrics[metric])
-    ok = new >= cur - margin if higher_is_better else new <= cur + margin
+    ok = _holds(new, cur, margin, higher_is_better)
     word = "holds" if ok else "regresses"
     return GateDecision(ok, f"{metric} {word}: {new:.4f} vs production {cur:.4f} (margin {margin})", new, cur)
 
