@@ -69,8 +69,10 @@ def init_from_env(device: torch.device | None = None) -> Group | None:
 
 def base_model(model):
     """The transformers model under a PEFT / DDP wrapper."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    get_base_model = getattr(model, "get_base_model", None)  # peft.PeftModel
+    return get_base_model() if callable(get_base_model) else model
 
 
 def transformer_blocks(model) -> list[torch.nn.Module]:
@@ -106,8 +108,10 @@ def shard_fsdp(model, group: Group):
 
 
 def is_fsdp(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without distributed support
+        return False
     return isinstance(model, FSDPModule)
 
 

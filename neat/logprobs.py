@@ -17,24 +17,15 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["response_logprobs", "length_normalised"]
 
 
-def _is_fsdp(model: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
-    return isinstance(model, FSDPModule)
-
-
 def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
     """The causal-LM module under DDP / FSDP / peft wrappers, and whether the wrapper must run the forward."""
-    is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    lm = model.module if is_ddp else model
-    get_base_model = getattr(lm, "get_base_model", None)  # peft.PeftModel: LoRA layers live in it in place
-    if callable(get_base_model):
-        lm = get_base_model()
+    from neat.distributed import base_model, is_fsdp
+
+    # peft.PeftModel: the LoRA layers live in place in its base model
+    lm, is_ddp = base_model(model), isinstance(model, nn.parallel.DistributedDataParallel)
     # FSDP gathers the root unit's weights (embeddings, LM head) in the root's forward hook, and keeps
     # them gathered until backward: the chunked LM head below then sees full weights.
-    return lm, is_ddp or _is_fsdp(model)
+    return lm, is_ddp or is_fsdp(model)
 
 
 def _final_hidden_states(
