@@ -437,6 +437,13 @@ def load_tokenizer(
     return _tokenizer_from(src, trust_remote_code)
 
 
+def _resolve_policy(ref: str, cache_dir: Path, seed: int) -> _Source:
+    """`_resolve` for a causal LM: the reward-model-only builtin is refused."""
+    if str(ref).strip() == BUILTIN_PREFIX + MINILM:
+        raise ModelError("builtin:minilm is an encoder and can only be a reward model; use builtin:smollm2-135m-instruct")
+    return _resolve(ref, cache_dir, seed)
+
+
 def load_policy(
     ref: str,
     *,
@@ -448,9 +455,7 @@ def load_policy(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, on the resolved device/dtype. LoRA adapter dirs come back merged."""
     cache_dir, dev, dt = _placement(cache_dir, device, dtype)
-    if str(ref).strip() == BUILTIN_PREFIX + MINILM:
-        raise ModelError("builtin:minilm is an encoder and can only be a reward model; use builtin:smollm2-135m-instruct")
-    src = _resolve(ref, cache_dir, seed)
+    src = _resolve_policy(ref, cache_dir, seed)
     if src.adapter is None:
         model = _from_pretrained(AutoModelForCausalLM, src, dtype=dt, **_load_kwargs(src, trust_remote_code))
         tokenizer = _tokenizer_from(src, trust_remote_code)
@@ -481,9 +486,7 @@ def policy_dir_for_engine(
     reference or `seed` changes; not when the base's weights change in place).
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if str(ref).strip() == BUILTIN_PREFIX + MINILM:
-        raise ModelError("builtin:minilm is an encoder and can only be a reward model; use builtin:smollm2-135m-instruct")
-    src = _resolve(ref, cache_dir, seed)
+    src = _resolve_policy(ref, cache_dir, seed)
     if src.adapter is None:
         return src.location
     adapter = src.adapter.expanduser().resolve()
