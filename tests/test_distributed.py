@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from neat.expand import select_prompts
 from neat.train import Trainer, load_trainable_policy
 from tests.conftest import ROOT
+from tests.project import free_port
 from tests.test_train import fake_scorer, make_params, synthetic_rows
 
 # 7 prompts, 3 per step: the steps' shards are (2, 1), (2, 1) and (1, none), so the second process
@@ -63,19 +63,23 @@ def worker_params(tmp_path, spec: dict):
     return params.model_copy(update={"policy": params.policy.model_copy(update={"lora": lora})})
 
 
-def launch(tmp_path, out, spec: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Two CPU processes (gloo) under `accelerate launch`."""
+def accelerate_launch(*program: str) -> list[str]:
+    """The command running `program` as two CPU processes (gloo) under `accelerate launch`."""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     if accelerate is None:
         pytest.skip("accelerate CLI not installed")
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *program]
+
+
+def launch(tmp_path, out, spec: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The test worker on two CPU processes."""
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(root=str(ROOT)))
     out.mkdir(exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           str(worker), str(out), json.dumps(spec)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(accelerate_launch(str(worker), str(out), json.dumps(spec)), env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
 
 
 def single_process(tmp_path, spec: dict) -> Trainer:
@@ -107,12 +111,6 @@ def assert_same_training(out, trainer: Trainer, spec: dict, steps: int) -> None:
     assert state.keys() == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     for name, tensor in state.items():
         torch.testing.assert_close(tensor, single[name], atol=1e-6, rtol=1e-4, msg=name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 needs_dist = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
@@ -173,10 +171,7 @@ def test_neat_train_stage_under_fsdp_saves_the_policy_one_process_would(tmp_path
         neat(stage)
     shutil.copytree(project / "outputs", project / "single")
     neat("train", "-S", "paths.out=single", "-S", "paths.checkpoints=.neat/single")
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-                           "-m", "neat.cli", "train", "-S", "train.parallel=fsdp"],
+    proc = subprocess.run(accelerate_launch("-m", "neat.cli", "train", "-S", "train.parallel=fsdp"),
                           cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count('"rounds": 2') == 1  # the main process alone prints the summary
