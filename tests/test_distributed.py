@@ -92,6 +92,21 @@ def single_process(tmp_path, spec: dict) -> Trainer:
     return trainer
 
 
+# fp32 sums in another order (2 processes, another CPU's kernels) differ in the last bits, and Adam
+# amplifies that for weights whose gradient is near zero: g/(sqrt(v)+eps) moves them by up to lr per step
+# whatever tiny value g has. So weights are compared by their *update*: the difference between the two
+# runs must be a small fraction of how far training moved the tensor. Measured on the tiny model
+# (7 prompts, 3 steps, lr 1e-3): additive gradient noise of 1e-7 x max|g| (fp32 rounding) gives at most
+# 1.2e-3 of the update, 1e-6 x max|g| gives 8e-3; training without one of the 7 prompts gives 0.78-1.16.
+UPDATE_RTOL = 2e-2
+
+
+def assert_same_update(got: torch.Tensor, want: torch.Tensor, initial: torch.Tensor, name: str) -> None:
+    update = (want - initial).norm().item()
+    diff = (got - want).norm().item()
+    assert diff <= UPDATE_RTOL * update + 1e-6 * got.numel() ** 0.5, (name, diff, update)
+
+
 def assert_same_training(out, trainer: Trainer, spec: dict, steps: int) -> None:
     dist_log = json.loads((out / "log.json").read_text())
     assert len(dist_log) == len(trainer.log) == steps
@@ -101,16 +116,17 @@ def assert_same_training(out, trainer: Trainer, spec: dict, steps: int) -> None:
     dist_weights = load_file(str(out / "weights.safetensors"))
     single = {k: p.detach() for k, p in trainer.model.named_parameters()}
     assert dist_weights.keys() == single.keys()
-    initial, _ = load_trainable_policy(trainer.params)
-    moved = max((p.detach() - single[k]).abs().max().item() for k, p in initial.named_parameters())
+    model, _ = load_trainable_policy(trainer.params)
+    initial = {k: p.detach() for k, p in model.named_parameters()}
+    moved = max((initial[k] - single[k]).abs().max().item() for k in single)
     assert moved > 1e-4  # training did change the weights
     for name, want in single.items():
-        torch.testing.assert_close(dist_weights[name], want, atol=1e-6, rtol=1e-4, msg=name)
+        assert_same_update(dist_weights[name], want, initial[name], name)
     # the main process alone wrote the checkpoint and the log; the checkpoint holds the full trainable weights
     state = load_file(str(out / "out" / "train" / "state" / "trainable.safetensors"))
     assert state.keys() == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     for name, tensor in state.items():
-        torch.testing.assert_close(tensor, single[name], atol=1e-6, rtol=1e-4, msg=name)
+        assert_same_update(tensor, single[name], initial[name], name)
 
 
 needs_dist = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
@@ -178,7 +194,13 @@ def test_neat_train_stage_under_fsdp_saves_the_policy_one_process_would(tmp_path
     sharded = load_file(str(project / "outputs" / "policy" / "model.safetensors"))
     single = load_file(str(project / "single" / "policy" / "model.safetensors"))
     assert sharded.keys() == single.keys()
+    from neat.config import load_params
+    from neat.models import load_policy
+
+    params = load_params(project / "params.yaml")
+    base, _ = load_policy(params.policy.model, cache_dir=params.paths.cache, device="cpu", seed=params.seed)
+    initial = {k: p.detach() for k, p in base.named_parameters()}
     for name, want in single.items():
-        torch.testing.assert_close(sharded[name], want, atol=1e-6, rtol=1e-4, msg=name)
+        assert_same_update(sharded[name], want, initial[name], name)
     metrics = json.loads((project / "outputs" / "metrics" / "train.json").read_text())
     assert metrics["steps"] == 4 and metrics["rounds"] == 2
