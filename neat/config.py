@@ -112,6 +112,14 @@ class TrainParams(Section):
     rounds: int = Field(2, ge=1, le=100)
     loss: Literal["rrhf", "pro"] = "rrhf"
     sft_weight: float = Field(1.0, ge=0)
+    sft_target: Literal["best", "best_generated"] = Field(
+        "best", description="SFT term on the best-reward candidate of any origin, or of the policy's own samples only")
+    anchor_weight: float = Field(
+        0.0, ge=0, description="weight of ½(log π(y|x) − log π_ref(y|x))² per candidate (length-normalised), the "
+                               "reference being the policy with its LoRA adapters off: keeps the policy near the base")
+    dev_prompts: int = Field(
+        16, ge=0, description="train-split prompts not trained on, answered unsteered before every round and after "
+                              "the last (the online curve); 0 = off")
     lr: float = Field(1e-4, gt=0, le=1)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_steps: int = Field(0, ge=0)

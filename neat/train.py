@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from neat.data import read_pairs, render_prompt
+from neat.diagnostics import ranking_accuracy
 from neat.errors import NeatError
 from neat.expand import ORIGINS, build_candidates, read_candidates, select_prompts, write_candidates
 from neat.io import atomic_path, write_json_atomic
@@ -38,6 +39,7 @@ LOG_COLUMNS = (
     ["round", "step", "loss", "rank_loss", "sft_loss", "lr", "tokens_per_s", "grad_norm"]
     + [f"logp_{o}" for o in ORIGINS]
     + [f"reward_{o}" for o in ORIGINS]
+    + ["anchor_loss", "rank_acc"]
 )
 
 
@@ -205,6 +207,34 @@ def batch_logps(model, batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, t
     return length_normalised(sum_bk, n_bk), sum_bk, n_bk
 
 
+def sft_mask(batch, target: str) -> torch.Tensor:
+    """[B, K] candidates the SFT term may pick from: all, or the policy's own samples ("best_generated";
+    a prompt without any sample falls back to all its candidates)."""
+    if target == "best":
+        return batch.mask
+    generated = torch.zeros_like(batch.mask)
+    for b, row in enumerate(batch.origins):
+        for k, origin in enumerate(row):
+            generated[b, k] = origin in ("positive", "negative")
+    generated &= batch.mask
+    has = generated.any(dim=1, keepdim=True)
+    return torch.where(has, generated, batch.mask)
+
+
+@contextlib.contextmanager
+def reference_policy(model):
+    """The policy without its LoRA adapters (the base model) inside the block."""
+    from neat.distributed import base_model
+
+    peft_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    disable = getattr(peft_model, "disable_adapter", None)
+    if disable is None:
+        raise TrainingError("train.anchor_weight needs policy.lora.enabled: the reference policy is the model "
+                            f"with its adapters off ({type(base_model(model)).__name__} has none)")
+    with disable():
+        yield
+
+
 def ranking_loss(name: str, logps, rewards, mask):
     return {"rrhf": rrhf_loss, "pro": pro_loss}[name](logps, rewards, mask)
 
@@ -230,10 +260,10 @@ def response_token_counts(batch) -> torch.Tensor:
     return counts.index_put((batch.slot[:, 0], batch.slot[:, 1]), per_sequence)
 
 
-def batch_counts(batch) -> tuple[float, float]:
+def batch_counts(batch, sft_target: str = "best") -> tuple[float, float]:
     """What the loss terms average over: (prompts that count for the ranking loss, tokens of the
     best candidates for the SFT term)."""
-    best = best_candidate_index(batch.rewards, batch.mask)
+    best = best_candidate_index(batch.rewards, sft_mask(batch, sft_target))
     n_sft = response_token_counts(batch).gather(1, best[:, None]).sum()
     return float(_counting_prompts(batch.rewards, batch.mask).sum()), float(n_sft)
 
@@ -257,16 +287,27 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
     rewards, mask = batch.rewards.to(device), batch.mask.to(device)
     logps, sums, counts = batch_logps(model, batch, cfg.logprob_chunk)
     rank = ranking_loss(cfg.loss, logps, rewards, mask)
-    best = best_candidate_index(rewards, mask)
+    best = best_candidate_index(rewards, sft_mask(batch, cfg.sft_target).to(device))
     sft = sft_loss(sums, counts, best)
-    n_rank = _counting_prompts(rewards, mask).sum().double()
+    counting = _counting_prompts(rewards, mask)
+    n_rank = counting.sum().double()
     n_sft = counts.gather(1, best[:, None]).sum().double()
+    anchor_sum = torch.zeros((), device=device)
+    if cfg.anchor_weight > 0:
+        with torch.no_grad(), reference_policy(model):
+            ref_logps, _, _ = batch_logps(model, batch, cfg.logprob_chunk)
+        sq = torch.where(mask, 0.5 * (logps - ref_logps) ** 2, torch.zeros_like(logps))
+        per_prompt = sq.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        anchor_sum = (per_prompt * counting).sum()  # averaged over the same prompts as the ranking loss
+    agree, n_pairs = ranking_accuracy(logps, rewards, mask)
     sel_by_origin = {o: [(b, k) for b, row in enumerate(batch.origins) for k, x in enumerate(row) if x == o]
                      for o in ORIGINS}
     if phantom:
         n_rank, n_sft, sel_by_origin = n_rank * 0, n_sft * 0, {o: [] for o in ORIGINS}
+        anchor_sum, agree, n_pairs = anchor_sum * 0, 0.0, 0
     detached = logps.detach().cpu()
-    local = [n_rank, n_sft, rank.detach().double() * n_rank, sft.detach().double() * n_sft]
+    local = [n_rank, n_sft, rank.detach().double() * n_rank, sft.detach().double() * n_sft,
+             anchor_sum.detach().double(), torch.tensor(agree), torch.tensor(float(n_pairs))]
     for origin, sel in sel_by_origin.items():
         local += [torch.tensor(float(len(sel))), torch.tensor(float(sum(detached[b, k] for b, k in sel))),
                   torch.tensor(float(sum(batch.rewards[b, k] for b, k in sel)))]
@@ -276,13 +317,17 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
     g_rank, g_sft = (float(sums_t[0]), float(sums_t[1])) if norm is None else norm
     g_rank, g_sft = max(g_rank, 1.0), max(g_sft, 1.0)
     world = dist_group.world_size if dist_group is not None else 1
-    loss = (rank * (n_rank.float() / g_rank) + cfg.sft_weight * sft * (n_sft.float() / g_sft)) * world
-    stats = {"rank_loss": float(sums_t[2]) / g_rank, "sft_loss": float(sums_t[3]) / g_sft}
+    loss = (rank * (n_rank.float() / g_rank) + cfg.sft_weight * sft * (n_sft.float() / g_sft)
+            + cfg.anchor_weight * anchor_sum.float() / g_rank) * world
+    stats = {"rank_loss": float(sums_t[2]) / g_rank, "sft_loss": float(sums_t[3]) / g_sft,
+             "anchor_loss": float(sums_t[4]) / g_rank,
+             "rank_acc": float(sums_t[5]) / float(sums_t[6]) if float(sums_t[6]) else math.nan,
+             "rank_pairs": float(sums_t[6])}
     for i, origin in enumerate(ORIGINS):
-        n, lp, rw = (float(v) for v in sums_t[4 + 3 * i : 7 + 3 * i])
+        n, lp, rw = (float(v) for v in sums_t[7 + 3 * i : 10 + 3 * i])
         stats[f"logp_{origin}"] = lp / n if n else math.nan
         stats[f"reward_{origin}"] = rw / n if n else math.nan
-    stats["loss"] = stats["rank_loss"] + cfg.sft_weight * stats["sft_loss"]
+    stats["loss"] = stats["rank_loss"] + cfg.sft_weight * stats["sft_loss"] + cfg.anchor_weight * stats["anchor_loss"]
     return loss, stats
 
 
@@ -497,6 +542,30 @@ class Trainer:
         self._barrier()
         return rows
 
+    def probe(self, label: str, round_: int, dev_source) -> dict | None:
+        """Collective: the current policy answers the dev prompts unsteered (greedy); the training reward
+        model scores the answers. One point of the online curve (None on non-main processes)."""
+        from neat.diagnostics import mean_or_none, text_stats
+        from neat.generation import generate
+
+        policy = self.full_policy()
+        if not self.is_main:
+            self._barrier()
+            return None
+        groups = [g[0] for g in dev_source]
+        texts = [fit_turns(self.tokenizer, p.prompt, self.cfg.max_prompt_tokens)[0] for p in groups]
+        with self._sampler(policy) as sampler:
+            gens = generate(sampler, self.tokenizer, texts, max_new_tokens=self.params.expand.max_new_tokens,
+                            batch_size=self.params.expand.batch_size, seed=self.params.seed)
+        responses = [g[0].text for g in gens]
+        rows = [{"prompt_id": p.prompt_id, "prompt": p.prompt, "origin": "unsteered", "response": r}
+                for p, r in zip(groups, responses)]
+        rewards = [row["reward"] for row in self.scorer(rows)] if self.scorer else [None] * len(rows)
+        self._barrier()
+        return {"label": label, "round": round_, "reward_mean": mean_or_none(rewards), **text_stats(responses),
+                "answers": [{"prompt_id": p.prompt_id, "response": r, "reward": w}
+                            for p, r, w in zip(groups, responses, rewards)]}
+
     def _sampler(self, policy):
         """What samples a round: the policy itself, or a vLLM engine on a saved copy of it."""
         if self.params.generation.backend == "vllm":
@@ -507,9 +576,10 @@ class Trainer:
         return contextlib.nullcontext(policy)
 
     def run(self, first_rows: list[dict], groups_source, demo_pool, *, fingerprint_: str, resume: bool = False,
-            stop_after_steps: int | None = None) -> dict:
+            stop_after_steps: int | None = None, dev_source=None) -> dict:
         cfg = self.cfg
         self.fingerprint = fingerprint_
+        self.rounds_log: list[dict] = []
         # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
         n_prompts = max(1, len(groups_from_scored(first_rows)))
         total = self.steps_per_round(n_prompts) * cfg.rounds
@@ -530,6 +600,7 @@ class Trainer:
                                         f"({type(exc).__name__}); remove it to start over") from None
                 start_round, position, step = info["round"], info["position"], info["step"]
                 self.log = info["log"]
+                self.rounds_log = info.get("rounds_log", [])
                 if info.get("round_done"):
                     start_round, position = start_round + 1, 0
             else:
@@ -538,6 +609,8 @@ class Trainer:
         bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (self.progress and self.is_main))
         for round_ in range(start_round, cfg.rounds + 1):
             rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
+            if position == 0 and not any(r["round"] == round_ for r in self.rounds_log):
+                self.rounds_log.append(self._round_entry(round_, rows, dev_source))
             groups = groups_from_scored(rows)
             if not groups:
                 raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
@@ -552,7 +625,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", round=round_)
                 info = {"round": round_, "position": position, "step": step, "fingerprint": fingerprint_,
-                        "log": self.log, "round_done": position >= len(batches)}
+                        "log": self.log, "rounds_log": self.rounds_log, "round_done": position >= len(batches)}
                 if info["round_done"] or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     self.save_state(info)
                     if self.is_main:
@@ -563,10 +636,27 @@ class Trainer:
                     return {"stopped_at_step": step}
             position = 0
         bar.close()
+        final = self.probe("final", cfg.rounds + 1, dev_source) if dev_source else None
         if self.is_main:
             write_log(self.out_dir / "log.csv", self.log)
+            online = self.rounds_log + ([{"round": cfg.rounds + 1, "dev": final}] if final else [])
+            write_json_atomic(self.out_dir / "online.json", online)
         self._barrier()
-        return {"steps": step, "rounds": cfg.rounds}
+        return {"steps": step, "rounds": cfg.rounds, **online_summary(self.rounds_log, final)}
+
+    def _round_entry(self, round_: int, rows: list[dict], dev_source) -> dict:
+        """What the round trains on (reward by origin, P(positive > negative)) and, before it trains, the
+        policy's unsteered answers to the dev prompts."""
+        from neat.reward import separation
+
+        sep = separation(rows) if self.is_main else {}
+        entry = {"round": round_, "candidates": len(rows),
+                 "reward_by_origin": {o: v["mean"] for o, v in sep.get("by_origin", {}).items()},
+                 "p_positive_over_negative": sep.get("positive_over_negative", {}).get("p"),
+                 "p_chosen_over_rejected": sep.get("chosen_over_rejected", {}).get("p")}
+        if dev_source:
+            entry["dev"] = self.probe(f"before round {round_}", round_, dev_source)
+        return entry
 
     def _optimizer_step(self, micro_batches: list[list[Group]], round_: int, step: int) -> dict:
         cfg = self.cfg
@@ -583,7 +673,7 @@ class Trainer:
                 groups, phantom = (shard, False) if shard else (groups[:1], True)
             batches.append((self.collate(groups), phantom))
         # what the step's loss terms average over, across micro-batches and processes
-        local = torch.tensor([sum(batch_counts(b)[j] for b, phantom in batches if not phantom) for j in (0, 1)],
+        local = torch.tensor([sum(batch_counts(b, cfg.sft_target)[j] for b, phantom in batches if not phantom) for j in (0, 1)],
                              dtype=torch.float64)
         norm = tuple(float(x) for x in (self.dist.all_sum(local) if self.dist is not None else local))
         for i, (batch, phantom) in enumerate(batches):
@@ -626,6 +716,14 @@ class Trainer:
 # ---------------------------------------------------------------- the stage
 
 
+def online_summary(rounds_log: list[dict], final: dict | None) -> dict:
+    """The online curve in numbers: the dev-prompt reward before each round and after the last, and
+    P(positive > negative) of each round's candidates."""
+    dev = [e["dev"]["reward_mean"] for e in rounds_log if e.get("dev")] + ([final["reward_mean"]] if final else [])
+    return {"online_dev_reward": dev,
+            "online_p_positive_over_negative": [e.get("p_positive_over_negative") for e in rounds_log]}
+
+
 def load_trainable_policy(params):
     from neat.models import apply_lora, load_policy
 
@@ -659,6 +757,14 @@ def reward_scorer(params):
                                          max_length=params.reward.max_length)
 
 
+def dev_prompts(pairs, params) -> list:
+    """Train-split prompts the policy never trains on (those after `data.max_train_prompts`), for the online curve."""
+    n = params.train.dev_prompts
+    if not n or params.data.max_train_prompts is None:
+        return []
+    return select_prompts(pairs, None)[params.data.max_train_prompts : params.data.max_train_prompts + n]
+
+
 def state_dir_for(params) -> Path:
     """Resumable state lives outside the DVC outputs (DVC deletes outputs before it reruns a stage)."""
     out = Path(params.paths.out).resolve()
@@ -688,14 +794,15 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     pairs = read_pairs(params.out("data", "train.jsonl"))
     groups_source = select_prompts(pairs, params.data.max_train_prompts)
     model, tokenizer = load_trainable_policy(params)
-    scorer = reward_scorer(params) if params.train.rounds > 1 else None
+    scorer = reward_scorer(params) if params.train.rounds > 1 or params.train.dev_prompts else None
+    dev_source = dev_prompts(pairs, params)
     out_dir = params.out("train")
     (out_dir / "rounds").mkdir(parents=True, exist_ok=True)  # a DVC output even with a single round
     started = time.perf_counter()
     trainer = Trainer(params, model, tokenizer, out_dir=out_dir, scorer=scorer,
                       state_dir=state_dir_for(params))
     summary = trainer.run(first_rows, groups_source, pairs, fingerprint_=fingerprint(params, scored_path),
-                          resume=resume, stop_after_steps=stop_after_steps)
+                          resume=resume, stop_after_steps=stop_after_steps, dev_source=dev_source)
     if "stopped_at_step" in summary:
         return summary
     policy = trainer.full_policy()

@@ -145,3 +145,92 @@ def test_gradient_accumulation_equals_one_big_batch_with_uneven_micro_batches(tm
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
     for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), atol=1e-5, rtol=1e-4, msg=name)  # updates are ~1e-3
+
+
+def _logp_drift(model, tokenizer, rows, cfg):
+    """Mean |normalised log-prob of the policy − of the reference (adapters off)| over the candidates."""
+    from neat.train import batch_logps, reference_policy
+
+    batch = collate(tokenizer, groups_from_scored(rows), cfg.max_prompt_tokens, cfg.max_response_tokens,
+                    tokenizer.pad_token_id)
+    with torch.no_grad():
+        policy, _, _ = batch_logps(model, batch, cfg.logprob_chunk)
+        with reference_policy(model):
+            ref, _, _ = batch_logps(model, batch, cfg.logprob_chunk)
+    return float((policy - ref)[batch.mask].abs().mean())
+
+
+def test_anchor_keeps_the_policy_near_the_reference(tmp_path):
+    """With LoRA the reference is the base model; a strong anchor leaves the log-probs much closer to it."""
+    pairs, rows = synthetic_rows()
+    drift, logs = {}, {}
+    for weight in (0.0, 500.0):
+        params = make_params(tmp_path / str(weight), lr=3e-2, epochs_per_round=3, anchor_weight=weight)
+        params.policy.lora.enabled = True
+        model, tokenizer = load_trainable_policy(params)
+        trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
+        trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_="a")
+        drift[weight], logs[weight] = _logp_drift(model, tokenizer, rows, params.train), trainer.log
+    assert logs[0.0][0]["anchor_loss"] == 0.0  # not computed without a weight
+    assert logs[500.0][0]["anchor_loss"] == pytest.approx(0.0, abs=1e-9)  # LoRA starts at the reference
+    assert logs[500.0][-1]["anchor_loss"] > 0
+    assert drift[0.0] > 0.05 and drift[500.0] < 0.7 * drift[0.0], drift  # Adam: direction, not size
+
+
+def test_anchor_without_lora_is_refused(tmp_path):
+    from neat.train import TrainingError
+
+    pairs, rows = synthetic_rows()
+    params = make_params(tmp_path, anchor_weight=1.0)
+    model, tokenizer = load_trainable_policy(params)
+    with pytest.raises(TrainingError, match="anchor_weight needs policy.lora.enabled"):
+        Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
+            rows, select_prompts(pairs, 6), pairs, fingerprint_="x")
+
+
+def test_sft_target_best_generated_skips_dataset_responses():
+    from neat.train import sft_mask
+    from neat.losses import best_candidate_index
+
+    pairs, rows = synthetic_rows(2)
+    rows = rows + [dict(rows[0], origin="positive", response="A sample.", reward=0.5)]
+    groups = groups_from_scored(rows)
+    from neat.models import load_policy
+
+    _, tokenizer = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
+    batch = collate(tokenizer, groups, 96, 24, tokenizer.pad_token_id)
+    # prompt 0: chosen (1.0) is best overall, the positive sample (0.5) is the best generated one
+    assert best_candidate_index(batch.rewards, sft_mask(batch, "best")).tolist()[0] == 0
+    assert best_candidate_index(batch.rewards, sft_mask(batch, "best_generated")).tolist()[0] == 3
+    # prompt 1 has the 'negative' sample only as generated candidate
+    assert batch.origins[1][best_candidate_index(batch.rewards, sft_mask(batch, "best_generated")).tolist()[1]] == "negative"
+
+
+def test_online_curve_is_recorded_per_round_and_survives_resume(tmp_path):
+    """Dev prompts answered before every round and after the last, scored; P(pos > neg) per round."""
+    import json
+
+    pairs, rows = synthetic_rows(8)
+    groups = select_prompts(pairs, None)
+    train_groups, dev = groups[:6], groups[6:8]
+    train_rows = [r for r in rows if r["prompt_id"] in {g[0].prompt_id for g in train_groups}]
+    train_rows += [dict(r, origin="positive", reward=0.5) for r in train_rows if r["origin"] == "rejected"]
+
+    def run(out, **kw):
+        params = make_params(out, rounds=2, checkpoint_every=1)
+        model, tokenizer = load_trainable_policy(params)
+        trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), scorer=fake_scorer, progress=False)
+        return trainer.run(train_rows, train_groups, pairs, fingerprint_="o", dev_source=dev, **kw), params
+
+    summary, params = run(tmp_path / "a")
+    assert len(summary["online_dev_reward"]) == 3 and all(isinstance(v, float) for v in summary["online_dev_reward"])
+    online = json.loads((params.out("train") / "online.json").read_text())
+    assert [e["round"] for e in online] == [1, 2, 3]
+    # round 1's candidates: positive (0.5) beats negative (-1.0) on every prompt
+    assert online[0]["p_positive_over_negative"] == 1.0
+    assert {a["prompt_id"] for a in online[0]["dev"]["answers"]} == {g[0].prompt_id for g in dev}
+    assert online[0]["dev"]["repetition_rate"] is not None
+    run(tmp_path / "b", stop_after_steps=4)  # stops inside round 2, after its dev probe
+    resumed, _ = run(tmp_path / "b", resume=True)
+    assert resumed["online_dev_reward"] == summary["online_dev_reward"]
+    assert resumed["online_p_positive_over_negative"] == summary["online_p_positive_over_negative"]

@@ -1,0 +1,82 @@
+"""Training and evaluation diagnostics: is the policy learning what the ranking says, and is it degenerating?
+
+Pure functions over tensors and texts, used by the trainer (per step and per round), by `evaluate`
+(base vs trained) and by the report.
+
+* `ranking_accuracy`: over every pair of real candidates of a prompt whose rewards differ, the
+  fraction whose (length-normalised) log-prob order matches the reward order; a log-prob tie counts ½.
+* `text_stats`: mean length, the share of repetitive responses (`is_repetitive`), distinct-1/-2
+  (distinct n-grams ÷ all n-grams, pooled over the responses).
+* `changed_share`: the fraction of prompts whose answer differs between two policies.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import torch
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def ranking_accuracy(logps: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """(agreeing pairs, counted pairs) over [B, K] log-probs and rewards; masked slots are left out."""
+    logps, rewards, mask = logps.detach().float().cpu(), rewards.detach().float().cpu(), mask.detach().cpu().bool()
+    both = mask[:, :, None] & mask[:, None, :]
+    better = (rewards[:, :, None] > rewards[:, None, :]) & both  # i is ranked above j
+    diff = logps[:, :, None] - logps[:, None, :]
+    agree = torch.where(diff > 0, 1.0, torch.where(diff == 0, 0.5, 0.0))
+    return float((agree * better).sum()), int(better.sum())
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def is_repetitive(text: str, n: int = 3, threshold: float = 0.5) -> bool:
+    """A response whose word n-grams repeat: fewer than `threshold` of them distinct ("I'm sorry. I'm sorry. …").
+
+    Responses under 2n words are never repetitive by this test."""
+    tokens = words(text)
+    if len(tokens) < 2 * n:
+        return False
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) < threshold
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float | None:
+    """Distinct word n-grams ÷ all word n-grams, pooled over `texts`; None without any n-gram."""
+    grams = [tuple(t[i : i + n]) for t in (words(x) for x in texts) for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def text_stats(texts: Sequence[str]) -> dict:
+    """Length and degeneration figures of a set of responses (None where undefined)."""
+    texts = list(texts)
+    if not texts:
+        return {"n": 0, "mean_words": None, "repetition_rate": None, "empty_rate": None,
+                "distinct_1": None, "distinct_2": None}
+    return {
+        "n": len(texts),
+        "mean_words": sum(len(words(t)) for t in texts) / len(texts),
+        "repetition_rate": sum(is_repetitive(t) for t in texts) / len(texts),
+        "empty_rate": sum(not t.strip() for t in texts) / len(texts),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+    }
+
+
+def changed_share(before: Sequence[str], after: Sequence[str]) -> float | None:
+    """Fraction of positions whose text differs (whitespace at the ends ignored); None when empty."""
+    if len(before) != len(after):
+        raise ValueError(f"{len(before)} texts before but {len(after)} after")
+    if not before:
+        return None
+    return sum(a.strip() != b.strip() for a, b in zip(before, after)) / len(before)
+
+
+def mean_or_none(values) -> float | None:
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(values) / len(values) if values else None
