@@ -17,6 +17,8 @@ from neat.pipeline import set_params_in_file
 from tests.conftest import ROOT
 
 TINY = {
+    "paths.data": "data/demo/hh_demo.jsonl",  # the embedded default's real data is for measuring, not tests
+    "paths.safety_prompts": "data/demo/safety_prompts.csv",
     "policy.model": "builtin:tiny-random",
     "policy.device": "cpu",
     "data.max_train_prompts": 4,
