@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("registry", help="show the registry's production version and its history")
     _add_common(status)
 
+    deps = sub.add_parser("dvc-deps", help="write each dvc.yaml stage's code deps from its import closure")
+    deps.add_argument("--check", action="store_true", help="only check: exit 1 if dvc.yaml differs from the code")
+    deps.add_argument("--dvc-yaml", default="dvc.yaml", help="the file to check or rewrite (default: dvc.yaml)")
+    deps.add_argument("--debug", action="store_true", help="show tracebacks")
+
     show = sub.add_parser("params", help="print the validated parameters (with overrides applied)")
     _add_common(show)
     return parser
@@ -72,12 +77,29 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_dvc_deps(args) -> int:
+    from pathlib import Path
+
+    from neat.codedeps import sync_dvc_yaml
+
+    changes = sync_dvc_yaml(Path(args.dvc_yaml), write=not args.check)
+    for stage, change in changes.items():
+        words = [f"+{d}" for d in change["add"]] + [f"-{d}" for d in change["remove"]]
+        print(f"{stage}: {' '.join(words)}")
+    if args.check and changes:
+        print(f"{args.dvc_yaml}: code deps differ from the stages' imports; run `neat dvc-deps`", file=sys.stderr)
+        return 1
+    return 0
+
+
 def dispatch(args) -> int:
     from neat.config import load_params, params_to_dict
     from neat.stages import STAGES, run_stage
 
     if args.command == "data":
         return _cmd_inspect(args)
+    if args.command == "dvc-deps":
+        return _cmd_dvc_deps(args)
     params = load_params(args.params, args.overrides)
     if args.command == "params":
         import yaml
