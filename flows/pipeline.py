@@ -352,10 +352,41 @@ def mark_orphaned_runs_crashed(work_pool: str = "neat-pool") -> list[str]:
     return marked
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["mark-crashed"]:
-        pool = sys.argv[sys.argv.index("--pool") + 1] if "--pool" in sys.argv else "neat-pool"
-        for run_id in mark_orphaned_runs_crashed(pool):
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.pipeline",
+        description="Run the NEAT Prefect flow locally, or mark a dead worker's runs as crashed. "
+                    "Deployments (prefect.yaml) run the same flows on a worker.")
+    sub = parser.add_subparsers(dest="command")
+    run_p = sub.add_parser("run", help="run the neat-pipeline flow once, here (the default without a command)",
+                           description="Run the stages of dvc.yaml in order as a Prefect flow run.")
+    run_p.add_argument("--project-dir", default=".", help="the project checkout (default: .)")
+    run_p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a parameter for this run only (saved as a DVC experiment; repeatable)")
+    run_p.add_argument("--stage", dest="stages", action="append", default=None,
+                       help="run only this dvc.yaml stage (repeatable)")
+    run_p.add_argument("--no-dvc", action="store_true", help="run the stages in-process instead of through DVC")
+    crashed = sub.add_parser("mark-crashed", help="mark Running flow runs whose process is gone as Crashed",
+                             description=(mark_orphaned_runs_crashed.__doc__ or "").split("\n")[0])
+    crashed.add_argument("--pool", default="neat-pool", help="the work pool (default: neat-pool)")
+    args = parser.parse_args(argv)
+    if args.command == "mark-crashed":
+        for run_id in mark_orphaned_runs_crashed(args.pool):
             print(f"marked flow run {run_id} as Crashed (its process is gone)")
-    else:
-        neat_pipeline()
+        return 0
+    if args.command is None:
+        args = parser.parse_args(["run"])
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"-S {item}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    neat_pipeline(args.project_dir, overrides or None, args.stages, not args.no_dvc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from neat.stages import STAGES
 
-    parser = argparse.ArgumentParser(prog="neat", description="Negative-prompt-driven alignment pipeline")
+    from neat import __version__
+
+    parser = argparse.ArgumentParser(prog="neat", description="Negative-prompt-driven alignment pipeline",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"neat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="inspect preference data").add_subparsers(dest="data_command", required=True)
@@ -34,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(inspect)
 
     for stage in STAGES.values():
-        stage_parser = sub.add_parser(stage.name, help=stage.help)
+        stage_parser = sub.add_parser(stage.name, help=stage.help, description=stage.describe(),
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         if stage.name == "train":
             stage_parser.add_argument("--resume", action="store_true",
                                       help="continue from the last checkpoint of the same inputs and params")
