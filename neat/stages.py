@@ -14,6 +14,20 @@ class Stage:
     help: str
     in_pipeline: bool = True  # part of dvc.yaml's graph (compare is a separate benchmark command)
 
+    def describe(self) -> str:
+        """`help` plus the entry point's docstring, read from the source (no import: `--help` stays fast)."""
+        import ast
+        import inspect
+        from pathlib import Path
+
+        module, func = self.target.split(":")
+        path = Path(__file__).resolve().parents[1].joinpath(*module.split(".")).with_suffix(".py")
+        doc = None
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name == func:
+                doc = ast.get_docstring(node)
+        return f"{self.help}." + (f"\n\n{inspect.cleandoc(doc)}" if doc else "")
+
     def load(self) -> Callable:
         module, func = self.target.split(":")
         return getattr(importlib.import_module(module), func)

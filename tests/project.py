@@ -44,11 +44,15 @@ def git(*args, cwd):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def make_project(dest: Path, overrides: dict | None = None) -> Path:
-    """Copy the tracked files of this checkout to `dest`, apply tiny-model params, commit."""
-    files = git("ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT).splitlines()
+def make_project(dest: Path, overrides: dict | None = None, source: Path = ROOT) -> Path:
+    """Copy the git-tracked files of `source` (this checkout) to `dest`, apply tiny-model params, commit.
+
+    Tracked only: untracked files — a benchmark's outputs, scratch notes — are the user's working tree,
+    not the project, and copying them made the suite's speed and results depend on it.
+    """
+    files = git("ls-files", "--cached", cwd=source).splitlines()
     for rel in files:
-        src = ROOT / rel
+        src = source / rel
         if src.is_file() and not rel.startswith(("tests/", "outputs/", ".neat/")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)

@@ -141,6 +141,8 @@ def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
     sh(["prefect", "work-pool", "create", "neat-pool", "--type", "process"], project, env)
     sh(["prefect", "gcl", "create", "neat-pipeline", "--limit", "1"], project, env)
     sh(["prefect", "--no-prompt", "deploy", "--all"], project, env)
+    lock_before = (project / "dvc.lock").read_text()
+    assert sh(["dvc", "status", "--json"], project).stdout.strip() in ("", "{}")
     worker_log = open(tmp_path / "worker.log", "w")
     worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "neat-pool"], cwd=tmp_path,
                               env=venv_env(env), stdout=worker_log, stderr=subprocess.STDOUT)
@@ -158,6 +160,9 @@ def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
         worker.wait(timeout=30)
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["train"]["sft_weight"] != 0.25  # the override was for that run only
+    # ... and so were its lock and outputs: the workspace is still what params.yaml describes
+    assert (project / "dvc.lock").read_text() == lock_before
+    assert sh(["dvc", "status", "--json"], project).stdout.strip() in ("", "{}")
     assert (project / "outputs" / "policy" / "config.json").exists()
     assert json.loads((project / "outputs" / "metrics" / "train.json").read_text())["steps"] > 0
 
