@@ -611,10 +611,13 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     })
     metrics = json_safe(metrics)
     root = Path(out_dir) if out_dir is not None else params.out()
-    write_jsonl_atomic(root / "evaluate" / "generations.jsonl", records)
-    write_jsonl_atomic(root / "evaluate" / "safety.jsonl", safety_records)
-    write_rewards_plot_data(root / "evaluate" / "rewards.csv", records)
-    write_json_atomic(root / "metrics" / "evaluate.json", metrics)
+    from neat.output_sets import output_set
+
+    with output_set(root, f"evaluate-{tag}") as staged:  # the four files change together or not at all
+        write_jsonl_atomic(staged(root / "evaluate" / "generations.jsonl"), records)
+        write_jsonl_atomic(staged(root / "evaluate" / "safety.jsonl"), safety_records)
+        write_rewards_plot_data(staged(root / "evaluate" / "rewards.csv"), records)
+        write_json_atomic(staged(root / "metrics" / "evaluate.json"), metrics)
     return metrics
 
 
