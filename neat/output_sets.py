@@ -11,11 +11,14 @@ onto their targets, and the journal is removed. A kill before the journal leaves
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
+
+from neat.errors import DataError
 
 JOURNAL_GLOB = ".neat-commit-*.json"
 
@@ -54,7 +57,13 @@ def output_set(root: str | os.PathLike, stage: str) -> Iterator[Callable[[str | 
         return path
 
     try:
-        yield staged
+        try:
+            yield staged
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise DataError(f"{root}: cannot write the outputs of {stage}: disk full ({exc.strerror}); "
+                                "previous outputs kept") from None
+            raise
         missing = [str(t) for s, t in moves.items() if not s.exists()]
         if missing:
             raise RuntimeError(f"output set of {stage}: staged files not written: {missing}")
