@@ -141,3 +141,13 @@ def test_a_second_stage_in_the_same_checkout_is_refused(tmp_path, capsys):
     assert "another neat run is using this checkout" in err and err.count("\n") == 1
     assert _digest(tmp_path / "out") == old
     assert main(["prepare", "--params", str(tmp_path / "params.yaml"), "-S", "data.split_salt=x"]) == 0
+
+
+def test_a_stage_run_by_a_flow_shares_the_flows_lock(tmp_path, capsys):
+    """The flow holds the checkout lock while `dvc repro` runs `neat <stage>`: the stage runs under it."""
+    from neat.pipeline import project_lock
+
+    _project(tmp_path)
+    with project_lock(tmp_path):
+        assert main(["prepare", "--params", str(tmp_path / "params.yaml"), "-S", "data.split_salt=y"]) == 0
+    assert "NEAT_RUN_LOCK_HELD" not in os.environ
