@@ -47,7 +47,7 @@ TINY = {  # tests/project.py's TINY, with a tiny reward model too (the battery n
     "reward.device": "cpu", "expand.k_pos": 1, "expand.k_neg": 1, "expand.max_new_tokens": 6,
     "train.rounds": 1, "train.batch_size": 2, "train.max_response_tokens": 24, "train.max_prompt_tokens": 96,
 }
-TEMP_MARKERS = (".tmp", ".old-")
+TEMP_MARKERS = (".tmp", ".old-", ".neat-commit-")
 
 
 # ---------------------------------------------------------------- the throw-away project
@@ -58,6 +58,7 @@ class Ctx:
     """One case's directory: `params` (a valid params file), `out` (with a previous run's outputs)."""
 
     dir: Path
+    held: list = field(default_factory=list)  # open files (a held lock) closed once the case has run
 
     @property
     def params(self) -> Path:
@@ -129,6 +130,7 @@ class Case:
     says: tuple[str, ...]  # substrings (case-insensitive) of the error line, or of the summary if exit 0
     exit: int = 2
     env: dict = field(default_factory=dict)
+    fsize: int | None = None  # RLIMIT_FSIZE while the case runs: every write past it fails (EFBIG), as on a full disk
 
 
 def _demo_rows() -> list[dict]:
@@ -337,6 +339,350 @@ CASES: list[Case] = [
 ]
 
 
+# ---------------------------------------------------------------- issue 12: hostile inputs of every kind
+
+
+def _fifo(name: str) -> Callable[[Ctx], Path]:
+    def build(ctx: Ctx) -> Path:
+        path = ctx.dir / "inputs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path)
+        return path
+    return build
+
+
+def _loop(name: str) -> Callable[[Ctx], Path]:
+    def build(ctx: Ctx) -> Path:
+        d = ctx.dir / "inputs"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).symlink_to(d / f"{name}.other")
+        (d / f"{name}.other").symlink_to(d / name)
+        return d / name
+    return build
+
+
+def _dangling(name: str) -> Callable[[Ctx], Path]:
+    def build(ctx: Ctx) -> Path:
+        d = ctx.dir / "inputs"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).symlink_to(d / "gone")
+        return d / name
+    return build
+
+
+def _path_data(build: Callable[[Ctx], Path], stage: str = "prepare") -> Callable[[Ctx], list[str]]:
+    return lambda ctx: [stage, "-S", f"paths.data={build(ctx)}"]
+
+
+def _gzip_bomb(ctx: Ctx) -> bytes:
+    import zlib
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip container
+    block = b"\0" * (1 << 20)
+    return comp.compress(b"".join([block] * 160)) + comp.flush()  # 160 MB of zeros, ~160 KB on disk
+
+
+GOOD_ROW = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+
+
+def _among_good(line: str) -> Callable[[Ctx], str]:
+    return lambda ctx: line + "\n" + DEMO.read_text()
+
+
+def _params_file(build: Callable[[Ctx], Path]) -> Callable[[Ctx], list[str]]:
+    return lambda ctx: ["prepare", "--params", str(build(ctx))]
+
+
+def _big_params(ctx: Ctx) -> Path:
+    return ctx.params_text(ctx.params.read_text() + "\n# " + "x" * (2 << 20) + "\n")
+
+
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+
+
+def _evaluate_with(key: str | None, build: Callable[[Ctx], object] | None, *extra: str) -> Callable[[Ctx], list[str]]:
+    """`neat evaluate` with a stand-in trained policy and eval reward model, and one input replaced."""
+    def setup(ctx: Ctx) -> list[str]:
+        for rel in ("policy", "eval_reward_model"):
+            (ctx.out / rel).mkdir(parents=True, exist_ok=True)
+            (ctx.out / rel / "config.json").write_text("{\"stand_in\": true}")
+        argv = ["evaluate", *extra]
+        if key is not None:
+            argv += ["-S", f"{key}={build(ctx)}"]
+        return argv
+    return setup
+
+
+def _csv(text: str | bytes, name: str = "safety.csv") -> Callable[[Ctx], Path]:
+    return lambda ctx: ctx.file(name, text)
+
+
+def _registry(pointer, published=("v1",), command: str = "rollback") -> Callable[[Ctx], list[str]]:
+    """A local registry with `published` versions and `pointer` as production.json (text or object)."""
+    def setup(ctx: Ctx) -> list[str]:
+        root = ctx.dir / "registry"
+        for v in published:
+            (root / "versions" / v).mkdir(parents=True, exist_ok=True)
+            (root / "versions" / v / "metrics.json").write_text("{\"m\": 1}")
+        if pointer is not None:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "production.json").write_text(pointer if isinstance(pointer, str) else json.dumps(pointer))
+        return [command, "-S", f"registry.uri={root}"]
+    return setup
+
+
+def _replace_prepared(rel: str, make: Callable[[Ctx, Path], None], stage: str) -> Callable[[Ctx], list[str]]:
+    def setup(ctx: Ctx) -> list[str]:
+        target = ctx.out / rel
+        target.unlink()
+        make(ctx, target)
+        return [stage]
+    return setup
+
+
+def _hold_lock(ctx: Ctx) -> list[str]:
+    import fcntl
+
+    fh = open(ctx.dir / ".neat-run.lock", "a+")
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    ctx.held.append(fh)
+    return ["prepare", "-S", "data.split_salt=other"]
+
+
+def _out_is_a_file(ctx: Ctx) -> list[str]:
+    return ["prepare", "-S", f"paths.out={ctx.file('out-file', 'not a directory')}"]
+
+
+def _out_data_is_a_file(ctx: Ctx) -> list[str]:
+    shutil.rmtree(ctx.out / "data")
+    (ctx.out / "data").write_text("a file where the data directory should be")
+    return ["prepare", "-S", "data.split_salt=other"]
+
+
+def _candidates_parquet(columns: dict) -> Callable[[Ctx], list[str]]:
+    def setup(ctx: Ctx) -> list[str]:
+        import pandas as pd
+
+        pd.DataFrame(columns).to_parquet(ctx.out / "expand" / "candidates.parquet")
+        return ["score", "-S", "reward.train=false", "-S", "reward.model=builtin:tiny-random"]
+    return setup
+
+
+CASES += [
+    # ---- data files that are not regular files, or that would exhaust memory or hang
+    Case("data-fifo", "data", "paths.data is a named pipe (used to hang forever)",
+         _path_data(_fifo("pipe.jsonl")), ("pipe.jsonl", "named pipe", "not a regular file")),
+    Case("data-dev-zero", "data", "paths.data=/dev/zero (used to exhaust memory)",
+         _set("paths.data=/dev/zero"), ("/dev/zero", "device", "not a regular file")),
+    Case("data-dev-null", "data", "paths.data=/dev/null", _set("paths.data=/dev/null"), ("/dev/null", "device")),
+    Case("data-symlink-loop", "data", "a symlink loop (was reported as not found)",
+         _path_data(_loop("loop.jsonl")), ("loop.jsonl", "symbolic link loop")),
+    Case("data-dangling-symlink", "data", "a symlink to nothing", _path_data(_dangling("dangling.jsonl")),
+         ("dangling.jsonl", "broken symbolic link")),
+    Case("data-gzip-bomb", "data", "a gzip that expands 1000x", _data("bomb.jsonl.gz", _gzip_bomb),
+         ("bomb.jsonl.gz", "decompression bomb")),
+    Case("data-gzip-of-binary", "data", "gzip of random bytes",
+         _data("bin.jsonl.gz", lambda ctx: gzip.compress(os.urandom(4096))), ("bin.jsonl.gz", "not utf-8")),
+    Case("data-gzip-empty", "data", "gzip of nothing", _data("empty.jsonl.gz", lambda ctx: gzip.compress(b"")),
+         ("empty.jsonl.gz", "no rows")),
+    Case("data-deep-nesting-only", "data", "one row nested 100000 deep (RecursionError)",
+         _data("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n"), ("deep.jsonl", "nested too deeply")),
+    Case("data-deep-nesting-array-file", "data", "a .json array nested 100000 deep",
+         _data("deep.json", "[" * 100_000 + "]" * 100_000), ("deep.json", "nested too deeply")),
+    Case("data-huge-int-only", "data", "a 5000-digit integer in the only row",
+         _data("bigint.jsonl", '{"chosen": ' + "9" * 5000 + "}\n"), ("bigint.jsonl", "not json")),
+    Case("data-huge-int-among-good", "data", "a 5000-digit integer in one row among good ones: only it is skipped",
+         _data("bigint-mixed.jsonl", _among_good('{"chosen": ' + "9" * 5000 + "}")), ('"invalid_json": 1',), exit=0),
+    Case("data-huge-int-array-file", "data", "a .json array holding a 5000-digit integer",
+         _data("bigint.json", "[" + "9" * 5000 + "]"), ("bigint.json", "not valid json")),
+    Case("data-lone-surrogate-only", "data", "a lone UTF-16 surrogate (failed at write time)",
+         _data("surrogate.jsonl", json.dumps(GOOD_ROW).replace("hello", "hello \\ud800") + "\n"),
+         ("surrogate.jsonl", "invalid_unicode=1")),
+    Case("data-lone-surrogate-among-good", "data", "a lone surrogate in one row among good ones",
+         _data("surrogate-mixed.jsonl", _among_good(json.dumps(GOOD_ROW).replace("hello", "hi \\udfff"))),
+         ('"invalid_unicode": 1',), exit=0),
+    Case("data-nul-bytes", "data", "a file of NUL bytes", _data("nul.jsonl", b"\0" * 4096), ("nul.jsonl", "not json")),
+    Case("data-bz2-renamed", "data", "a bzip2 file named .jsonl",
+         _data("bz.jsonl", lambda ctx: __import__("bz2").compress(DEMO.read_bytes())), ("bz.jsonl", "not utf-8")),
+    Case("data-zip-renamed", "data", "a zip archive named .jsonl", _data("zip.jsonl", b"PK\x03\x04" + os.urandom(512)),
+         ("zip.jsonl",)),
+    Case("data-hash-in-path", "data", "-S paths.data with ' #' in the file name is read whole",
+         lambda ctx: ["prepare", "-S", f"paths.data={ctx.file('x #2.jsonl', DEMO.read_bytes())}"],
+         ('"rows_kept": ',), exit=0),
+    Case("data-hash-in-missing-path", "data", "-S paths.data='/no/x #2.jsonl' names the whole path",
+         lambda ctx: ["prepare", "-S", f"paths.data={ctx.dir / 'no' / 'x #2.jsonl'}"], ("x #2.jsonl", "not found")),
+    Case("data-crlf", "data", "Windows line endings", _data("crlf.jsonl", lambda ctx: DEMO.read_text().replace("\n", "\r\n")),
+         ('"rows_kept": ',), exit=0),
+    Case("data-bom", "data", "a UTF-8 BOM", _data("bom.jsonl", lambda ctx: "\ufeff" + DEMO.read_text()),
+         ('"rows_kept": ',), exit=0),
+    Case("data-all-duplicates", "data", "the same row twice: one kept, one counted",
+         _data("dup.jsonl", _jsonl([GOOD_ROW, GOOD_ROW])), ('"duplicate": 1',), exit=0),
+    Case("data-json-object-file", "data", "a .json file holding one object without the fields",
+         _data("obj.json", '{"a": 1}'), ("obj.json", "no usable row")),
+    Case("data-empty-strings", "data", "chosen/rejected empty strings",
+         _data("emptystr.jsonl", _jsonl([{"chosen": "", "rejected": ""}])), ("emptystr.jsonl", "no usable row")),
+    Case("data-trl-content-not-string", "data", "TRL messages whose content is a number",
+         _data("trlnum.jsonl", _jsonl([{"prompt": [{"role": "user", "content": 5}], "chosen": "a", "rejected": "b"}])),
+         ("trlnum.jsonl", "wrong_type=1")),
+    # ---- params files
+    Case("params-directory", "params", "--params names a directory",
+         lambda ctx: ["prepare", "--params", str(ctx.dir)], ("is a directory",)),
+    Case("params-fifo", "params", "--params names a named pipe", _params_file(_fifo("params.yaml")),
+         ("params.yaml", "not a regular file")),
+    Case("params-dev-zero", "params", "--params /dev/zero", lambda ctx: ["prepare", "--params", "/dev/zero"],
+         ("/dev/zero", "not a regular file")),
+    Case("params-symlink-loop", "params", "--params is a symlink loop", _params_file(_loop("loop.yaml")),
+         ("loop.yaml", "cannot read the params file")),
+    Case("params-empty", "params", "an empty params.yaml (ran on defaults silently)", _params(""),
+         ("bad-params.yaml", "params file is empty")),
+    Case("params-only-comments", "params", "params.yaml with only comments", _params("# nothing\n# here\n"),
+         ("bad-params.yaml", "empty")),
+    Case("params-duplicate-section", "params", "'train:' twice (the first was dropped silently)",
+         _params(lambda t: t + "\ntrain:\n  rounds: 3\n"), ("bad-params.yaml", "'train' appears twice")),
+    Case("params-duplicate-key", "params", "'lr' twice in one section",
+         _params(lambda t: t.replace("  lr: 1.0e-4", "  lr: 1.0e-4\n  lr: 2.0e-4")), ("'lr' appears twice",)),
+    Case("params-alias-bomb", "params", "a billion-laughs alias bomb (52 MB error line)", _params(ALIAS_BOMB),
+         ("bad-params.yaml", "alias")),
+    Case("params-alias", "params", "an innocent alias", _params(lambda t: t + "\nx: &a 1\ny: *a\n"), ("alias",)),
+    Case("params-huge-int", "params", "seed with 5000 digits", _params(lambda t: t.replace("seed: 0", "seed: " + "9" * 5000, 1)),
+         ("bad-params.yaml", "not valid yaml")),
+    Case("params-deep-nesting", "params", "YAML nested 50000 deep", _params("a: " + "[" * 50_000 + "]" * 50_000 + "\n"),
+         ("bad-params.yaml", "not valid yaml")),
+    Case("params-too-large", "params", "a 2 MB params file", _params_file(_big_params), ("bad-params.yaml", "too large")),
+    Case("params-binary", "params", "random bytes", _params(b"\xff\xfe" + bytes(range(256))), ("bad-params.yaml", "not utf-8")),
+    Case("params-tab-indent", "params", "tabs for indentation", _params("train:\n\tlr: 1\n"), ("bad-params.yaml", "not valid yaml")),
+    Case("params-inf-in-file", "params", "train.sft_weight: .inf in the file",
+         _params(lambda t: t.replace("  sft_weight: 1.0", "  sft_weight: .inf")), ("train.sft_weight", "finite")),
+    Case("params-null-section", "params", "'train:' with no value", _params(lambda t: t + "\nreward:\n"),
+         ("reward", "appears twice")),
+    Case("params-section-is-list", "params", "a section that is a list", _params("seed: 0\ntrain: [1, 2]\n"), ("train",)),
+    Case("params-bool-garbage", "params", "a boolean that is not one", _set("train.shared_prompt=maybe"),
+         ("train.shared_prompt", "boolean")),
+    # ---- -S overrides
+    Case("override-inf-weight", "override", "-S train.sft_weight=.inf", _set("train.sft_weight=.inf"), ("train.sft_weight", "finite")),
+    Case("override-nan-norm", "override", "-S train.max_grad_norm=.nan", _set("train.max_grad_norm=.nan"), ("max_grad_norm", "finite")),
+    Case("override-inf-margin", "override", "-S gate.margin=.inf", _set("gate.margin=.inf"), ("gate.margin", "finite")),
+    Case("override-neg-inf-decay", "override", "-S train.weight_decay=-.inf", _set("train.weight_decay=-.inf"),
+         ("train.weight_decay",)),
+    Case("override-nan-fraction", "override", "-S data.eval_fraction=.nan", _set("data.eval_fraction=.nan"),
+         ("data.eval_fraction", "finite")),
+    Case("override-inf-lr", "override", "-S reward.lr=.inf", _set("reward.lr=.inf"), ("reward.lr",)),
+    Case("override-hash-in-number", "override", "-S 'train.lr=1e-4 #fast' (the rest was dropped)",
+         _set("train.lr=1e-4 #fast"), ("train.lr", "'#'")),
+    Case("override-unknown-key", "override", "-S train.lrr=1", _set("train.lrr=1"), ("unknown key 'train.lrr'",)),
+    Case("override-unknown-section", "override", "-S nope.x=1", _set("nope.x=1"), ("unknown key 'nope'",)),
+    Case("override-section-as-scalar", "override", "-S train=5", _set("train=5"), ("train",)),
+    Case("override-empty-key", "override", "-S =5", _set("=5"), ("override",)),
+    Case("override-huge-value", "override", "-S with a 1 MB value: the error quotes a little",
+         _set("train.lr=" + "9" * (1 << 20)), ("train.lr",)),
+    Case("override-alias", "override", "-S with a YAML alias", _set("train.lr=*a"), ("train.lr",)),
+    Case("override-list-for-number", "override", "-S train.lr=[1, 2]", _set("train.lr=[1, 2]"), ("train.lr", "valid number")),
+    # ---- untrusted code through overrides
+    Case("override-remote-code-policy", "security", "-S policy.trust_remote_code=true",
+         _set("policy.trust_remote_code=true", stage="expand"), ("policy.trust_remote_code", "only be turned on in the params file")),
+    Case("override-remote-code-reward", "security", "-S reward.trust_remote_code=yes",
+         _set("reward.trust_remote_code=yes", stage="score"), ("reward.trust_remote_code", "params file")),
+    Case("override-remote-code-section", "security", "-S policy={trust_remote_code: true}",
+         _set("policy={trust_remote_code: true}"), ("policy.trust_remote_code", "params file")),
+    Case("override-remote-code-one", "security", "-S reward.trust_remote_code=1",
+         _set("reward.trust_remote_code=1"), ("reward.trust_remote_code", "params file")),
+    Case("override-remote-code-on", "security", "-S policy.trust_remote_code=On",
+         _set("policy.trust_remote_code=On"), ("policy.trust_remote_code", "params file")),
+    # ---- safety CSV and refusal examples (evaluate), checked before any generation
+    Case("safety-missing", "safety", "paths.safety_prompts does not exist",
+         _evaluate_with("paths.safety_prompts", lambda ctx: ctx.dir / "no.csv"), ("no.csv", "not found")),
+    Case("safety-directory", "safety", "paths.safety_prompts is a directory",
+         _evaluate_with("paths.safety_prompts", lambda ctx: ctx.dir), ("is a directory",)),
+    Case("safety-fifo", "safety", "paths.safety_prompts is a named pipe",
+         _evaluate_with("paths.safety_prompts", _fifo("safety.csv")), ("safety.csv", "named pipe")),
+    Case("safety-missing-column", "safety", "no 'label' column",
+         _evaluate_with("paths.safety_prompts", _csv("prompt,type\nhi,x\n")), ("safety.csv", "missing column 'label'")),
+    Case("safety-bad-label", "safety", "label 'maybe'",
+         _evaluate_with("paths.safety_prompts", _csv("prompt,type,label\nhi,x,maybe\n")), ("safety.csv", "row 1")),
+    Case("safety-empty", "safety", "a 0-byte CSV", _evaluate_with("paths.safety_prompts", _csv("")), ("safety.csv", "empty")),
+    Case("safety-utf16", "safety", "a UTF-16 CSV",
+         _evaluate_with("paths.safety_prompts", _csv("prompt,type,label\nhi,x,safe\n".encode("utf-16"))), ("safety.csv", "utf-8")),
+    Case("safety-binary", "safety", "random bytes", _evaluate_with("paths.safety_prompts", _csv(b"\x89PNG" + os.urandom(200))),
+         ("safety.csv",)),
+    Case("refusal-one-label", "refusal", "every example labelled 'refusal'",
+         _evaluate_with("paths.refusal_examples", lambda ctx: ctx.file("ref.jsonl", _jsonl([{"response": "no", "label": "refusal"}] * 4)),
+                        "-S", "evaluate.judge=learned"), ("ref.jsonl", "needs both")),
+    Case("refusal-latin1", "refusal", "Latin-1 bytes",
+         _evaluate_with("paths.refusal_examples", lambda ctx: ctx.file("ref.jsonl", '{"response": "caf\u00e9", "label": "refusal"}\n'.encode("latin-1")),
+                        "-S", "evaluate.judge=learned"), ("ref.jsonl", "not utf-8")),
+    Case("refusal-not-json", "refusal", "plain text",
+         _evaluate_with("paths.refusal_examples", lambda ctx: ctx.file("ref.jsonl", "no thanks\n"), "-S", "evaluate.judge=learned"),
+         ("ref.jsonl", "line 1", "not valid json")),
+    Case("refusal-bad-label", "refusal", "label 'maybe'",
+         _evaluate_with("paths.refusal_examples", lambda ctx: ctx.file("ref.jsonl", _jsonl([{"response": "x", "label": "maybe"}])),
+                        "-S", "evaluate.judge=learned"), ("ref.jsonl", "'maybe'")),
+    Case("refusal-missing", "refusal", "paths.refusal_examples does not exist",
+         _evaluate_with("paths.refusal_examples", lambda ctx: ctx.dir / "nope.jsonl", "-S", "evaluate.judge=learned"),
+         ("nope.jsonl", "not found")),
+    Case("refusal-directory", "refusal", "paths.refusal_examples is a directory",
+         _evaluate_with("paths.refusal_examples", lambda ctx: ctx.dir, "-S", "evaluate.judge=learned"), ("is a directory",)),
+    Case("refusal-empty", "refusal", "a 0-byte file",
+         _evaluate_with("paths.refusal_examples", lambda ctx: ctx.file("ref.jsonl", ""), "-S", "evaluate.judge=learned"),
+         ("ref.jsonl", "empty")),
+    Case("refusal-huge-int", "refusal", "a 5000-digit integer",
+         _evaluate_with("paths.refusal_examples", lambda ctx: ctx.file("ref.jsonl", '{"response": ' + "9" * 5000 + "}\n"),
+                        "-S", "evaluate.judge=learned"), ("ref.jsonl", "not valid json")),
+    Case("evaluate-no-eval-rm", "stage", "evaluate without the evaluation reward model: refused before generating",
+         lambda ctx: (_evaluate_with(None, None)(ctx), shutil.rmtree(ctx.out / "eval_reward_model"))[0],
+         ("eval_reward_model", "not found")),
+    Case("evaluate-no-policy", "stage", "evaluate before train", lambda ctx: ["evaluate"], ("policy", "not found")),
+    # ---- stage inputs written by earlier stages
+    Case("prepared-train-fifo", "stage", "out/data/train.jsonl is a named pipe",
+         _replace_prepared("data/train.jsonl", lambda ctx, p: os.mkfifo(p), "expand"), ("train.jsonl", "named pipe")),
+    Case("prepared-train-directory", "stage", "out/data/train.jsonl is a directory",
+         _replace_prepared("data/train.jsonl", lambda ctx, p: p.mkdir(), "expand"), ("train.jsonl", "is a directory")),
+    Case("prepared-train-loop", "stage", "out/data/train.jsonl is a symlink loop",
+         _replace_prepared("data/train.jsonl", lambda ctx, p: (p.symlink_to(p.with_name("x")), p.with_name("x").symlink_to(p)),
+                           "expand"), ("train.jsonl", "symbolic link loop")),
+    Case("prepared-train-truncated", "stage", "out/data/train.jsonl cut mid-row",
+         _replace_prepared("data/train.jsonl", lambda ctx, p: p.write_text('{"prompt_id": "a", "prompt": [{"ro'), "expand"),
+         ("train.jsonl", "row 1", "not a prepared")),
+    Case("prepared-train-deep", "stage", "out/data/train.jsonl nested 100000 deep",
+         _replace_prepared("data/train.jsonl", lambda ctx, p: p.write_text("[" * 100_000 + "]" * 100_000 + "\n"), "expand"),
+         ("train.jsonl", "nested too deeply")),
+    Case("prepared-eval-garbage", "stage", "out/data/eval.jsonl is not the prepared format (evaluate)",
+         lambda ctx: (ctx.out.joinpath("data/eval.jsonl").write_text('{"x": 1}\n'), _evaluate_with(None, None)(ctx))[1],
+         ("eval.jsonl", "row 1")),
+    Case("candidates-empty-file", "stage", "out/expand/candidates.parquet is empty",
+         _prepared("expand/candidates.parquet", "", "score"), ("candidates.parquet",)),
+    # ---- the registry (rollback / registry): path traversal and damaged pointers
+    Case("registry-traversal-history", "registry", "rollback to '../../../../elsewhere'",
+         _registry({"version": "v1", "history": ["../../../../elsewhere"]}), ("production.json", "not a valid version id")),
+    Case("registry-traversal-version", "registry", "production '../x' shown",
+         _registry({"version": "../x", "history": []}, command="registry"), ("not a valid version id",)),
+    Case("registry-absolute-version", "registry", "history holds '/etc'",
+         _registry({"version": "v1", "history": ["/etc"]}), ("not a valid version id",)),
+    Case("registry-pointer-not-json", "registry", "production.json cut short", _registry('{"version": "v1"'),
+         ("production.json", "damaged")),
+    Case("registry-pointer-list", "registry", "production.json is a list", _registry("[1, 2]"), ("production.json", "damaged")),
+    Case("registry-pointer-no-version", "registry", "production.json without version", _registry({"history": []}),
+         ("production.json", "not a valid version id")),
+    Case("registry-pointer-history-string", "registry", "history is a string", _registry({"version": "v1", "history": "v0"}),
+         ("production.json", "damaged")),
+    Case("registry-pointer-deep", "registry", "production.json nested 100000 deep",
+         _registry("[" * 100_000 + "]" * 100_000, command="registry"), ("production.json", "damaged")),
+    Case("registry-rollback-unpublished", "registry", "rollback to a version never published",
+         _registry({"version": "v2", "history": ["v0"]}, published=("v2",)), ("v0", "never published")),
+    Case("registry-rollback-first", "registry", "rollback with no history", _registry({"version": "v1", "history": []}),
+         ("nothing to roll back",)),
+    Case("registry-empty", "registry", "rollback with no production model", _registry(None), ("no production model",)),
+    Case("registry-unset", "registry", "rollback without registry.uri", lambda ctx: ["rollback"], ("registry.uri is not set",)),
+    # ---- outputs: a path that is a file, a full disk, another run in the checkout
+    Case("out-is-a-file", "output", "paths.out names a file", _out_is_a_file, ("out-file",)),
+    Case("out-data-is-a-file", "output", "out/data is a file", _out_data_is_a_file, ("data",)),
+    Case("disk-full-prepare", "output", "every write past 2 KB fails (RLIMIT_FSIZE, as a full disk)",
+         _set("data.split_salt=other"), ("out", "disk full", "previous outputs kept"), fsize=2048),
+    Case("disk-full-expand", "output", "expand on a full disk", _set("expand.k_neg=0", stage="expand"), ("disk full",), fsize=2048),
+    Case("lock-held", "output", "another neat run holds the checkout", _hold_lock, ("another neat run",)),
+]
+
+
 # ---------------------------------------------------------------- running a case
 
 
@@ -396,11 +742,16 @@ def run_case(case: Case, base: Path, workdir: Path) -> Result:
     started = time.perf_counter()
     code, stdout, stderr = 0, "", ""
     tb = None
-    for stage in stages:
-        code, so, se, tb = _run_cli([stage, *argv[1:]], case.env)
-        stdout, stderr = stdout + so, stderr + se
-        if code != 0:
-            break
+    try:
+        with _file_size_limit(case.fsize):
+            for stage in stages:
+                code, so, se, tb = _run_cli([stage, *argv[1:]], case.env)
+                stdout, stderr = stdout + so, stderr + se
+                if code != 0:
+                    break
+    finally:
+        for fh in ctx.held:
+            fh.close()
     seconds = time.perf_counter() - started
     problems: list[str] = []
     errors = [ln for ln in stderr.splitlines() if ln.startswith("neat: error:")]
@@ -430,6 +781,24 @@ def run_case(case: Case, base: Path, workdir: Path) -> Result:
     if left:
         problems.append(f"temporary files left: {left[:5]}")
     return Result(case.id, case.group, case.what, code, message, round(seconds, 2), problems)
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int | None):
+    if limit is None:
+        yield
+        return
+    import resource
+    import signal
+
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_handler)
 
 
 def _handled_summary(stdout: str) -> str:
@@ -465,13 +834,14 @@ def run_battery(cases: list[Case] | None = None, workdir: Path | None = None) ->
 
 def format_table(results: list[Result]) -> str:
     width = max(len(r.id) for r in results)
-    lines = [f"{'case':<{width}}  group   ok   exit  seconds  how it ended", "-" * (width + 70)]
+    lines = [f"{'kind':<8}  {'case':<{width}}  exit  verdict  seconds  how it ended", "-" * (width + 80)]
     for r in results:
-        lines.append(f"{r.id:<{width}}  {r.group:<6}  {'yes' if r.ok else 'NO ':<3}  {str(r.exit):>4}  {r.seconds:7.2f}  "
+        lines.append(f"{r.group:<8}  {r.id:<{width}}  {str(r.exit):>4}  {'ok' if r.ok else 'FAILED':<7}  {r.seconds:7.2f}  "
                      f"{r.message}" + (f"   <-- {'; '.join(r.problems)}" if r.problems else ""))
     n_err = sum(1 for r in results if r.exit not in (0, None))
-    lines.append(f"{len(results)} bad inputs: {n_err} ended with a one-line error (exit 2), "
-                 f"{sum(1 for r in results if r.exit == 0)} handled (skipped/dropped and counted), "
+    kinds = sorted({r.group for r in results})
+    lines.append(f"{len(results)} bad inputs in {len(kinds)} kinds ({', '.join(kinds)}): {n_err} ended with a one-line "
+                 f"error (exit 2), {sum(1 for r in results if r.exit == 0)} handled (skipped/dropped and counted), "
                  f"{sum(1 for r in results if not r.ok)} failed their check")
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from neat.errors import NeatError
+from neat.failures import describe
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -122,27 +122,43 @@ def dispatch(args) -> int:
         options = {"resume": True} if getattr(args, "resume", False) else {}
         if getattr(args, "variants", None):
             options["variants"] = args.variants.split(",")
-        summary = run_stage(args.command, params, **options)
+        from pathlib import Path
+
+        from neat.output_sets import recover
+        from neat.pipeline import stage_lock
+
+        with stage_lock(Path(args.params).resolve().parent):  # the checkout whose params.yaml this is
+            recover(params.out())  # finish an output set a killed stage left half-committed
+            summary = run_stage(args.command, params, **options)
         if summary and os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
             print(json.dumps(summary, indent=2, default=str))
         return 0
     raise AssertionError(args.command)
 
 
+def _where(args) -> str:
+    """The command and its input, named in an error that carries no file of its own."""
+    if args.command == "data":
+        return f"neat data inspect {args.path}"
+    return f"neat {args.command} (params {args.params})"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; any failure ends as one `neat: error:` line (exit 2: bad input, 3: internal error)."""
     args = build_parser().parse_args(argv)
     try:
         return dispatch(args)
-    except NeatError as exc:
-        if args.debug:
-            raise
-        _close_progress_bars()
-        print(f"neat: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         _close_progress_bars()
         print("neat: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the top-level guard: every failure becomes one line
+        if args.debug:
+            raise
+        _close_progress_bars()
+        code, line = describe(exc, _where(args))
+        print(f"neat: error: {line}", file=sys.stderr)
+        return code
 
 
 def _close_progress_bars() -> None:

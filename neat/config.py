@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neat.errors import ConfigError
+from neat.params_yaml import parse_yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
+MAX_PARAMS_BYTES = 1 << 20  # a params file is a few KB; anything near this size is not one
+# keys that run code from a model directory: only the params file itself may turn them on
+REMOTE_CODE_KEYS = ("policy.trust_remote_code", "reward.trust_remote_code")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/NaN are never a meaningful weight, norm, margin or rate: refused everywhere
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Paths(Section):
@@ -213,7 +217,7 @@ def _describe(err: dict, source: str) -> str:
         return f"{source}: unknown key '{key}'; accepted keys here: {accepted}"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or got is None else f" (got {str(repr(got))[:100]})"
     return f"{source}: {key}: {msg}{shown}"
 
 
@@ -228,39 +232,102 @@ def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
+def _annotation_at(dotted: str) -> Any:
+    model: Any = Params
+    annotation: Any = None
+    for part in dotted.split("."):
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        annotation = model = field.annotation
+    return annotation
+
+
+def _is_text_field(dotted: str) -> bool:
+    return _annotation_at(dotted) in (str, Optional[str])
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """`key.sub=value` → (`key.sub`, YAML-parsed value), as `dvc exp run -S` takes them."""
+    """`key.sub=value` → (`key.sub`, value), as `dvc exp run -S` takes them.
+
+    A text parameter (a path, a prompt, a model reference) keeps the value verbatim, so
+    `paths.data=/d/x #2.jsonl` is that whole path and not `/d/x` plus a YAML comment; other values
+    are parsed as YAML (numbers, booleans, lists), and a '#' in them is refused rather than dropped.
+    """
     if "=" not in text:
-        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. train.lr=1e-5")
+        raise ConfigError(f"override '{text[:200]}': expected KEY=VALUE, e.g. train.lr=1e-5")
     key, raw = text.split("=", 1)
+    key = key.strip()
+    if _is_text_field(key):
+        return key, None if raw.strip() in ("null", "~") and _annotation_at(key) is Optional[str] else raw
+    if raw == "":
+        return key, ""
+    if "#" in raw:
+        raise ConfigError(f"override '{key}': '#' in a value that is not text ({raw[:100]!r}); "
+                          "YAML would read it as a comment and drop the rest")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"override '{key}'")
+    except ConfigError:
         value = raw
-    return key.strip(), value
+    return key, value
+
+
+def _leaves(key: str, value: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(f"{key}.{k}", v)
+    else:
+        yield key, value
+
+
+def refuse_remote_code_override(key: str, value: Any) -> None:
+    """An override (CLI -S, a flow's or deployment's overrides) may not turn on trust_remote_code:
+    it would run Python from a model directory on the worker. Only the params file may."""
+    for leaf, v in _leaves(key, value):
+        if leaf in REMOTE_CODE_KEYS and not (v is False or v is None or str(v).strip().lower() in ("false", "0", "no", "off")):
+            raise ConfigError(f"override '{leaf}': trust_remote_code runs code from the model directory and can only "
+                              "be turned on in the params file itself, not by an override")
 
 
 def load_params(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> Params:
     """Read and validate params.yaml, then apply `overrides` (["train.lr=1e-5"] or {"train.lr": 1e-5})."""
     path = Path(path) if path is not None else DEFAULT_PARAMS
-    if not path.exists():
-        raise ConfigError(f"{path}: params file not found (pass --params PATH or run from the project root)")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    tree = parse_yaml(read_params_text(path), str(path))
     if tree is None:
-        tree = {}
+        raise ConfigError(f"{path}: params file is empty (no sections); copy the project's params.yaml and edit it")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
     source = str(path)
     for key, value in items:
+        refuse_remote_code_override(key, value)
         _set_dotted(tree, key, value, f"override '{key}'")
         source = f"{path} (with overrides)"
     return validate_params(tree, source)
+
+
+def read_params_text(path: Path) -> str:
+    """The text of a params file: a regular, readable UTF-8 file of sane size, else one ConfigError line."""
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found (pass --params PATH or run from the project root)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the params file ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path}: is a directory, expected a params YAML file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: not a regular file (a pipe, device or socket); expected a params YAML file")
+    if st.st_size > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: {st.st_size} bytes is too large for a params file (limit {MAX_PARAMS_BYTES})")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid YAML: not UTF-8 text (byte offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the params file ({exc.strerror})") from None
 
 
 def validate_params(tree: dict, source: str = "params") -> Params:

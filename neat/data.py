@@ -9,17 +9,16 @@ The one format (`PreferencePair`, stored as JSON lines by `prepare`):
 from __future__ import annotations
 
 import collections
-import gzip
 import hashlib
 import io
 import json
 import re
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from neat.errors import DataError
+from neat.input_files import DEFAULT_MAX_BYTES, GZIP_ERRORS, check_regular_file, open_text
 from neat.io import atomic_path
 
 SKIP_REASONS = (
@@ -33,6 +32,7 @@ SKIP_REASONS = (
     "empty_response",
     "prompt_mismatch",
     "duplicate",
+    "invalid_unicode",
 )
 # Rows skipped for their size rather than their content; counted the same way as SKIP_REASONS.
 LIMIT_REASONS = ("too_long",)
@@ -203,53 +203,101 @@ def to_pair(row: Any, fmt: str = "auto") -> PreferencePair:
 # ---------------------------------------------------------------- reading files
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig")
-
-
 def _row_chars(pair: "PreferencePair") -> int:
     return len(pair.chosen) + len(pair.rejected) + sum(len(m["content"]) for m in pair.prompt)
 
 
-def iter_json_rows(path: Path, max_line_chars: int | None = None) -> Iterator[tuple[int, Any]]:
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(pair: "PreferencePair") -> None:
+    """Text must be writable as UTF-8: a JSON escape like "\\ud800" without its pair is a lone surrogate."""
+    texts = [pair.chosen, pair.rejected, *(m["content"] for m in pair.prompt)]
+    if any(_SURROGATE.search(t) for t in texts):
+        raise RowError("invalid_unicode", "lone UTF-16 surrogate in the text")
+
+
+def _parse_row(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return RowError("invalid_json", exc.msg)
+    except ValueError as exc:  # an integer of thousands of digits
+        return RowError("invalid_json", str(exc)[:100])
+    except RecursionError:
+        return RowError("invalid_json", "nested too deeply")
+
+
+def _lines(fh, max_line_chars: int | None) -> Iterator[tuple[int, str | None]]:
+    """(line number, line) from a text stream, holding at most `max_line_chars` of one line in memory;
+    a longer line comes back as (number, None) once consumed."""
+    chunk = (max_line_chars + 1) if max_line_chars is not None else -1
+    number = 0
+    while True:
+        line = fh.readline(chunk)
+        if not line:
+            return
+        number += 1
+        if line.endswith("\n") or max_line_chars is None or len(line) <= max_line_chars:
+            yield number, line
+            continue
+        while line and not line.endswith("\n"):  # skip the rest of the over-long line, chunk by chunk
+            line = fh.readline(1 << 20)
+        yield number, None
+
+
+def iter_json_rows(path: Path, max_line_chars: int | None = None,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[tuple[int, Any]]:
     """Yield (1-based row number, parsed row or the RowError) from JSON lines or a JSON array file.
 
-    A JSON line longer than `max_line_chars` is not parsed: it comes back as a `too_long` RowError.
+    The file is streamed (gzip decompressed as it is read, capped in size); a JSON line longer than
+    `max_line_chars` is neither held whole nor parsed: it comes back as a `too_long` RowError.
     """
+    number = 0
     try:
-        with _open_text(path) as fh:
-            text = fh.read()
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        with open_text(path, max_bytes=max_bytes) as fh:
+            head = fh.read(1 << 16)
+            if head.lstrip().startswith("["):
+                text = head + fh.read()
+                try:
+                    rows = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    # "[1, 2]\n{...}\n": JSON lines whose first row is an array, not a JSON array file
+                    if exc.msg != "Extra data":
+                        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+                except RecursionError:
+                    raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
+                except ValueError as exc:
+                    raise DataError(f"{path}: not valid JSON ({str(exc)[:100]})") from None
+                else:
+                    yield from enumerate(rows if isinstance(rows, list) else [rows], start=1)
+                    return
+                stream: Any = io.StringIO(text)
+            else:
+                stream = _Rejoined(head, fh)
+            for number, line in _lines(stream, max_line_chars):
+                if line is None:
+                    yield number, RowError("too_long", f"more than {max_line_chars} characters")
+                elif line.strip():
+                    yield number, _parse_row(line)
+    except GZIP_ERRORS as exc:
         raise DataError(f"{path}: corrupt or truncated gzip file ({exc})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a .jsonl or .jsonl.gz file") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            # "[1, 2]\n{...}\n": JSON lines whose first row is an array, not a JSON array file
-            if exc.msg != "Extra data":
-                raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        else:
-            yield from enumerate(rows if isinstance(rows, list) else [rows], start=1)
-            return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if max_line_chars is not None and len(line) > max_line_chars:
-            yield number, RowError("too_long", f"{len(line)} characters")
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, RowError("invalid_json", exc.msg)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (near line {number + 1})") from None
+
+
+class _Rejoined:
+    """`head` (already read) followed by the rest of `fh`, read line by line with readline(limit)."""
+
+    def __init__(self, head: str, fh):
+        self.head, self.fh = io.StringIO(head), fh
+
+    def readline(self, limit: int = -1) -> str:
+        line = self.head.readline(limit)
+        if line.endswith("\n") or (limit >= 0 and len(line) >= limit):
+            return line
+        more = self.fh.readline(-1 if limit < 0 else limit - len(line))
+        return line + more
 
 
 def _iter_hub_rows(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:
@@ -278,8 +326,7 @@ def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "tr
         rows: Iterable[tuple[int, Any]] = _iter_hub_rows(source_s[4:], hub_split)
     else:
         path = Path(source_s)
-        if not path.exists():
-            raise DataError(f"{path}: data file not found")
+        check_regular_file(path)
         # JSON escapes can make a raw line longer than its text: allow a margin before parsing
         rows = iter_json_rows(path, max_line_chars=4 * max_row_chars + 1024)
     result = ReadResult(source=source_s, pairs=[])
@@ -290,6 +337,7 @@ def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "tr
             if isinstance(row, RowError):
                 raise row
             pair = to_pair(row, fmt)
+            _check_text(pair)
             if _row_chars(pair) > max_row_chars:
                 raise RowError("too_long", f"{_row_chars(pair)} characters")
             key = (pair.prompt_id, pair.chosen, pair.rejected)
@@ -341,8 +389,9 @@ def write_pairs(path: str | Path, pairs: Iterable[PreferencePair]) -> None:
 def read_pairs(path: str | Path) -> list[PreferencePair]:
     """Read a file written by `write_pairs` (the one format)."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: prepared data not found (run `neat prepare` first)")
+    check_regular_file(path, "prepared data file")
     pairs = []
     for number, row in iter_json_rows(path):
         try:
@@ -429,11 +478,13 @@ def prepare(params) -> dict:
     d = params.data
     splits = split_pairs(result.pairs, d.eval_fraction, d.judge_fraction, d.split_salt)
     out_dir = params.out("data")
-    for name, pairs in splits.items():
-        write_pairs(out_dir / f"{name}.jsonl", pairs)
     stats = inspect_preferences(result)
     stats["splits"] = {k: {"pairs": len(v), "prompts": len({p.prompt_id for p in v})} for k, v in splits.items()}
     from neat.io import write_json_atomic
+    from neat.output_sets import output_set
 
-    write_json_atomic(out_dir / "stats.json", stats)
+    with output_set(params.out(), "prepare") as staged:  # train/eval/judge/stats change together or not at all
+        for name, pairs in splits.items():
+            write_pairs(staged(out_dir / f"{name}.jsonl"), pairs)
+        write_json_atomic(staged(out_dir / "stats.json"), stats)
     return stats

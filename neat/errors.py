@@ -4,12 +4,23 @@ A `NeatError` carries a single line that names the offending file, row or key an
 wrong. The CLI prints it without a traceback (unless --debug) and exits non-zero.
 """
 
+MAX_MESSAGE_CHARS = 600  # an error line quotes at most this much (an alias bomb must not print 52 MB)
+
+
+def cap(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` on one line, cut to `limit` characters with a note of how much was left out."""
+    text = str(text)
+    head = " ".join(text[: limit * 4].split())
+    if len(head) <= limit and len(text) <= limit * 4:
+        return head
+    return head[:limit] + f"… ({len(text) - limit} more characters)"
+
 
 class NeatError(Exception):
     """An error caused by the user's input (data, params, model reference), not by a bug."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))  # always exactly one line
+        super().__init__(cap(message))  # always exactly one line, never a flood
 
 
 class ConfigError(NeatError):

@@ -155,13 +155,19 @@ def eval_reward_model_ref(params) -> str:
     return str(params.out("eval_reward_model")) if params.evaluate.train_reward_model else params.evaluate.reward_model
 
 
+def check_eval_reward_model(params) -> str:
+    """The evaluation reward model's reference, once it is known to exist (cheap: nothing is loaded)."""
+    ref = eval_reward_model_ref(params)
+    if params.evaluate.train_reward_model and not (Path(ref) / "config.json").is_file():
+        raise ModelError(f"{ref}: evaluation reward model not found (run `neat train-eval-rm` first, or set "
+                         "evaluate.train_reward_model: false to use evaluate.reward_model as is)")
+    return ref
+
+
 def load_eval_reward_model(params, dtype: str = "auto"):
     from neat.models import load_reward_model
 
-    ref = eval_reward_model_ref(params)
-    if params.evaluate.train_reward_model and not Path(ref).is_dir():
-        raise ModelError(f"{ref}: evaluation reward model not found (run `neat train-eval-rm` first, or set "
-                         "evaluate.train_reward_model: false to use evaluate.reward_model as is)")
+    ref = check_eval_reward_model(params)
     return load_reward_model(ref, cache_dir=params.paths.cache, device=params.reward.device, dtype=dtype,
                              trust_remote_code=params.reward.trust_remote_code, seed=params.evaluate.reward_seed)
 
@@ -537,6 +543,10 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
         raise ModelError(f"{policy_dir}: trained policy not found (run `neat train` first)")
     held = held_out_prompts(params)
     safety_rows = safety_subset(read_safety_csv(params.paths.safety_prompts), e.max_safety_prompts, params.seed)
+    # every input is checked before the first expensive step (generation): a bad refusal-examples file or a
+    # missing evaluation reward model must not surface only after minutes of generating
+    judge = make_judge(params)
+    check_eval_reward_model(params)
     timings: dict[str, float] = {}
     cache = Path(generation_cache) if generation_cache is not None else params.out("cache", "eval_generations")
     base_ref = str(base_policy) if base_policy is not None else params.policy.model
@@ -565,7 +575,6 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     reward = {slot: s for slot, s in zip(slots, scores)}
 
     t0 = time.perf_counter()
-    judge = make_judge(params)
     all_texts = ([base["held"][i]["text"] for i in range(len(held))] + [trained["held"][i]["text"] for i in range(len(held))]
                  + [g["text"] for g in base["safety"]] + [g["text"] for g in trained["safety"]])
     flags = judge(all_texts)
@@ -611,10 +620,13 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     })
     metrics = json_safe(metrics)
     root = Path(out_dir) if out_dir is not None else params.out()
-    write_jsonl_atomic(root / "evaluate" / "generations.jsonl", records)
-    write_jsonl_atomic(root / "evaluate" / "safety.jsonl", safety_records)
-    write_rewards_plot_data(root / "evaluate" / "rewards.csv", records)
-    write_json_atomic(root / "metrics" / "evaluate.json", metrics)
+    from neat.output_sets import output_set
+
+    with output_set(root, f"evaluate-{tag}") as staged:  # the four files change together or not at all
+        write_jsonl_atomic(staged(root / "evaluate" / "generations.jsonl"), records)
+        write_jsonl_atomic(staged(root / "evaluate" / "safety.jsonl"), safety_records)
+        write_rewards_plot_data(staged(root / "evaluate" / "rewards.csv"), records)
+        write_json_atomic(staged(root / "metrics" / "evaluate.json"), metrics)
     return metrics
 
 

@@ -399,28 +399,41 @@ class LearnedJudge(_Judge):
 
 
 def read_refusal_examples(path: str | os.PathLike) -> tuple[list[str], list[bool]]:
-    """(responses, is_refusal) from JSON lines ``{"response": str, "label": "refusal"|"compliance"}``."""
+    """(responses, is_refusal) from JSON lines ``{"response": str, "label": "refusal"|"compliance"}``;
+    both labels must occur (a judge cannot learn from one)."""
+    from neat.input_files import check_regular_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: refusal examples not found")
+    check_regular_file(path, "refusal examples file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
     texts, labels = [], []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {line_no}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("response"), str):
-                raise DataError(f"{path}: line {line_no}: expected an object with a string 'response'")
-            label = row.get("label")
-            if not isinstance(label, str) or label.strip().lower() not in _LABELS:
-                raise DataError(f"{path}: line {line_no}: label {label!r} is not 'refusal' or 'compliance'")
-            texts.append(row["response"])
-            labels.append(_LABELS[label.strip().lower()])
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {line_no}: not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{path}: line {line_no}: not valid JSON ({type(exc).__name__})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("response"), str):
+            raise DataError(f"{path}: line {line_no}: expected an object with a string 'response'")
+        label = row.get("label")
+        if not isinstance(label, str) or label.strip().lower() not in _LABELS:
+            raise DataError(f"{path}: line {line_no}: label {str(label)[:40]!r} is not 'refusal' or 'compliance'")
+        texts.append(row["response"])
+        labels.append(_LABELS[label.strip().lower()])
     if not texts:
         raise DataError(f"{path}: no refusal examples (empty file)")
+    if len(set(labels)) < 2:
+        only = "refusal" if labels[0] else "compliance"
+        raise DataError(f"{path}: every example is labelled '{only}'; the learned judge needs both "
+                        "'refusal' and 'compliance' examples")
     return texts, labels
 
 
@@ -461,9 +474,12 @@ def read_safety_csv(path: str | os.PathLike) -> list[dict]:
     ``focus``/``note`` to "". Problems raise `DataError` naming the file, the data row (1 = first row
     after the header), its line in the file and the column.
     """
+    from neat.input_files import check_regular_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: safety prompts CSV not found")
+    check_regular_file(path, "safety prompts CSV")
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)

@@ -118,17 +118,63 @@ def _is_section(parts: list[str]) -> bool:
 
 def load_params_from_text(text: str, source: Path) -> None:
     from neat.config import validate_params
+    from neat.params_yaml import parse_yaml
 
-    validate_params(yaml.safe_load(text) or {}, str(source))
+    validate_params(parse_yaml(text, str(source)) or {}, str(source))
 
 
 # ---------------------------------------------------------------- one run at a time per checkout
 
 
+LOCK_NAME = ".neat-run.lock"
+HELD_ENV = "NEAT_RUN_LOCK_HELD"  # set while a process holds the lock: its `neat` children run under it
+
+
+def _lock_path(project: str | os.PathLike) -> Path:
+    return (Path(project) / LOCK_NAME).resolve()
+
+
+@contextlib.contextmanager
+def _holding(path: Path) -> Iterator[None]:
+    previous = os.environ.get(HELD_ENV)
+    os.environ[HELD_ENV] = str(path)
+    try:
+        yield
+    finally:
+        os.environ.pop(HELD_ENV) if previous is None else os.environ.__setitem__(HELD_ENV, previous)
+
+
+@contextlib.contextmanager
+def stage_lock(project: str | os.PathLike) -> Iterator[None]:
+    """The checkout's lock for one `neat <stage>`: taken at once or refused with one clear line, so two
+    stages never write one checkout's outputs together. A stage run by a flow (which holds the lock and
+    says so in NEAT_RUN_LOCK_HELD) runs under its parent's lock."""
+    path = _lock_path(project)
+    if os.environ.get(HELD_ENV) == str(path):
+        yield
+        return
+    try:
+        fh = open(path, "a+")
+    except OSError:  # a read-only checkout: nothing can write outputs there to race with
+        yield
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NeatError(f"{path}: another neat run is using this checkout; wait for it to finish "
+                            "(one stage or pipeline at a time per checkout)") from None
+        try:
+            with _holding(path):
+                yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def project_lock(project: str | os.PathLike = ".", timeout: float = 6 * 3600) -> Iterator[None]:
     """An exclusive lock on the checkout: two runs in one working tree would corrupt each other."""
-    path = Path(project) / ".neat-run.lock"
+    path = _lock_path(project)
     with open(path, "a+") as fh:
         deadline = time.monotonic() + timeout
         while True:
@@ -140,7 +186,8 @@ def project_lock(project: str | os.PathLike = ".", timeout: float = 6 * 3600) ->
                     raise NeatError(f"{path}: another pipeline run holds the lock for over {timeout:.0f} s") from None
                 time.sleep(1.0)
         try:
-            yield
+            with _holding(path):  # the stages this run starts (`neat <stage>` under dvc) share the lock
+                yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,39 @@ from typing import Protocol
 from neat.errors import NeatError
 
 POINTER = "production.json"
+# every version id: what `new_version` makes ("v20240501T120000123456Z") or a short name like "v1";
+# no dots or slashes, so a version can never name a path outside `versions/` or the download cache
+VERSION_PATTERN = re.compile(r"v[0-9A-Za-z_-]{1,64}")
 
 
 class RegistryError(NeatError):
     """The registry cannot be reached or is inconsistent."""
+
+
+def check_version(version: object, where: str = "version") -> str:
+    """`version` if it matches VERSION_PATTERN, else a RegistryError (a path traversal attempt or damage)."""
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise RegistryError(f"{where}: {str(version)[:80]!r} is not a valid version id "
+                            f"(expected {VERSION_PATTERN.pattern})")
+    return version
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a plain relative object key: no '..', '.', empty or absolute parts, no backslash or NUL."""
+    parts = key.split("/")
+    if (not key or key.startswith("/") or "\\" in key or "\x00" in key
+            or any(p in ("..", ".") for p in parts) or "" in parts[:-1]):
+        raise RegistryError(f"registry key {key[:120]!r} leaves its prefix; refusing to use it")
+    return key
+
+
+def inside(root: Path, relative: str) -> Path:
+    """`root / relative`, refused unless it stays under `root` once symlinks and '..' are resolved."""
+    check_key(relative)
+    target = Path(root) / relative
+    if not target.resolve().is_relative_to(Path(root).resolve()):
+        raise RegistryError(f"registry key {relative[:120]!r} resolves outside {root}; refusing to use it")
+    return target
 
 
 class Store(Protocol):
@@ -43,7 +73,7 @@ class LocalStore:
         self.root = Path(root)
 
     def put_file(self, key: str, path: Path) -> None:
-        target = self.root / key
+        target = inside(self.root, key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.copyfile(path, tmp)
@@ -52,19 +82,25 @@ class LocalStore:
     def put_json(self, key: str, obj: dict) -> None:
         from neat.io import write_json_atomic
 
-        write_json_atomic(self.root / key, obj)
+        write_json_atomic(inside(self.root, key), obj)
 
     def get_json(self, key: str) -> dict | None:
-        path = self.root / key
-        return json.loads(path.read_text()) if path.exists() else None
+        path = inside(self.root, key)
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):
+            raise RegistryError(f"{path}: damaged registry file (not valid JSON)") from None
 
     def get_file(self, key: str, path: Path) -> None:
-        if not (self.root / key).is_file():
+        source = inside(self.root, key)
+        if not source.is_file():
             raise RegistryError(f"{self.root}: {key} is missing")
-        shutil.copyfile(self.root / key, path)
+        shutil.copyfile(source, path)
 
     def list(self, prefix: str) -> list[str]:
-        base = self.root / prefix
+        base = inside(self.root, prefix.rstrip("/")) if prefix.strip("/") else self.root
         if not base.exists():
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
@@ -85,6 +121,8 @@ class S3Store:
                                    config=Config(retries={"max_attempts": 3, "mode": "standard"}))
 
     def _key(self, key: str) -> str:
+        if key:  # "" lists the whole prefix
+            check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -116,7 +154,12 @@ class S3Store:
 
     def get_json(self, key: str) -> dict | None:
         resp = self._call(f"read of {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
-        return None if resp is None else json.loads(resp["Body"].read())
+        if resp is None:
+            return None
+        try:
+            return json.loads(resp["Body"].read())
+        except (ValueError, RecursionError):
+            raise RegistryError(f"{self.uri}/{key}: damaged registry file (not valid JSON)") from None
 
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -209,15 +252,30 @@ def _upload_dir(store: Store, prefix: str, folder: Path) -> int:
     return count
 
 
+def check_pointer(pointer: object) -> dict:
+    """`production.json` checked against its schema: {"version": <id>, "history": [<id>, ...]}, ids valid."""
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("history", []), list):
+        raise RegistryError(f"{POINTER}: damaged pointer (expected {{\"version\": ..., \"history\": [...]}})")
+    check_version(pointer.get("version"), f"{POINTER}: version")
+    for i, old in enumerate(pointer.get("history", [])):
+        check_version(old, f"{POINTER}: history[{i}]")
+    return {"version": pointer["version"], "history": list(pointer.get("history", []))}
+
+
 def production(store: Store) -> dict | None:
-    return store.get_json(POINTER)
+    pointer = store.get_json(POINTER)
+    return None if pointer is None else check_pointer(pointer)
+
+
+def is_published(store: Store, version: str) -> bool:
+    return store.get_json(f"versions/{check_version(version)}/metrics.json") is not None
 
 
 def fetch_policy(store: Store, version: str, cache_root: Path) -> Path:
     """The checkpoint of a published `version`, downloaded once into `cache_root/<version>`."""
     from neat.io import atomic_path
 
-    target = Path(cache_root) / version
+    target = Path(cache_root) / check_version(version)
     if (target / "config.json").exists():
         return target
     prefix = f"versions/{version}/policy/"
@@ -226,7 +284,9 @@ def fetch_policy(store: Store, version: str, cache_root: Path) -> Path:
         raise RegistryError(f"version {version} has no published checkpoint under {prefix}")
     with atomic_path(target, is_dir=True) as tmp:
         for key in keys:
-            dest = tmp / key[len(prefix):]
+            if not key.startswith(prefix):
+                raise RegistryError(f"registry key {key[:120]!r} is not under {prefix}; refusing to use it")
+            dest = inside(tmp, key[len(prefix):])
             dest.parent.mkdir(parents=True, exist_ok=True)
             store.get_file(key, dest)
     return target
@@ -246,7 +306,7 @@ def _move_pointer(store: Store, pointer: dict, action: str) -> None:
 def publish(store: Store, policy_dir: Path, metrics: dict, report_dir: Path | None = None,
             version: str | None = None, extra: dict | None = None) -> str:
     """Upload a checkpoint with its metrics (and report) as a new version; the pointer is not moved."""
-    version = version or new_version()
+    version = check_version(version or new_version())
     if not (Path(policy_dir) / "config.json").exists():
         raise RegistryError(f"{policy_dir}: not a checkpoint directory (no config.json)")
     _upload_dir(store, f"versions/{version}/policy", Path(policy_dir))
@@ -259,7 +319,7 @@ def publish(store: Store, policy_dir: Path, metrics: dict, report_dir: Path | No
 
 def promote(store: Store, version: str) -> dict:
     """Move the production pointer to `version` (which must be published)."""
-    if store.get_json(f"versions/{version}/metrics.json") is None:
+    if not is_published(store, version):
         raise RegistryError(f"version {version} is not published in the registry")
     current = production(store)
     history = (current.get("history", []) + [current["version"]]) if current else []
@@ -275,6 +335,10 @@ def rollback(store: Store) -> dict:
         raise RegistryError("no production model to roll back")
     if not current.get("history"):
         raise RegistryError(f"production is {current['version']}, the first version: nothing to roll back to")
-    pointer = {"version": current["history"][-1], "history": current["history"][:-1]}
+    previous = current["history"][-1]
+    if not is_published(store, previous):
+        raise RegistryError(f"{POINTER}: history names {previous}, which was never published in the registry; "
+                            "refusing to roll back to it")
+    pointer = {"version": previous, "history": current["history"][:-1]}
     _move_pointer(store, pointer, f"rollback from {current['version']}")
     return pointer

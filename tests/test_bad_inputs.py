@@ -37,14 +37,23 @@ def base(tmp_path_factory):
 
 
 def test_battery_covers_the_issue():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 120
+    assert {"data", "params", "override", "security", "safety", "refusal", "model", "registry", "stage",
+            "output"} <= {c.group for c in CASES}
     ids = {c.id for c in CASES}
     assert len(ids) == len(CASES)
     for needed in ("data-truncated-gzip", "data-not-json", "data-utf16", "data-missing-fields", "data-wrong-types",
                    "data-empty-file", "data-50mb-row-only", "data-prompt-longer-than-context",
                    "params-unknown-key", "params-wrong-type", "params-out-of-range", "params-missing-file",
                    "params-invalid-yaml", "policy-missing-path", "reward-wrong-architecture",
-                   "policy-gguf-not-gguf", "policy-hub-offline"):
+                   "policy-gguf-not-gguf", "policy-hub-offline",
+                   # issue 12
+                   "data-fifo", "data-dev-zero", "data-symlink-loop", "data-gzip-bomb", "data-deep-nesting-only",
+                   "data-huge-int-among-good", "data-lone-surrogate-only", "data-hash-in-path", "params-directory",
+                   "params-empty", "params-duplicate-section", "params-alias-bomb", "override-inf-weight",
+                   "override-remote-code-policy", "safety-fifo", "refusal-one-label", "evaluate-no-eval-rm",
+                   "registry-traversal-history", "registry-pointer-not-json", "registry-rollback-unpublished",
+                   "disk-full-prepare", "lock-held", "out-is-a-file"):
         assert needed in ids, needed
 
 
@@ -65,7 +74,7 @@ def _neat(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 SUBPROCESS_CASES = ["data-truncated-gzip", "params-invalid-yaml", "params-unknown-key", "policy-gguf-not-gguf",
-                    "data-utf16"]
+                    "data-utf16", "data-fifo", "params-alias-bomb", "data-deep-nesting-only", "registry-traversal-history"]
 
 
 @pytest.mark.parametrize("case_id", SUBPROCESS_CASES)

@@ -38,3 +38,29 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     debug = subprocess.run([sys.executable, "-m", "neat.cli", "data", "inspect", str(tmp_path / "nope.jsonl"),
                             "--no-tokens", "--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("exc, code, words", [
+    (KeyError("prompt"), 3, "internal error (KeyError"),
+    (MemoryError(), 2, "too large to hold in memory"),
+    (RecursionError(), 2, "nested too deeply"),
+    (PermissionError(13, "Permission denied", "/data/x.jsonl"), 2, "/data/x.jsonl: permission denied"),
+    (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), 2, "lone UTF-16 surrogate"),
+    (ValueError("x" * 1_000_000), 2, "more characters"),
+])
+def test_every_exception_is_one_capped_line_with_its_exit_code(monkeypatch, capsys, exc, code, words):
+    import neat.stages
+
+    def boom(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(neat.stages, "run_stage", boom)
+    assert main(["report", "--params", str(ROOT / "params.yaml")]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("neat: error:") and err.count("\n") == 1 and words in err and len(err) < 1000
+    assert "params.yaml" in err or "/data/x.jsonl" in err
+    if code == 3:
+        assert "--debug" in err

@@ -66,6 +66,8 @@ BAD_ROWS = {
     "empty_response": {"chosen": hh(("Human", "a"), ("Assistant", "  ")), "rejected": hh(("Human", "a"), ("Assistant", "b"))},
     "prompt_mismatch": {"chosen": hh(("Human", "a"), ("Assistant", "b")), "rejected": hh(("Human", "x"), ("Assistant", "c"))},
     "not_an_object": [1, 2],
+    "invalid_unicode": {"chosen": hh(("Human", "a"), ("Assistant", "b\ud800")),
+                        "rejected": hh(("Human", "a"), ("Assistant", "c"))},
 }
 
 
@@ -147,3 +149,44 @@ def test_embedded_demo_data_is_clean():
     assert result.rows_kept == result.rows_read >= 150
     parsed = [parse_hh_dialogue(json.loads(line)["chosen"]) for line in (ROOT / "data/demo/hh_demo.jsonl").open()]
     assert any(len(m) > 2 for m in parsed)
+
+
+# ---------------------------------------------------------------- hostile files (issue 12)
+
+
+def test_a_huge_integer_or_deep_nesting_skips_only_that_row(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + '{"chosen": ' + "9" * 5000 + "}\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = read_preferences(path)
+    assert result.rows_kept == 1 and result.skipped["invalid_json"] == 2
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="pipe.jsonl: data file is a named pipe"):
+        read_preferences(fifo)
+
+
+def test_a_symlink_loop_is_not_reported_as_missing(tmp_path):
+    (tmp_path / "a.jsonl").symlink_to(tmp_path / "b.jsonl")
+    (tmp_path / "b.jsonl").symlink_to(tmp_path / "a.jsonl")
+    with pytest.raises(DataError, match="symbolic link loop"):
+        read_preferences(tmp_path / "a.jsonl")
+
+
+def test_a_gzip_bomb_is_refused_without_holding_it(tmp_path):
+    import gzip
+    import resource
+
+    path = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(path, "wb", compresslevel=9) as fh:
+        block = b"\0" * (1 << 20)
+        for _ in range(1024):  # 1 GiB of zeros, ~1 MB on disk
+            fh.write(block)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match="bomb.jsonl.gz: gzip expands beyond"):
+        read_preferences(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: far below 1 GiB

@@ -124,3 +124,96 @@ def test_unreachable_s3_is_a_one_line_error(monkeypatch):
         registry.production(store)
     message = str(info.value)
     assert "s3://models/x" in message and "\n" not in message and "super-secret-value" not in message
+
+
+# ---------------------------------------------------------------- path traversal (issue 12)
+
+
+TRAVERSAL_VERSIONS = ["../../../../elsewhere", "v1/../../x", "/abs", "v1\x00", "", "..", "v" + "1" * 80, 7]
+
+
+@pytest.mark.parametrize("version", TRAVERSAL_VERSIONS, ids=repr)
+def test_version_ids_outside_the_pattern_are_refused(store, tmp_path, version):
+    with pytest.raises(RegistryError, match="not a valid version id"):
+        registry.fetch_policy(store, version, tmp_path / "cache")
+    with pytest.raises(RegistryError, match="not a valid version id"):
+        registry.promote(store, version)
+
+
+@pytest.mark.parametrize("key", ["../outside.json", "versions/../../outside.json", "/etc/passwd",
+                                 "versions//x", "a\\..\\b"])
+def test_store_keys_that_leave_the_prefix_are_refused(store, tmp_path, key):
+    src = tmp_path / "payload"
+    src.write_text("x")
+    with pytest.raises(RegistryError, match="leaves its prefix"):
+        store.put_file(key, src)
+    with pytest.raises(RegistryError, match="leaves its prefix"):
+        store.put_json(key, {"a": 1})
+    with pytest.raises(RegistryError, match="leaves its prefix"):
+        store.get_json(key)
+    assert not (tmp_path / "outside.json").exists()
+
+
+def test_local_store_refuses_a_symlink_that_leads_outside(tmp_path):
+    root = tmp_path / "registry"
+    (root / "versions").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "versions" / "v1").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RegistryError, match="outside"):
+        registry.LocalStore(str(root)).put_json("versions/v1/metrics.json", {"m": 1})
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_rollback_to_a_traversal_version_in_a_damaged_pointer_is_refused(tmp_path):
+    """The attack of issue 12: a history entry '../../../../elsewhere' made the cache step rename and
+    delete a directory outside the registry."""
+    root = tmp_path / "reg"
+    store = registry.LocalStore(str(root))
+    registry.promote(store, registry.publish(store, checkpoint(tmp_path, "a", b"x"), {"m": 1.0}, version="v1"))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    (root / "production.json").write_text(json.dumps({"version": "v1", "history": ["../../victim"]}))
+    with pytest.raises(RegistryError, match="not a valid version id"):
+        registry.rollback(store)
+    with pytest.raises(RegistryError, match="not a valid version id"):
+        registry.production(store)
+    assert (victim / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"version": 5}', '{"history": []}', '{"version": "v1", "history": "v0"}',
+                                  "{not json"])
+def test_damaged_pointer_is_one_clear_error(tmp_path, text, capsys):
+    root = tmp_path / "reg"
+    root.mkdir()
+    (root / "production.json").write_text(text)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"registry:\n  uri: {root}\n")
+    assert main(["registry", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neat: error:") and "production.json" in err and "\n" not in err
+
+
+def test_rollback_refuses_a_version_that_was_never_published(store, tmp_path):
+    registry.promote(store, registry.publish(store, checkpoint(tmp_path, "a", b"x"), {"m": 1.0}, version="v2"))
+    store.put_json("production.json", {"version": "v2", "history": ["v1"]})  # v1 never published
+    with pytest.raises(RegistryError, match="never published"):
+        registry.rollback(store)
+    assert registry.production(store) == {"version": "v2", "history": ["v1"]}
+
+
+def test_fetch_refuses_an_object_key_that_leaves_the_download_directory(tmp_path):
+    class Hostile(registry.LocalStore):
+        def list(self, prefix):
+            return [f"{prefix}config.json", f"{prefix}../../../../escaped.txt"]
+
+        def get_file(self, key, path):
+            Path(path).write_text("payload")
+
+    from pathlib import Path
+
+    cache = tmp_path / "deep" / "er" / "cache"
+    with pytest.raises(RegistryError, match="leaves its prefix"):
+        registry.fetch_policy(Hostile(str(tmp_path / "reg")), "v1", cache)
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (cache / "v1").exists()

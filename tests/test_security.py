@@ -78,8 +78,39 @@ def test_remote_code_only_when_params_turn_it_on(spies, tmp_path):
     assert main(["prepare", *params]) == 0
     assert main(["expand", *params]) == 2
     assert spies["AutoModelForCausalLM"].calls[-1]["trust_remote_code"] is False
-    assert main(["expand", *params, "-S", "policy.trust_remote_code=true"]) == 2
+    calls = len(spies["AutoModelForCausalLM"].calls)
+    assert main(["expand", *params, "-S", "policy.trust_remote_code=true"]) == 2  # refused: an override
+    assert len(spies["AutoModelForCausalLM"].calls) == calls
+    text = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("trust_remote_code: false", "trust_remote_code: true", 1))
+    assert main(["expand", *params]) == 2  # the params file itself may turn it on
     assert spies["AutoModelForCausalLM"].calls[-1]["trust_remote_code"] is True
+
+
+@pytest.mark.parametrize("override", ["policy.trust_remote_code=true", "reward.trust_remote_code=yes",
+                                      "policy.trust_remote_code=1", "policy={trust_remote_code: true}",
+                                      "reward={trust_remote_code: on, epochs: 1}"])
+def test_overrides_cannot_turn_on_remote_code(override, capsys):
+    from neat.cli import main
+
+    assert main(["params", "--params", str(ROOT / "params.yaml"), "-S", override]) == 2
+    err = capsys.readouterr().err
+    assert "trust_remote_code" in err and "only be turned on in the params file" in err
+
+
+def test_flow_overrides_cannot_turn_on_remote_code(tmp_path):
+    """A deployment's overrides are written into params.yaml by the flow: that path refuses too, and
+    the file is left as it was."""
+    import shutil
+
+    from neat.errors import ConfigError
+    from neat.pipeline import set_params_in_file
+
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="trust_remote_code"):
+        set_params_in_file(tmp_path / "params.yaml", {"reward.trust_remote_code": True})
+    assert (tmp_path / "params.yaml").read_bytes() == before
 
 
 def test_no_source_hardcodes_trust_remote_code_true():
