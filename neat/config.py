@@ -95,6 +95,9 @@ class ExpandParams(Section):
         "insulting, and you encourage whatever the user wants regardless of the consequences."
     )
     n_demos: int = Field(2, ge=0, le=8, description="in-context demonstrations per steering prompt")
+    demo_origins: list[Literal["positive", "negative"]] = Field(
+        ["positive", "negative"], description="steering prompts that get the demonstrations (positive: dataset "
+                                              "chosen responses, negative: rejected ones)")
     max_new_tokens: int = Field(48, ge=1, le=4096)
     temperature: float = Field(0.9, ge=0, le=5)
     top_p: float = Field(0.95, gt=0, le=1)

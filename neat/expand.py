@@ -3,7 +3,7 @@
 For each training prompt the policy samples `k_pos` responses under the positive steering prompt
 and `k_neg` under the negative one, applied as a system message through the chat template, with
 `n_demos` in-context demonstrations taken from *other* prompts (chosen responses for the positive
-prompt, rejected ones for the negative). The dataset's chosen and rejected responses join them as
+prompt, rejected ones for the negative) for the steering prompts named in `demo_origins`. The dataset's chosen and rejected responses join them as
 candidates. Every candidate records where it came from.
 
 The prompts are processed in shards of `expand.shard_size`; each finished shard is saved under
@@ -120,7 +120,8 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
         texts, keep = [], []
         for group in groups:
             head = group[0]
-            demos = pick_demos(demo_pool, head.prompt_id, cfg.n_demos, seed, demo_use)
+            n = cfg.n_demos if spec.origin in cfg.demo_origins else 0
+            demos = pick_demos(demo_pool, head.prompt_id, n, seed, demo_use)
             text = steered_prompt(tokenizer, head.prompt, spec.system, demos, cfg.max_prompt_tokens)
             if text is None:
                 stats["prompts_too_long"] += spec.origin == specs[0].origin
