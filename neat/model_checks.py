@@ -44,7 +44,7 @@ def check_config_sizes(config_path: Path, ref: str) -> None:
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-                raise ModelError(f"{config_path}: {section}{key} is {str(value)[:40]}; a model size must be a whole "
+                raise ModelError(f"{config_path}: {section}{key} is {repr(value)[:40]}; a model size must be a whole "
                                  f"number from 1 to {limit} (damaged or hand-edited config?)")
         estimate = _parameter_estimate(values)
         if estimate > MAX_PARAMETERS:

@@ -119,8 +119,9 @@ class S3Store:
         self.uri = uri
         # a session of its own: credentials are read from the environment now, not from boto3's default
         # session, which keeps the first credentials it resolved in this process
-        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region,
-                                                     config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+        self.client = self._call("connection setup", lambda: boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"})))
 
     def _key(self, key: str) -> str:
         if key:  # "" lists the whole prefix

@@ -27,6 +27,8 @@ def describe_s3_failure(exc: BaseException) -> tuple[str, str] | None:
     None when it is none of these (the caller words it)."""
     from botocore import exceptions as bx
 
+    if isinstance(exc, bx.ProfileNotFound):
+        return "credentials", f"AWS_PROFILE names a profile that does not exist ({exc}); {CREDENTIALS_HINT}"
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
         return "credentials", f"no usable S3 credentials ({type(exc).__name__}); {CREDENTIALS_HINT}"
     if isinstance(exc, bx.ClientError):

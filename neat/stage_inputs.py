@@ -26,7 +26,7 @@ def _rerun(producer: str) -> str:
 def _opened(path: Path, producer: str):
     """`path` as text; bytes that are not UTF-8 (a damaged file) end in a DataError naming it."""
     try:
-        with open_text(path, f"output of `neat {producer}`") as fh:
+        with open_text(path, f"file written by `neat {producer}`") as fh:
             yield fh
     except UnicodeDecodeError:
         raise DataError(f"{path}: damaged, not UTF-8 text; {_rerun(producer)}") from None
