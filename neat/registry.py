@@ -129,13 +129,14 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn, *args, **kwargs):
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         from neat.s3_errors import describe_s3_failure
 
         try:
             return fn(*args, **kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             code = exc.response.get("Error", {}).get("Code", "?") if isinstance(exc, ClientError) else None
             if code in ("NoSuchKey", "404"):
                 return None

@@ -44,6 +44,8 @@ def describe_s3_failure(exc: BaseException) -> tuple[str, str] | None:
                         bx.ConnectionClosedError, bx.ProxyConnectionError)):
         return "connection", (f"cannot reach the S3 endpoint ({type(exc).__name__}); is it up, and is "
                               "registry.endpoint_url right?")
+    if _CREDENTIALS_TEXT.search(str(exc)):  # boto3's S3UploadFailedError wraps the service's answer in text
+        return "credentials", f"the S3 service refused the credentials ({type(exc).__name__}); {CREDENTIALS_HINT}"
     return None
 
 

@@ -112,3 +112,22 @@ def test_retrain_flow_names_the_credentials_when_dvc_pull_is_forbidden(tmp_path,
         fp.neat_retrain.fn(str(tmp_path))
     assert calls == [["pull", "--allow-missing"]]
     assert "dvc pull failed" in str(info.value) and HINT in str(info.value) and SECRET not in str(info.value)
+
+
+def test_refused_upload_names_the_credentials(monkeypatch, tmp_path):
+    """boto3's upload_file wraps the service's answer in S3UploadFailedError (it used to escape as exit 3)."""
+    import moto.settings
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    (tmp_path / "f").write_text("x")
+    with mock_aws():
+        import boto3
+
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="models")
+        monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+        store = registry.S3Store("s3://models/neat", None, "us-east-1")
+        with pytest.raises(RegistryError) as info:
+            store.put_file("versions/v1/policy/f", tmp_path / "f")
+    assert HINT in str(info.value) and SECRET not in str(info.value)
