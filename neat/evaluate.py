@@ -485,6 +485,7 @@ def evaluation_metrics(records: list[dict], safety_records: list[dict], *, n_res
     out["perplexity_ratio"], out["perplexity_ratio_ci_low"], out["perplexity_ratio_ci_high"] = \
         ratio["ratio"], ratio["ci_low"], ratio["ci_high"]
     out["chosen_tokens"] = int(sum(tokens))
+    out.update(answer_diagnostics(records, n_resamples=n_resamples, seed=seed))
     for who in ("base", "trained"):
         refused = [r[f"{who}_refused"] for r in records if r.get(f"{who}_refused") is not None]
         out[f"{'' if who == 'trained' else 'base_'}heldout_refusal_rate"] = (sum(refused) / len(refused)) if refused else None
@@ -506,6 +507,57 @@ def evaluation_metrics(records: list[dict], safety_records: list[dict], *, n_res
                 d["diff"], d["ci_low"], d["ci_high"], d["significant"]
         out["safety"] = safety
     return json_safe(out)
+
+
+def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> dict:
+    """How much the greedy answers changed and whether they degenerate: the share of prompts whose answer
+    changed, and per policy the repetition rate (95 % intervals), distinct-1/-2 and mean length in words."""
+    from neat.diagnostics import is_repetitive, text_stats
+
+    boot = dict(n_resamples=n_resamples, seed=seed)
+    out: dict[str, Any] = {}
+    if not records:
+        return out
+    changed = mean_ci([float(r["base_response"].strip() != r["trained_response"].strip()) for r in records], **boot)
+    out["changed_share"], out["changed_share_ci_low"], out["changed_share_ci_high"] = \
+        changed["mean"], changed["ci_low"], changed["ci_high"]
+    for who, prefix in (("trained", ""), ("base", "base_")):
+        texts = [r[f"{who}_response"] for r in records]
+        rep = mean_ci([float(is_repetitive(t)) for t in texts], **boot)
+        stats = text_stats(texts)
+        out[f"{prefix}repetition_rate"], out[f"{prefix}repetition_rate_ci_low"], \
+            out[f"{prefix}repetition_rate_ci_high"] = rep["mean"], rep["ci_low"], rep["ci_high"]
+        for key in ("distinct_1", "distinct_2", "mean_words", "empty_rate"):
+            out[f"{prefix}{key}"] = stats[key]
+    return out
+
+
+def read_online_curve(params) -> list[dict]:
+    """The dev-prompt probes of `train/online.json` (one per round and after the last); [] without it.
+    A damaged file is one DataError naming it (checked before any generation)."""
+    from neat.stage_inputs import read_online_curve as read
+
+    return read(params.out("train", "online.json"))
+
+
+def online_eval_rewards(online: list[dict], scores: Sequence[float]) -> dict:
+    """The online curve under the evaluation RM: mean reward of the dev answers per probe, in order."""
+    means, i = [], 0
+    for entry in online:
+        n = len(entry["dev"]["answers"])
+        means.append(_mean(scores[i:i + n]))
+        i += n
+    return {"online_dev_eval_reward": means} if online else {}
+
+
+def eval_rm_accuracy(params) -> float | None:
+    """The evaluation RM's pairwise accuracy on the eval split, from `train-eval-rm`'s metrics (None if absent)."""
+    path = params.out("metrics", "eval_reward_model.json")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("eval_accuracy")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def _mean(values):
@@ -547,6 +599,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     # missing evaluation reward model must not surface only after minutes of generating
     judge = make_judge(params)
     check_eval_reward_model(params)
+    online = read_online_curve(params)
     timings: dict[str, float] = {}
     cache = Path(generation_cache) if generation_cache is not None else params.out("cache", "eval_generations")
     base_ref = str(base_policy) if base_policy is not None else params.policy.model
@@ -567,8 +620,15 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
                 prompts.append(h["prompt"])
                 responses.append(text)
                 slots.append((i, who, j))
+    n_held_texts = len(prompts)
+    for entry in online:  # the dev answers of each round, under the evaluation RM too (reward hacking watch)
+        for answer in entry["dev"]["answers"]:
+            prompts.append(answer["prompt"])
+            responses.append(answer["response"])
     scores = score_texts(rm, rm_tok, prompts, responses, batch_size=params.reward.batch_size,
                          max_length=params.reward.max_length, progress=progress, desc="eval reward")
+    online_eval = online_eval_rewards(online, scores[n_held_texts:])
+    scores = scores[:n_held_texts]
     del rm
     _free()
     timings["score_seconds"] = round(time.perf_counter() - t0, 2)
@@ -610,6 +670,8 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
 
     metrics = evaluation_metrics(records, safety_records, n_resamples=e.bootstrap, seed=params.seed,
                                  safety_rows=safety_rows)
+    metrics.update(online_eval)
+    metrics["eval_rm_accuracy"] = eval_rm_accuracy(params)
     metrics.update({
         "tag": tag, "base_model": base_ref, "base_policy_id": base["policy_id"],
         "policy": str(policy_dir), "policy_id": trained["policy_id"], "judge": judge.name,

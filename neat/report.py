@@ -19,7 +19,6 @@ Reads whatever the pipeline has produced under `<out>` — scored candidates (`s
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from neat.errors import DataError
 from neat.io import atomic_path
-from neat.stage_inputs import read_csv_output, read_json_output, read_jsonl_output
+from neat.stage_inputs import check_online_entries, read_csv_output, read_json_output, read_jsonl_output
 
 ORIGIN_COLORS = {"chosen": "#2b8a3e", "rejected": "#c92a2a", "positive": "#1971c2", "negative": "#e67700"}
 CAVEAT = (
@@ -47,6 +46,11 @@ CAVEAT = (
 GENERATION_KEYS = ("prompt_id", "prompt", "base_response", "trained_response", "base_reward", "trained_reward")
 SAFETY_KEYS = ("prompt", "label", "base_response", "trained_response", "base_refused", "trained_refused")
 LOG_KEYS = ("round", "step", "loss", "rank_loss", "sft_loss")
+
+
+def _load_online(path: Path) -> list[dict]:
+    """train/online.json: the per-round entries ([] without the file); damaged → one DataError naming it."""
+    return check_online_entries(path, read_json_output(path, "train", expect=list) or [])
 
 
 def _load_log(path: Path) -> list[dict]:
@@ -159,6 +163,66 @@ def plot_training(log: list[dict], path: Path) -> None:
                 ax.axvline(steps[i] - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_online(online: list[dict], eval_curve: list, path: Path) -> None:
+    """The online curve: dev-prompt reward of the unsteered policy before each round and after the last
+    (training and evaluation RM), P(positive > negative) of each round's candidates, repetition."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    probes = [e for e in online if e.get("dev")]
+    xs = [e["round"] for e in probes]
+    axes[0].plot(xs, [e["dev"].get("reward_mean") for e in probes], marker="o", label="training RM")
+    if eval_curve and len(eval_curve) == len(xs):
+        axes[0].plot(xs, eval_curve, marker="s", label="evaluation RM")
+    axes[0].set(title="Unsteered dev answers: mean reward", xlabel="before round (last = after training)")
+    rounds = [e for e in online if e.get("p_positive_over_negative") is not None]
+    axes[1].plot([e["round"] for e in rounds], [e["p_positive_over_negative"] for e in rounds], marker="o")
+    axes[1].axhline(0.5, color="grey", linestyle=":")
+    axes[1].set(title="P(reward positive > negative) per round", xlabel="round", ylim=(0, 1))
+    axes[2].plot(xs, [e["dev"].get("repetition_rate") for e in probes], marker="o", label="repetition rate")
+    axes[2].plot(xs, [e["dev"].get("distinct_2") for e in probes], marker="s", label="distinct-2")
+    axes[2].set(title="Degeneration of dev answers", xlabel="before round", ylim=(0, 1))
+    for ax in axes:
+        ax.set_xticks(sorted(set(xs + [e["round"] for e in rounds])))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Path) -> list[str]:
+    """Markdown (and a figure) for the online curve, per-round ranking accuracy and degeneration."""
+    eval_curve = (ev or {}).get("online_dev_eval_reward") or []
+    plot_online(online, eval_curve, tmp / "online.png")
+    md = ["## Online curve", "",
+          "Before every round (and after the last) the policy answers train-split prompts it never trains on, "
+          "without steering; both reward models score the answers. A training-RM curve that rises while the "
+          "evaluation-RM curve falls is reward hacking. `rank acc` is the share of candidate pairs whose "
+          "log-prob order matched the reward order while the round trained.", "",
+          "![Online curve](online.png)", "",
+          "| round | P(pos > neg) | reward chosen / rejected / positive / negative | dev reward (train RM) | "
+          "dev reward (eval RM) | dev repetition | rank acc |", "|---|---|---|---|---|---|---|"]
+    probes = [e for e in online if e.get("dev")]
+    eval_by_round = dict(zip([e["round"] for e in probes], eval_curve))
+    for e in online:
+        by = e.get("reward_by_origin") or {}
+        steps = [r for r in log if int(r.get("round", 0)) == e["round"] and math.isfinite(r.get("rank_acc", math.nan))]
+        acc = sum(r["rank_acc"] for r in steps) / len(steps) if steps else None
+        dev = e.get("dev") or {}
+        label = str(e["round"]) if "p_positive_over_negative" in e else "after training"
+        md.append(f"| {label} | {_n(e.get('p_positive_over_negative'), 2)} | "
+                  + " / ".join(_n(by.get(o), 2) for o in ("chosen", "rejected", "positive", "negative"))
+                  + f" | {_n(dev.get('reward_mean'))} | {_n(eval_by_round.get(e['round']))} | "
+                  f"{_n(dev.get('repetition_rate'), 2)} | {_n(acc, 2)} |")
+    md.append("")
+    if ev and ev.get("changed_share") is not None:
+        md += ["| held-out greedy answers | base | trained |", "|---|---|---|",
+               f"| changed from base | | {_ci(ev, 'changed_share', 2)} |",
+               f"| repetitive (word 3-grams < 50 % distinct) | {_ci(ev, 'base_repetition_rate', 2)} | "
+               f"{_ci(ev, 'repetition_rate', 2)} |",
+               f"| distinct-2 | {_n(ev.get('base_distinct_2'), 2)} | {_n(ev.get('distinct_2'), 2)} |",
+               f"| mean length (words) | {_n(ev.get('base_mean_words'), 1)} | {_n(ev.get('mean_words'), 1)} |", ""]
+    return md
 
 
 def plot_eval_rewards(records: list[dict], path: Path) -> None:
@@ -362,6 +426,11 @@ def _report(params, top) -> dict:
                    f"{len(log)} optimizer steps over {int(last['round'])} round(s); final loss {_n(last['loss'])} "
                    f"(rank {_n(last['rank_loss'])}, SFT {_n(last['sft_loss'])}), first loss {_n(log[0]['loss'])}.", "",
                    "![Training curves](training.png)", ""]
+        # -- online curve
+        online = _load_online(out("train", "online.json"))
+        if online:
+            md += online_section(online, ev, log, tmp)
+            figures.append("online.png")
         # -- examples
         if records:
             md += ["## Example generations", "",
@@ -388,7 +457,8 @@ def _report(params, top) -> dict:
             md.append(f"| training RM pairwise accuracy on the eval split | {_n(rm.get('eval_accuracy'))} "
                       f"(before training {_n(rm.get('eval_accuracy_before'))}) |")
         if erm:
-            md.append(f"| evaluation RM pairwise accuracy on the eval split | {_n(erm.get('eval_accuracy'))} "
+            md.append(f"| evaluation RM pairwise accuracy on the eval split (its own held-out accuracy: read every "
+                      f"reward figure above with it) | {_n(erm.get('eval_accuracy'))} "
                       f"(before training {_n(erm.get('eval_accuracy_before'))}; "
                       f"{erm.get('judge_pairs', 0)} judge pairs) |")
         stage_files = [("train_rm", rm), ("train_eval_rm", erm),

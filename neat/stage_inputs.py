@@ -98,3 +98,26 @@ def require_columns(path: Path, present: Iterable[str], needed: Iterable[str], p
         raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} "
                         f"{', '.join(repr(c) for c in missing)}; not an output of `neat {producer}`? "
                         f"{_rerun(producer)}")
+
+
+def check_online_entries(path: Path, entries: list) -> list[dict]:
+    """`entries` of train/online.json, each a per-round dict; a dev probe must hold its answers (prompt and
+    response). A damaged entry is refused, never silently dropped from the online curve."""
+    for n, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or "round" not in entry:
+            raise DataError(f"{path}: entry {n} is not a per-round entry (no 'round'); {_rerun('train')}")
+        dev = entry.get("dev")
+        if dev is None:  # a round without dev prompts
+            continue
+        answers = dev.get("answers") if isinstance(dev, dict) else None
+        if not isinstance(answers, list) or not all(
+                isinstance(a, dict) and "prompt" in a and isinstance(a.get("response"), str) for a in answers):
+            raise DataError(f"{path}: entry {n}: 'dev' lacks its answers (each with prompt and response); "
+                            f"{_rerun('train')}")
+    return entries
+
+
+def read_online_curve(path: Path) -> list[dict]:
+    """The entries of train/online.json that hold a dev probe, in order ([] without the file)."""
+    entries = check_online_entries(path, read_json_output(path, "train", expect=list) or [])
+    return [e for e in entries if e.get("dev") is not None]

@@ -563,7 +563,7 @@ class Trainer:
         rewards = [row["reward"] for row in self.scorer(rows)] if self.scorer else [None] * len(rows)
         self._barrier()
         return {"label": label, "round": round_, "reward_mean": mean_or_none(rewards), **text_stats(responses),
-                "answers": [{"prompt_id": p.prompt_id, "response": r, "reward": w}
+                "answers": [{"prompt_id": p.prompt_id, "prompt": p.prompt, "response": r, "reward": w}
                             for p, r, w in zip(groups, responses, rewards)]}
 
     def _sampler(self, policy):

@@ -10,6 +10,7 @@ import pytest
 
 from neat.config import validate_params
 from neat.data import prepare
+from neat.errors import DataError
 from tests.conftest import ROOT
 
 CACHE = str(ROOT / ".cache" / "neat")
@@ -168,3 +169,36 @@ def test_compare_two_variants_at_equal_budget(evaluated, tmp_path):
     vparams.paths.out = saved["variants"][0]["out"]
     rep = report(vparams)
     assert (vparams.out("report", "report.md")).is_file() and rep["figures"]
+
+
+def test_answer_diagnostics_count_changed_and_repetitive_answers():
+    from neat.evaluate import answer_diagnostics
+
+    loop = "I'm sorry. I'm sorry. I'm sorry. I'm sorry. I'm sorry."
+    records = [{"base_response": "Same answer.", "trained_response": "Same answer. "},
+               {"base_response": "Call a locksmith.", "trained_response": loop},
+               {"base_response": "Here is how.", "trained_response": "I can't help with that."},
+               {"base_response": loop, "trained_response": "Please talk to a doctor."}]
+    d = answer_diagnostics(records, n_resamples=200, seed=0)
+    assert d["changed_share"] == 0.75 and d["changed_share_ci_low"] <= 0.75 <= d["changed_share_ci_high"]
+    assert d["repetition_rate"] == 0.25 and d["base_repetition_rate"] == 0.25
+    assert 0 < d["distinct_2"] <= 1 and d["mean_words"] > d["base_mean_words"]
+    assert answer_diagnostics([], n_resamples=200, seed=0) == {}
+
+
+def test_online_curve_is_scored_per_probe_in_order(tmp_path):
+    from neat.evaluate import online_eval_rewards, read_online_curve
+    from neat.io import write_json_atomic
+
+    params = validate_params({"paths": {"out": str(tmp_path / "out")}})
+    assert read_online_curve(params) == []
+    answer = {"prompt_id": "d", "prompt": [{"role": "user", "content": "q"}], "response": "r"}
+    online = [{"round": 1, "dev": {"answers": [answer, answer]}}, {"round": 2, "p_positive_over_negative": None},
+              {"round": 3, "dev": {"answers": [answer]}}]
+    write_json_atomic(params.out("train", "online.json"), online)
+    probes = read_online_curve(params)
+    assert [p["round"] for p in probes] == [1, 3]  # an entry without dev answers is not a probe
+    assert online_eval_rewards(probes, [1.0, 3.0, float("nan")]) == {"online_dev_eval_reward": [2.0, None]}
+    params.out("train", "online.json").write_text("[{")
+    with pytest.raises(DataError, match="online.json"):
+        read_online_curve(params)

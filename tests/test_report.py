@@ -105,3 +105,31 @@ def test_report_with_partial_outputs_and_with_none(tmp_path):
     summary = report(params)
     assert summary["figures"] == ["reward_by_origin.png", "training.png"]
     assert "Held-out evaluation" not in summary["sections"]
+
+
+def test_report_shows_the_online_curve_and_degeneration(tmp_path):
+    """train/online.json (as the trainer writes it) + the evaluation's online curve → a section, a figure,
+    one table row per round and one after training."""
+    from neat.io import write_json_atomic
+    from neat.report import report
+
+    params = make_params(tmp_path)
+    metrics = write_upstream(params)
+    answers = [{"prompt_id": "d0", "prompt": [{"role": "user", "content": "q"}], "response": "a", "reward": 0.1}]
+    online = [{"round": 1, "p_positive_over_negative": 0.62, "reward_by_origin": {"chosen": 0.3, "negative": -0.2},
+               "dev": {"reward_mean": 0.11, "repetition_rate": 0.25, "distinct_2": 0.8, "answers": answers}},
+              {"round": 2, "p_positive_over_negative": 0.71, "reward_by_origin": {},
+               "dev": {"reward_mean": 0.17, "repetition_rate": 0.0, "distinct_2": 0.9, "answers": answers}},
+              {"round": 3, "dev": {"reward_mean": 0.23, "repetition_rate": 0.0, "distinct_2": 0.9, "answers": answers}}]
+    write_json_atomic(params.out("train", "online.json"), online)
+    write_json_atomic(params.out("metrics", "evaluate.json"), metrics | {"online_dev_eval_reward": [0.01, 0.02, 0.04]})
+    summary = report(params)
+    md = params.out("report", "report.md").read_text()
+    assert "Online curve" in summary["sections"] and "online.png" in summary["figures"]
+    row1 = next(line for line in md.splitlines() if line.startswith("| 1 | 0.62 |"))
+    assert "0.30" in row1 and "-0.20" in row1 and "| 0.110 | 0.010 | 0.25 |" in row1
+    assert "| 2 | 0.71 |" in md and "| after training |" in md and "0.040" in md
+    assert f"{metrics['changed_share']:.2f}" in md  # held-out answers changed from base
+    write_json_atomic(params.out("train", "online.json"), {"not": "a list"})
+    with pytest.raises(DataError, match="online.json"):
+        report(params)
