@@ -739,6 +739,23 @@ def _rollback_while_locked(ctx: Ctx) -> list[str]:
     return argv
 
 
+def _online(text: str, stage: str) -> Callable[[Ctx], list[str]]:
+    """`stage` (evaluate or report) with out/train/online.json replaced by `text`."""
+    def setup(ctx: Ctx) -> list[str]:
+        argv = _evaluate_with(None, None)(ctx) if stage == "evaluate" else ["report"]
+        if stage == "report":  # a report has something to say (a training log), and no stand-in Parquet
+            (ctx.out / "score" / "candidates.parquet").unlink()
+            (ctx.out / "train").mkdir(parents=True, exist_ok=True)
+            (ctx.out / "train" / "log.csv").write_text("round,step,loss,rank_loss,sft_loss\n1,1,0.5,0.3,0.2\n")
+        (ctx.out / "train").mkdir(parents=True, exist_ok=True)
+        (ctx.out / "train" / "online.json").write_text(text)
+        return argv
+    return setup
+
+
+ONLINE_JSON = json.dumps([{"round": 1, "dev": {"answers": [{"prompt": "hi", "response": "hello", "reward": 0.1}]}}])
+
+
 CASES += [
     # ---- outputs of earlier stages with the wrong columns or damaged content
     Case("candidates-no-prompt-column", "stage", "expand/candidates.parquet without 'prompt' (score)",
@@ -777,6 +794,18 @@ CASES += [
          lambda ctx: ((ctx.out / "score" / "candidates.parquet").unlink(),  # the stand-in is not Parquet
                       _write_out("metrics/train.json", '{"steps": 4, "ro', "report")(ctx))[1],
          ("train.json", "truncated", "neat train")),
+    Case("online-json-truncated", "stage", "train/online.json cut short (evaluate, before generating)",
+         _online(ONLINE_JSON[:25], "evaluate"), ("online.json", "truncated", "neat train")),
+    Case("online-json-object", "stage", "train/online.json holds an object, not the list of rounds (evaluate)",
+         _online('{"round": 1}', "evaluate"), ("online.json", "expected a json array")),
+    Case("online-json-dev-without-answers", "stage", "a dev probe without its answers (was silently dropped)",
+         _online(json.dumps([{"round": 1, "dev": {"reward_mean": 0.2}}]), "evaluate"), ("online.json", "entry 1", "answers")),
+    Case("online-json-answer-without-response", "stage", "a dev answer without its response (evaluate)",
+         _online(json.dumps([{"round": 1, "dev": {"answers": [{"prompt": "hi"}]}}]), "evaluate"), ("online.json", "entry 1")),
+    Case("online-json-not-rounds", "stage", "train/online.json entries without 'round' (report)",
+         _online("[1, 2]", "report"), ("online.json", "entry 1", "round")),
+    Case("online-json-truncated-report", "stage", "train/online.json cut short (report)",
+         _online(ONLINE_JSON[:25], "report"), ("online.json", "truncated")),
     # ---- model configs with zero or absurd sizes, GGUF files with a damaged header
     Case("policy-config-hidden-zero", "model", "config.json with hidden_size 0",
          _model("policy.model", _config(hidden_size=0), "expand"), ("config.json", "hidden_size is 0")),

@@ -338,6 +338,7 @@ def _report(params, top) -> dict:
     rm = read_json_output(top("metrics", "reward_model.json"), "train-rm")
     erm = read_json_output(top("metrics", "eval_reward_model.json"), "train-eval-rm")
     train_m = read_json_output(out("metrics", "train.json"), "train")
+    online = _load_online(out("train", "online.json"))  # every input is read before the report is written
     compare_table = top("compare", "table.md")
     if ev is None and not log and not cand:
         raise DataError(f"{out()}: nothing to report yet (no metrics/evaluate.json, train/log.csv or scored "
@@ -427,7 +428,6 @@ def _report(params, top) -> dict:
                    f"(rank {_n(last['rank_loss'])}, SFT {_n(last['sft_loss'])}), first loss {_n(log[0]['loss'])}.", "",
                    "![Training curves](training.png)", ""]
         # -- online curve
-        online = _load_online(out("train", "online.json"))
         if online:
             md += online_section(online, ev, log, tmp)
             figures.append("online.png")

@@ -56,7 +56,7 @@ def test_battery_covers_the_issue():
                    "disk-full-prepare", "lock-held", "out-is-a-file",
                    # issue 12, second part
                    "candidates-no-prompt-column", "generations-truncated", "log-csv-no-rank-loss",
-                   "evaluate-json-truncated", "policy-config-hidden-zero", "policy-config-layers-billion",
+                   "evaluate-json-truncated", "online-json-truncated", "online-json-dev-without-answers", "policy-config-hidden-zero", "policy-config-layers-billion",
                    "reward-config-vocab-negative", "policy-gguf-damaged-metadata", "registry-s3-no-credentials",
                    "registry-s3-unreachable", "registry-rollback-lock-held"):
         assert needed in ids, needed
