@@ -131,6 +131,7 @@ class Case:
     exit: int = 2
     env: dict = field(default_factory=dict)
     fsize: int | None = None  # RLIMIT_FSIZE while the case runs: every write past it fails (EFBIG), as on a full disk
+    never: tuple[str, ...] = ()  # substrings (case-insensitive) the error line must not hold: a wrong cause, a secret
 
 
 def _demo_rows() -> list[dict]:
@@ -683,6 +684,173 @@ CASES += [
 ]
 
 
+# ---------------------------------------------------------------- issue 12, second part: damaged stage outputs,
+# absurd model configs, damaged GGUF headers, S3 credentials, the lock around registry writes
+
+
+def _write_out(rel: str, data: str | bytes | Callable[[Ctx], str | bytes], stage: str) -> Callable[[Ctx], list[str]]:
+    """`stage` after out/<rel> was replaced by `data` (a damaged output of an earlier stage)."""
+    def setup(ctx: Ctx) -> list[str]:
+        payload = data(ctx) if callable(data) else data
+        target = ctx.out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(payload.encode() if isinstance(payload, str) else payload)
+        return [stage]
+    return setup
+
+
+def _scored_parquet(columns: dict) -> Callable[[Ctx], list[str]]:
+    def setup(ctx: Ctx) -> list[str]:
+        import pandas as pd
+
+        pd.DataFrame(columns).to_parquet(ctx.out / "score" / "candidates.parquet")
+        return ["train"]
+    return setup
+
+
+CANDIDATE = {"prompt_id": ["a", "a"], "prompt": ["[]", "[]"], "response": ["x", "y"], "origin": ["chosen", "rejected"]}
+GENERATION = {"prompt_id": "p1", "prompt": [{"role": "user", "content": "hi"}], "chosen": "hello",
+              "base_response": "hi", "trained_response": "hello", "base_reward": 0.1, "trained_reward": 0.2}
+EVALUATE_JSON = json.dumps({"prompts": 4, "win_rate": 0.5, "eval_reward_mean": 0.1}, indent=2)
+LOG_WITHOUT_RANK = "round,step,loss,sft_loss,lr\n1,1,0.5,0.4,1e-4\n"
+
+
+def _config(**sizes) -> Callable[[Ctx], str]:
+    return _model_dir({"config.json": json.dumps(json.loads(LLAMA_CONFIG) | sizes)})
+
+
+def _gguf(header: bytes) -> Callable[[Ctx], str]:
+    return lambda ctx: str(ctx.file("damaged.gguf", header + bytes(range(256)) * 4))
+
+
+NO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
+                  "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials", "AWS_CONFIG_FILE": "/nonexistent/config",
+                  "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1"}
+BATTERY_SECRET = "battery-secret-value-0123456789"
+
+
+def _s3_registry(ctx: Ctx) -> list[str]:
+    return ["registry", "-S", "registry.uri=s3://neat-models/neat", "-S", "registry.endpoint_url=http://127.0.0.1:9"]
+
+
+def _rollback_while_locked(ctx: Ctx) -> list[str]:
+    argv = _registry({"version": "v2", "history": ["v1"]}, published=("v1", "v2"))(ctx)
+    _hold_lock(ctx)
+    return argv
+
+
+def _online(text: str, stage: str) -> Callable[[Ctx], list[str]]:
+    """`stage` (evaluate or report) with out/train/online.json replaced by `text`."""
+    def setup(ctx: Ctx) -> list[str]:
+        argv = _evaluate_with(None, None)(ctx) if stage == "evaluate" else ["report"]
+        if stage == "report":  # a report has something to say (a training log), and no stand-in Parquet
+            (ctx.out / "score" / "candidates.parquet").unlink()
+            (ctx.out / "train").mkdir(parents=True, exist_ok=True)
+            (ctx.out / "train" / "log.csv").write_text("round,step,loss,rank_loss,sft_loss\n1,1,0.5,0.3,0.2\n")
+        (ctx.out / "train").mkdir(parents=True, exist_ok=True)
+        (ctx.out / "train" / "online.json").write_text(text)
+        return argv
+    return setup
+
+
+ONLINE_JSON = json.dumps([{"round": 1, "dev": {"answers": [{"prompt": "hi", "response": "hello", "reward": 0.1}]}}])
+
+
+CASES += [
+    # ---- outputs of earlier stages with the wrong columns or damaged content
+    Case("candidates-no-prompt-column", "stage", "expand/candidates.parquet without 'prompt' (score)",
+         _candidates_parquet({k: v for k, v in CANDIDATE.items() if k != "prompt"}),
+         ("candidates.parquet", "missing column 'prompt'")),
+    Case("candidates-no-response-origin", "stage", "expand/candidates.parquet without 'response' and 'origin'",
+         _candidates_parquet({"prompt_id": ["a"], "prompt": ["[]"]}),
+         ("candidates.parquet", "'response'", "'origin'")),
+    Case("scored-candidates-no-reward", "stage", "score/candidates.parquet without 'reward' (train)",
+         _scored_parquet(CANDIDATE), ("candidates.parquet", "missing column 'reward'", "neat score")),
+    Case("generations-truncated", "stage", "evaluate/generations.jsonl cut mid-row (report)",
+         _write_out("evaluate/generations.jsonl", json.dumps(GENERATION) + "\n" + json.dumps(GENERATION)[:40], "report"),
+         ("generations.jsonl", "row 2", "truncated", "neat evaluate")),
+    Case("generations-missing-key", "stage", "evaluate/generations.jsonl rows without base_reward (report)",
+         _write_out("evaluate/generations.jsonl", json.dumps({k: v for k, v in GENERATION.items() if k != "base_reward"}) + "\n",
+                    "report"), ("generations.jsonl", "row 1", "lacks 'base_reward'")),
+    Case("safety-jsonl-not-json", "stage", "evaluate/safety.jsonl is text (report)",
+         _write_out("evaluate/safety.jsonl", "no json here\n", "report"), ("safety.jsonl", "row 1", "not valid json")),
+    Case("log-csv-no-rank-loss", "stage", "train/log.csv without rank_loss (report; was a KeyError)",
+         _write_out("train/log.csv", LOG_WITHOUT_RANK, "report"), ("log.csv", "missing column 'rank_loss'", "neat train")),
+    Case("log-csv-binary", "stage", "train/log.csv is random bytes (report)",
+         _write_out("train/log.csv", b"\xff\xfe\x00" + bytes(range(128, 256)), "report"), ("log.csv", "not utf-8")),
+    Case("evaluate-json-truncated", "stage", "metrics/evaluate.json cut short (report used to leave the evaluation out)",
+         _write_out("metrics/evaluate.json", EVALUATE_JSON[:30], "report"),
+         ("evaluate.json", "truncated", "neat evaluate")),
+    Case("evaluate-json-empty", "stage", "metrics/evaluate.json is a 0-byte file (report)",
+         _write_out("metrics/evaluate.json", "", "report"), ("evaluate.json", "not valid json")),
+    Case("evaluate-json-list", "stage", "metrics/evaluate.json holds a list (report)",
+         _write_out("metrics/evaluate.json", "[1, 2]", "report"), ("evaluate.json", "expected a json object")),
+    Case("evaluate-json-deep", "stage", "metrics/evaluate.json nested 100000 deep (report)",
+         _write_out("metrics/evaluate.json", "[" * 100_000 + "]" * 100_000, "report"), ("evaluate.json", "nested too deeply")),
+    Case("evaluate-json-directory", "stage", "metrics/evaluate.json is a directory (report)",
+         lambda ctx: ((ctx.out / "metrics" / "evaluate.json").mkdir(parents=True), ["report"])[1],
+         ("evaluate.json", "is a directory")),
+    Case("train-json-damaged", "stage", "metrics/train.json cut short (report)",
+         lambda ctx: ((ctx.out / "score" / "candidates.parquet").unlink(),  # the stand-in is not Parquet
+                      _write_out("metrics/train.json", '{"steps": 4, "ro', "report")(ctx))[1],
+         ("train.json", "truncated", "neat train")),
+    Case("online-json-truncated", "stage", "train/online.json cut short (evaluate, before generating)",
+         _online(ONLINE_JSON[:25], "evaluate"), ("online.json", "truncated", "neat train")),
+    Case("online-json-object", "stage", "train/online.json holds an object, not the list of rounds (evaluate)",
+         _online('{"round": 1}', "evaluate"), ("online.json", "expected a json array")),
+    Case("online-json-dev-without-answers", "stage", "a dev probe without its answers (was silently dropped)",
+         _online(json.dumps([{"round": 1, "dev": {"reward_mean": 0.2}}]), "evaluate"), ("online.json", "entry 1", "answers")),
+    Case("online-json-answer-without-response", "stage", "a dev answer without its response (evaluate)",
+         _online(json.dumps([{"round": 1, "dev": {"answers": [{"prompt": "hi"}]}}]), "evaluate"), ("online.json", "entry 1")),
+    Case("online-json-not-rounds", "stage", "train/online.json entries without 'round' (report)",
+         _online("[1, 2]", "report"), ("online.json", "entry 1", "round")),
+    Case("online-json-truncated-report", "stage", "train/online.json cut short (report)",
+         _online(ONLINE_JSON[:25], "report"), ("online.json", "truncated")),
+    # ---- model configs with zero or absurd sizes, GGUF files with a damaged header
+    Case("policy-config-hidden-zero", "model", "config.json with hidden_size 0",
+         _model("policy.model", _config(hidden_size=0), "expand"), ("config.json", "hidden_size is 0")),
+    Case("policy-config-layers-billion", "model", "config.json with num_hidden_layers 10**9 (would allocate forever)",
+         _model("policy.model", _config(num_hidden_layers=10**9), "expand"), ("config.json", "num_hidden_layers", "1000000000")),
+    Case("reward-config-vocab-negative", "model", "reward model config.json with vocab_size -1",
+         _model("reward.model", _config(vocab_size=-1), "score"), ("config.json", "vocab_size is -1")),
+    Case("policy-config-size-text", "model", "config.json with hidden_size \"64\"",
+         _model("policy.model", _config(hidden_size="64"), "expand"), ("config.json", "hidden_size is '64'", "whole number")),
+    Case("policy-config-huge", "model", "config.json sizes in range, but 10**14 parameters in all",
+         _model("policy.model", _config(hidden_size=65536, num_hidden_layers=1024, intermediate_size=1 << 20,
+                                        vocab_size=1 << 22), "expand"), ("config.json", "parameters", "refusing")),
+    Case("policy-config-list", "model", "config.json holds a list",
+         _model("policy.model", _model_dir({"config.json": "[1, 2]"}), "expand"), ("config.json", "not a json object")),
+    Case("policy-gguf-bad-version", "model", "a GGUF whose header version is garbage (was 'bad JSON config')",
+         _model("policy.model", _gguf(b"GGUF" + (0x99_00_00_01).to_bytes(4, "little") + bytes(16)), "expand"),
+         ("damaged.gguf", "gguf file is damaged"), never=("json",)),
+    Case("policy-gguf-absurd-counts", "model", "a GGUF header claiming 10**12 metadata entries",
+         _model("policy.model", _gguf(b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little")
+                                      + (10**12).to_bytes(8, "little")), "expand"),
+         ("damaged.gguf", "gguf file is damaged"), never=("json",)),
+    Case("policy-gguf-damaged-metadata", "model", "a GGUF with a valid start and garbage metadata",
+         _model("policy.model", _gguf(b"GGUF" + (3).to_bytes(4, "little") + (2).to_bytes(8, "little")
+                                      + (3).to_bytes(8, "little")), "expand"),
+         ("damaged.gguf", "gguf file is damaged"), never=("json",)),
+    Case("policy-gguf-cut-header", "model", "a GGUF cut inside its header",
+         _model("policy.model", lambda ctx: str(ctx.file("damaged.gguf", b"GGUF\x03\x00")), "expand"),
+         ("damaged.gguf", "cut short"), never=("json",)),
+    # ---- S3 credentials are not blamed on the endpoint; the endpoint is not blamed on the credentials
+    Case("registry-s3-no-credentials", "registry", "an S3 registry with no credentials in the environment",
+         _s3_registry, ("s3://neat-models/neat", "NoCredentialsError", "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
+         env=NO_CREDENTIALS, never=("endpoint",)),
+    Case("registry-s3-unreachable", "registry", "an S3 registry whose endpoint is down (credentials set)",
+         _s3_registry, ("s3://neat-models/neat", "cannot reach the s3 endpoint"),
+         env=NO_CREDENTIALS | {"AWS_ACCESS_KEY_ID": "battery-key", "AWS_SECRET_ACCESS_KEY": BATTERY_SECRET},
+         never=(BATTERY_SECRET, "AWS_SECRET_ACCESS_KEY")),
+    Case("registry-s3-unknown-profile", "registry", "AWS_PROFILE names a profile that does not exist (was exit 3)",
+         _s3_registry, ("s3://neat-models/neat", "AWS_PROFILE", "no-such-profile"),
+         env=NO_CREDENTIALS | {"AWS_PROFILE": "no-such-profile"}, never=("endpoint",)),
+    # ---- registry writes take the checkout's lock
+    Case("registry-rollback-lock-held", "registry", "rollback while another neat run holds the checkout",
+         _rollback_while_locked, ("another neat run",)),
+]
+
+
 # ---------------------------------------------------------------- running a case
 
 
@@ -739,6 +907,7 @@ def run_case(case: Case, base: Path, workdir: Path) -> Result:
     if "--params" not in argv:
         argv = argv + ["--params", str(ctx.params)]
     before = snapshot(ctx.out)
+    registry_before = snapshot(ctx.dir / "registry")
     started = time.perf_counter()
     code, stdout, stderr = 0, "", ""
     tb = None
@@ -768,10 +937,15 @@ def run_case(case: Case, base: Path, workdir: Path) -> Result:
         missing = [s for s in case.says if s.lower() not in message.lower()]
         if missing:
             problems.append(f"message lacks {missing}")
+        wrong = [s for s in case.never if s.lower() in (stderr + stdout).lower()]
+        if wrong:
+            problems.append(f"output holds {wrong}")
         after = snapshot(ctx.out)
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         if changed:
             problems.append(f"outputs changed: {changed[:5]}")
+        if snapshot(ctx.dir / "registry") != registry_before:
+            problems.append("the registry changed")
     else:
         missing = [s for s in case.says if s.lower() not in stdout.lower()]
         if missing:

@@ -25,6 +25,7 @@ from prefect.concurrency.sync import concurrency
 from neat.config import load_params
 from neat.io import write_text_atomic
 from neat.pipeline import PipelineStage, project_lock, revision, run, set_params_in_file, stage_order
+from neat.s3_errors import dvc_failure_message, redact
 
 CONCURRENCY_LIMIT = "neat-pipeline"  # `prefect gcl create neat-pipeline --limit 1`
 # The slot is held under a lease the flow renews every 3/4 of it; a run whose process dies frees its slot
@@ -289,9 +290,9 @@ def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = N
     params = load_params(project / "params.yaml")
     if use_dvc and params.retrain.dvc_pull:
         proc = run([_bin("dvc"), "pull", "--allow-missing"], project, env=_env())
-        logger.info(f"dvc pull: exit {proc.returncode} {proc.stderr.strip()[-300:]}")
+        logger.info(f"dvc pull: exit {proc.returncode} {redact(proc.stderr.strip())[-300:]}")
         if proc.returncode != 0:  # retraining on a partial cache would redo (or skip) work silently
-            raise RuntimeError(f"dvc pull failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+            raise RuntimeError(dvc_failure_message("dvc pull", proc.returncode, proc.stdout + proc.stderr))
     newest = fetch_incoming(params, project)
     if newest:  # new data becomes the pipeline's input from now on, not for this run only
         with project_lock(project):
@@ -305,9 +306,9 @@ def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = N
     params = load_params(project / "params.yaml", overrides)  # the run's own settings
     if use_dvc and params.retrain.dvc_push:
         proc = run([_bin("dvc"), "push"], project, env=_env())
-        logger.info(f"dvc push: exit {proc.returncode} {proc.stderr.strip()[-300:]}")
+        logger.info(f"dvc push: exit {proc.returncode} {redact(proc.stderr.strip())[-300:]}")
         if proc.returncode != 0:  # a promoted model whose outputs are not in the remote cannot be reproduced
-            raise RuntimeError(f"dvc push failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+            raise RuntimeError(dvc_failure_message("dvc push", proc.returncode, proc.stdout + proc.stderr))
     return summary | {"gate": decision}
 
 

@@ -115,7 +115,15 @@ def dispatch(args) -> int:
         from neat import registry
 
         store = registry.open_store(params.registry)
-        pointer = registry.rollback(store) if args.command == "rollback" else registry.production(store)
+        if args.command == "rollback":  # it writes the registry: one writer per checkout, as for the stages
+            from pathlib import Path
+
+            from neat.pipeline import stage_lock
+
+            with stage_lock(Path(args.params).resolve().parent):
+                pointer = registry.rollback(store)
+        else:
+            pointer = registry.production(store)
         print(json.dumps(pointer, indent=2))
         return 0
     if args.command in STAGES:

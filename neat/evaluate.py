@@ -533,16 +533,11 @@ def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> d
 
 
 def read_online_curve(params) -> list[dict]:
-    """The dev-prompt probes of `train/online.json` (one per round and after the last); [] without it."""
-    path = params.out("train", "online.json")
-    if not path.is_file():
-        return []
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-        return [e for e in entries if isinstance(e, dict) and isinstance(e.get("dev"), dict)
-                and all("prompt" in a and "response" in a for a in e["dev"].get("answers", []))]
-    except (ValueError, TypeError, AttributeError):
-        raise DataError(f"{path}: damaged online-curve file (rerun `neat train`)") from None
+    """The dev-prompt probes of `train/online.json` (one per round and after the last); [] without it.
+    A damaged file is one DataError naming it (checked before any generation)."""
+    from neat.stage_inputs import read_online_curve as read
+
+    return read(params.out("train", "online.json"))
 
 
 def online_eval_rewards(online: list[dict], scores: Sequence[float]) -> dict:
@@ -604,6 +599,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     # missing evaluation reward model must not surface only after minutes of generating
     judge = make_judge(params)
     check_eval_reward_model(params)
+    online = read_online_curve(params)
     timings: dict[str, float] = {}
     cache = Path(generation_cache) if generation_cache is not None else params.out("cache", "eval_generations")
     base_ref = str(base_policy) if base_policy is not None else params.policy.model
@@ -624,7 +620,6 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
                 prompts.append(h["prompt"])
                 responses.append(text)
                 slots.append((i, who, j))
-    online = read_online_curve(params)
     n_held_texts = len(prompts)
     for entry in online:  # the dev answers of each round, under the evaluation RM too (reward hacking watch)
         for answer in entry["dev"]["answers"]:

@@ -160,18 +160,28 @@ def write_candidates(path: str | Path, rows: list[dict]) -> None:
         pq.write_table(table, tmp)
 
 
-def read_candidates(path: str | Path) -> list[dict]:
+CANDIDATE_COLUMNS = ("prompt_id", "prompt", "response", "origin")  # what every later stage reads of a candidate
+SCORED_COLUMNS = CANDIDATE_COLUMNS + ("reward",)
+
+
+def read_candidates(path: str | Path, columns: tuple[str, ...] = CANDIDATE_COLUMNS, producer: str = "expand") -> list[dict]:
+    """The rows of a candidates Parquet file, which must have every one of `columns` (else one DataError)."""
     import pyarrow.parquet as pq
 
     from neat.errors import DataError
+    from neat.input_files import check_regular_file
+    from neat.stage_inputs import require_columns
 
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: candidates not found (run the stage that writes it first)")
+    check_regular_file(path, "candidates file")
     try:
-        return pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+    require_columns(path, table.column_names, columns, producer)
+    return table.to_pylist()
 
 
 SHARD_STATS = ("prompts", "prompts_too_long", "samples", "degenerate", "generated_tokens")

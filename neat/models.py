@@ -44,6 +44,7 @@ from transformers import (
 
 from neat.errors import ModelError
 from neat.io import atomic_path
+from neat.model_checks import check_config_sizes, check_gguf_header
 
 BUILTIN_PREFIX = "builtin:"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -189,6 +190,7 @@ def _resolve(ref: str, cache_dir: Path, seed: int) -> _Source:
                 f"'{ref}' is not a Hugging Face checkpoint directory (no config.json or adapter_config.json); "
                 "pass the directory that contains them"
             )
+        check_config_sizes(path / "config.json", ref)  # before transformers allocates anything
         return _Source(ref, str(path), local=True)
     if _looks_like_path(ref):
         raise ModelError(f"model path '{ref}' does not exist; check the path (or use a builtin:... model)")
@@ -289,6 +291,8 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
 
     def build(tmp: Path) -> None:
         from transformers import GgufConfig
+
+        check_gguf_header(gguf)  # a damaged header is "damaged GGUF", not a confusing conversion error
 
         kwargs = {"gguf_file": str(gguf), "local_files_only": True}
         try:

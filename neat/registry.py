@@ -117,8 +117,11 @@ class S3Store:
         self.bucket, _, prefix = bucket_prefix.partition("/")
         self.prefix = prefix.strip("/")
         self.uri = uri
-        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
-                                   config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+        # a session of its own: credentials are read from the environment now, not from boto3's default
+        # session, which keeps the first credentials it resolved in this process
+        self.client = self._call("connection setup", lambda: boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"})))
 
     def _key(self, key: str) -> str:
         if key:  # "" lists the whole prefix
@@ -126,18 +129,20 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn, *args, **kwargs):
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
+
+        from neat.s3_errors import describe_s3_failure
 
         try:
             return fn(*args, **kwargs)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "?")
+        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+            code = exc.response.get("Error", {}).get("Code", "?") if isinstance(exc, ClientError) else None
             if code in ("NoSuchKey", "404"):
                 return None
-            raise RegistryError(f"{self.uri}: {what} failed ({code}); check the bucket and the credentials "
-                                "in the environment (AWS_ACCESS_KEY_ID / AWS_PROFILE)") from None
-        except BotoCoreError as exc:
-            raise RegistryError(f"{self.uri}: {what} failed ({type(exc).__name__}); is the S3 endpoint up?") from None
+            known = describe_s3_failure(exc)  # refused credentials are not blamed on the endpoint
+            detail = known[1] if known else f"{code or type(exc).__name__}; check the bucket, the endpoint and the credentials"
+            raise RegistryError(f"{self.uri}: {what} failed: {detail}") from None
 
     def put_file(self, key: str, path: Path) -> None:
         self._call(f"upload of {key}", self.client.upload_file, str(path), self.bucket, self._key(key))

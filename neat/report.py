@@ -19,7 +19,6 @@ Reads whatever the pipeline has produced under `<out>` — scored candidates (`s
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from neat.errors import DataError
 from neat.io import atomic_path
+from neat.stage_inputs import check_online_entries, read_csv_output, read_json_output, read_jsonl_output
 
 ORIGIN_COLORS = {"chosen": "#2b8a3e", "rejected": "#c92a2a", "positive": "#1971c2", "negative": "#e67700"}
 CAVEAT = (
@@ -42,36 +42,19 @@ CAVEAT = (
 # ---------------------------------------------------------------- reading
 
 
-def _load_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+# what the report reads of each evaluation row; a file without them is damaged, not a smaller report
+GENERATION_KEYS = ("prompt_id", "prompt", "base_response", "trained_response", "base_reward", "trained_reward")
+SAFETY_KEYS = ("prompt", "label", "base_response", "trained_response", "base_refused", "trained_refused")
+LOG_KEYS = ("round", "step", "loss", "rank_loss", "sft_loss")
 
 
-def _load_json_list(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise DataError(f"{path}: damaged (not JSON); rerun the stage that writes it") from None
-    if not isinstance(data, list) or not all(isinstance(e, dict) and "round" in e for e in data):
-        raise DataError(f"{path}: not a list of per-round entries; rerun `neat train`")
-    return data
-
-
-def _load_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _load_online(path: Path) -> list[dict]:
+    """train/online.json: the per-round entries ([] without the file); damaged → one DataError naming it."""
+    return check_online_entries(path, read_json_output(path, "train", expect=list) or [])
 
 
 def _load_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        return [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return [{k: _float(v) for k, v in row.items()} for row in read_csv_output(path, "train", LOG_KEYS)]
 
 
 def _float(value: str) -> float:
@@ -93,7 +76,7 @@ def candidate_rewards(params) -> list[dict]:
     for n, path in enumerate(paths):
         if not path.is_file():
             continue
-        for row in read_candidates(path):
+        for row in read_candidates(path, ("origin", "reward"), "score"):
             reward = row.get("reward")
             if reward is not None and math.isfinite(reward):
                 out.append({"round": int(row.get("round") or (n + 1)), "origin": row["origin"], "reward": float(reward)})
@@ -347,13 +330,15 @@ def report(params) -> dict:
 def _report(params, top) -> dict:
     """`params.out` holds the run's artifacts; `top` the reward-model metrics, comparison and report."""
     out = params.out
-    ev = _load_json(out("metrics", "evaluate.json"))
-    records = _load_jsonl(out("evaluate", "generations.jsonl"))
-    safety_rows = _load_jsonl(out("evaluate", "safety.jsonl"))
+    ev = read_json_output(out("metrics", "evaluate.json"), "evaluate")  # damaged: refused, never left out
+    records = read_jsonl_output(out("evaluate", "generations.jsonl"), "evaluate", GENERATION_KEYS)
+    safety_rows = read_jsonl_output(out("evaluate", "safety.jsonl"), "evaluate", SAFETY_KEYS)
     log = _load_log(out("train", "log.csv"))
     cand = candidate_rewards(params) if out("score", "candidates.parquet").is_file() else []
-    rm, erm = _load_json(top("metrics", "reward_model.json")), _load_json(top("metrics", "eval_reward_model.json"))
-    train_m = _load_json(out("metrics", "train.json"))
+    rm = read_json_output(top("metrics", "reward_model.json"), "train-rm")
+    erm = read_json_output(top("metrics", "eval_reward_model.json"), "train-eval-rm")
+    train_m = read_json_output(out("metrics", "train.json"), "train")
+    online = _load_online(out("train", "online.json"))  # every input is read before the report is written
     compare_table = top("compare", "table.md")
     if ev is None and not log and not cand:
         raise DataError(f"{out()}: nothing to report yet (no metrics/evaluate.json, train/log.csv or scored "
@@ -443,7 +428,6 @@ def _report(params, top) -> dict:
                    f"(rank {_n(last['rank_loss'])}, SFT {_n(last['sft_loss'])}), first loss {_n(log[0]['loss'])}.", "",
                    "![Training curves](training.png)", ""]
         # -- online curve
-        online = _load_json_list(out("train", "online.json"))
         if online:
             md += online_section(online, ev, log, tmp)
             figures.append("online.png")
@@ -478,8 +462,8 @@ def _report(params, top) -> dict:
                       f"(before training {_n(erm.get('eval_accuracy_before'))}; "
                       f"{erm.get('judge_pairs', 0)} judge pairs) |")
         stage_files = [("train_rm", rm), ("train_eval_rm", erm),
-                       ("expand", _load_json(out("expand", "stats.json"))),
-                       ("score", _load_json(out("score", "stats.json"))), ("train", train_m), ("evaluate", ev)]
+                       ("expand", read_json_output(out("expand", "stats.json"), "expand")),
+                       ("score", read_json_output(out("score", "stats.json"), "score")), ("train", train_m), ("evaluate", ev)]
         for name, m in stage_files:
             if m and m.get("seconds") is not None:
                 md.append(f"| wall time of `{name}` | {_n(float(m['seconds']), 1)} s |")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from neat.data import read_pairs, render_prompt
 from neat.diagnostics import ranking_accuracy
 from neat.errors import NeatError
-from neat.expand import ORIGINS, build_candidates, read_candidates, select_prompts, write_candidates
+from neat.expand import ORIGINS, SCORED_COLUMNS, build_candidates, read_candidates, select_prompts, write_candidates
 from neat.io import atomic_path, write_json_atomic
 from neat.logprobs import length_normalised, response_logprobs
 from neat.losses import best_candidate_index, pro_loss, rrhf_loss, sft_loss
@@ -790,7 +790,7 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     torch.manual_seed(params.seed)
     random.seed(params.seed)
     scored_path = params.out("score", "candidates.parquet")
-    first_rows = read_candidates(scored_path)
+    first_rows = read_candidates(scored_path, SCORED_COLUMNS, "score")
     pairs = read_pairs(params.out("data", "train.jsonl"))
     groups_source = select_prompts(pairs, params.data.max_train_prompts)
     model, tokenizer = load_trainable_policy(params)

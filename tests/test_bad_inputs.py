@@ -53,7 +53,12 @@ def test_battery_covers_the_issue():
                    "params-empty", "params-duplicate-section", "params-alias-bomb", "override-inf-weight",
                    "override-remote-code-policy", "safety-fifo", "refusal-one-label", "evaluate-no-eval-rm",
                    "registry-traversal-history", "registry-pointer-not-json", "registry-rollback-unpublished",
-                   "disk-full-prepare", "lock-held", "out-is-a-file"):
+                   "disk-full-prepare", "lock-held", "out-is-a-file",
+                   # issue 12, second part
+                   "candidates-no-prompt-column", "generations-truncated", "log-csv-no-rank-loss",
+                   "evaluate-json-truncated", "online-json-truncated", "online-json-dev-without-answers", "policy-config-hidden-zero", "policy-config-layers-billion",
+                   "reward-config-vocab-negative", "policy-gguf-damaged-metadata", "registry-s3-no-credentials",
+                   "registry-s3-unreachable", "registry-rollback-lock-held"):
         assert needed in ids, needed
 
 
@@ -74,7 +79,8 @@ def _neat(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 SUBPROCESS_CASES = ["data-truncated-gzip", "params-invalid-yaml", "params-unknown-key", "policy-gguf-not-gguf",
-                    "data-utf16", "data-fifo", "params-alias-bomb", "data-deep-nesting-only", "registry-traversal-history"]
+                    "data-utf16", "data-fifo", "params-alias-bomb", "data-deep-nesting-only", "registry-traversal-history",
+                    "evaluate-json-truncated", "policy-config-layers-billion"]
 
 
 @pytest.mark.parametrize("case_id", SUBPROCESS_CASES)
