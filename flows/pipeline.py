@@ -239,8 +239,12 @@ def inside(project_dir):
 
 
 def promote_if_better(project: Path, params) -> dict:
-    """Publish and promote `<out>/policy` if the gate passes against the production model."""
+    """Publish `<out>/policy` as the registry's `candidate` and move `production` to it if the gate passes.
+
+    The gate checks `gate.metric` and every entry of `gate.metrics` (each with its direction and margin)
+    against production. The version carries a model card with this run's evaluation and the verdict."""
     from neat import registry
+    from neat.modelcard import card_facts, render
     from neat.models import checkpoint_id
 
     if not params.registry.uri:
@@ -265,15 +269,22 @@ def promote_if_better(project: Path, params) -> dict:
             head = evaluate(params, policy_dir=Path(params.paths.out) / "policy", tag="candidate",
                             base_policy=production_dir, out_dir=work, generation_cache=work / "cache",
                             progress=False)
-        verdict = registry.head_to_head_gate(head, g.metric, g.margin, g.higher_is_better)
+        verdict = registry.multi_head_to_head_gate(g, head)
     else:
-        verdict = registry.gate(candidate, registry.production_metrics(store), g.metric, g.margin, g.higher_is_better)
+        verdict = registry.multi_gate(g, candidate, registry.production_metrics(store))
     decision = {"promote": verdict.promote, "reason": verdict.reason}
+    lineage = {"checkpoint": ckpt, "gate": verdict.reason, **revision(project)}
+    version = registry.new_version()
+    card = render(card_facts(params, project, evaluation=candidate,
+                             extra={"gate": ("promoted: " if verdict.promote else "not promoted: ") + verdict.reason,
+                                    "version": version}))
+    version = registry.publish(store, out / "policy", candidate, out / "report", version=version, extra=lineage,
+                               card=card)
+    if head is not None:  # the evidence the decision rests on, beside the version
+        store.put_json(f"versions/{version}/gate_head_to_head.json", head)
+    registry.set_alias(store, "candidate", version)  # the challenger, promoted or not
+    decision["candidate"] = version
     if verdict.promote:
-        version = registry.publish(store, out / "policy", candidate, out / "report",
-                                   extra={"checkpoint": ckpt, "gate": verdict.reason, **revision(project)})
-        if head is not None:  # the evidence the promotion rests on, beside the version
-            store.put_json(f"versions/{version}/gate_head_to_head.json", head)
         registry.promote(store, version)
         decision["version"] = version
     return decision
