@@ -288,7 +288,7 @@ def _generation_settings(params) -> dict:
 def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,
                        progress: bool = True) -> list[dict]:
     """Greedy (+ `n_samples` sampled) responses for rendered prompts: ``{"text", "n_tokens", "flags", "samples"}``."""
-    from tqdm.auto import tqdm
+    from neat.progress import tqdm
 
     from neat.generation import generate
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from neat.progress import tqdm
 
 from neat.data import read_pairs, render_prompt
 from neat.diagnostics import ranking_accuracy
