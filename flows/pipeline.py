@@ -20,18 +20,15 @@ import yaml
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.concurrency.sync import concurrency
 
 from neat.config import load_params
 from neat.io import write_text_atomic
 from neat.pipeline import PipelineStage, project_lock, revision, run, set_params_in_file, stage_order
 from neat.s3_errors import dvc_failure_message, redact
 
-CONCURRENCY_LIMIT = "neat-pipeline"  # `prefect gcl create neat-pipeline --limit 1`
-# The slot is held under a lease the flow renews every 3/4 of it; a run whose process dies frees its slot
-# when the lease runs out (Prefect's default is 300 s). Overlap on one checkout is prevented by the file
-# lock regardless, so a short lease only shortens how long the next run waits after a crash.
-SLOT_LEASE_SECONDS = 60
+# One run at a time: the deployments in prefect.yaml carry `concurrency_limit: {limit: 1, collision_strategy:
+# ENQUEUE}` and the work pool has `prefect work-pool set-concurrency-limit neat-pool 1`, so a second run waits
+# (AwaitingConcurrencySlot) instead of racing; the checkout's file lock guards runs started by hand.
 USER_ERROR_EXIT = 2  # `neat` exits 2 on a NeatError: bad input, retrying cannot help
 
 
@@ -61,22 +58,42 @@ def _env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("TQDM_DISABLE", "1")  # a flow-run log is no terminal: no progress bars redrawn into it
+    env["PYTHONUNBUFFERED"] = "1"  # each line reaches the flow-run log when printed, not at exit
     return env
+
+
+def stream(cmd: list[str], cwd: str | os.PathLike, env: dict, on_line: Callable[[str], None],
+           keep: int = 5000) -> tuple[int, str]:
+    """Run `cmd`, handing each line of its output (stdout and stderr together) to `on_line` as it is
+    printed; returns the exit code and the last `keep` lines."""
+    import collections
+    import subprocess
+
+    lines: collections.deque[str] = collections.deque(maxlen=keep)
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # text mode: a bare "\r" (a progress bar's redraw) also ends a line
+            line = line.rstrip("\n")
+            if line.strip():
+                lines.append(line)
+                on_line(line)
+        code = proc.wait()
+    return code, "\n".join(lines)
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_transient, task_run_name="{stage.dvc_name}")
 def run_stage(stage: PipelineStage, project_dir: str, use_dvc: bool = True) -> dict:
     logger = get_run_logger()
     if use_dvc:
-        proc = run([_bin("dvc"), "repro", "--single-item", stage.dvc_name], project_dir, env=_env())
-        for line in (proc.stdout + proc.stderr).splitlines():
-            logger.info(line)
-        if proc.returncode != 0:
-            text = proc.stdout + proc.stderr
+        # streamed: a 40-minute `train` shows its progress in the flow-run log while it runs
+        code, text = stream([_bin("dvc"), "repro", "--single-item", stage.dvc_name], project_dir, _env(), logger.info)
+        if code != 0:
             user_error = f"exited with {USER_ERROR_EXIT}" in text or "neat: error:" in text
             tail = next((ln for ln in reversed(text.splitlines()) if "error" in ln.lower()), text[-300:])
-            raise StageFailed(stage.dvc_name, proc.returncode, tail.strip(), transient=not user_error)
-        skipped = "didn't change, skipping" in proc.stdout + proc.stderr
+            raise StageFailed(stage.dvc_name, code, tail.strip(), transient=not user_error)
+        skipped = "didn't change, skipping" in text
         return {"stage": stage.dvc_name, "reused_from_cache": skipped}
     from neat.stages import run_stage as run_in_process
 
@@ -102,7 +119,11 @@ def _publish_artifacts(project: Path, params) -> dict:
                               description="NEAT run metrics")
     report = project / params.paths.out / "report" / "report.md"
     if report.exists():
-        create_markdown_artifact(key="neat-report", markdown=report.read_text(), description="NEAT run report")
+        from neat.report import inline_images
+
+        # the UI cannot follow the report's relative PNG links: the figures travel inside the markdown
+        create_markdown_artifact(key="neat-report", markdown=inline_images(report.read_text(), report.parent),
+                                 description="NEAT run report")
     return metrics
 
 
@@ -183,11 +204,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Optional[list[str]], use_dvc: bool,
                   experiment_name: Optional[str], then: Optional[Callable[[Any], dict]] = None) -> dict:
-    """The pipeline under the slot and the lock; `then(params)` (the retraining gate) runs inside them too,
+    """The pipeline under the checkout's lock; `then(params)` (the retraining gate) runs inside it too,
     on this run's outputs, before an override run's results leave the workspace."""
     logger = get_run_logger()
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False, lease_duration=SLOT_LEASE_SECONDS), \
-            project_lock(project):
+    with project_lock(project):
         params_file = project / "params.yaml"
         original = params_file.read_text(encoding="utf-8")
         kept = workspace_kept(project, logger) if overrides else contextlib.nullcontext()
@@ -218,13 +238,61 @@ def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Op
     return {"stages": results, "revision": info, "metrics": metrics, **extra}
 
 
-@flow(name="neat-pipeline", log_prints=True)
+# ---------------------------------------------------------------- events: what an automation can react to
+
+EVENT_PREFIX = "neat"
+
+
+def _emit(event: str, resource_id: str, payload: dict, name: Optional[str] = None) -> None:
+    """Emit `neat.<event>` (Prefect events: an automation can notify on it); never fails the flow."""
+    from prefect.events import emit_event
+
+    resource = {"prefect.resource.id": resource_id}
+    if name:
+        resource["prefect.resource.name"] = name
+    try:
+        emit_event(event=f"{EVENT_PREFIX}.{event}", resource=resource, payload=json.loads(json.dumps(payload, default=str)))
+    except Exception as exc:  # noqa: BLE001 - an event is a notification, the run's result stands without it
+        print(f"could not emit event {EVENT_PREFIX}.{event}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def announce_gate(decision: dict) -> None:
+    """`neat.model.promoted` when production moved, `neat.model.refused` when the gate kept it."""
+    version = decision.get("version") or decision.get("candidate")
+    if decision.get("promote"):
+        _emit("model.promoted", f"neat.registry.version.{version}", decision, name=version)
+    elif version:
+        _emit("model.refused", f"neat.registry.version.{version}", decision, name=version)
+
+
+def _on_bad_end(flow, flow_run, state) -> None:
+    """on_failure / on_crashed: log the end state and emit `neat.flow.failed` / `neat.flow.crashed`."""
+    from prefect.logging.loggers import flow_run_logger
+
+    kind = "crashed" if state.is_crashed() else "failed"
+    message = (state.message or "")[:2000]
+    flow_run_logger(flow_run, flow).error(f"{flow.name} {kind}: {message}")
+    _emit(f"flow.{kind}", f"prefect.flow-run.{flow_run.id}",
+          {"flow": flow.name, "flow_run": flow_run.name, "state": state.name, "message": message},
+          name=flow_run.name)
+
+
+@flow(name="neat-pipeline", log_prints=True, on_failure=[_on_bad_end], on_crashed=[_on_bad_end])
 def neat_pipeline(project_dir: str = ".", overrides: Optional[dict[str, Any]] = None,
                   stages: Optional[list[str]] = None, use_dvc: bool = True,
                   experiment_name: Optional[str] = None) -> dict:
-    """Run the stages of dvc.yaml in order. `overrides` ({"train.lr": 1e-5}) are written into params.yaml
-    for this run (validated first) and the result is saved as a DVC experiment; params.yaml, dvc.lock and
-    the outputs are then restored, so the workspace stays as params.yaml describes it."""
+    """Run the stages of dvc.yaml in order. `overrides` are written into params.yaml for this run (validated
+    first) and the result is saved as a DVC experiment; params.yaml, dvc.lock and the outputs are then
+    restored, so the workspace stays as params.yaml describes it.
+
+    Args:
+        project_dir: The project checkout (params.yaml, dvc.yaml), as seen by the worker.
+        overrides: Parameters for this run only, dotted keys of params.yaml, e.g. {"train.lr": 1e-5}; the run
+            is saved as a DVC experiment and the workspace is left as params.yaml describes it.
+        stages: Run only these dvc.yaml stages (e.g. ["prepare", "train_rm"]); empty runs them all.
+        use_dvc: Run each stage through `dvc repro` (cached, recorded in dvc.lock); false runs them in-process.
+        experiment_name: Name of the DVC experiment this run is saved as (default: prefect-<flow run name>).
+    """
     return _run_pipeline(Path(project_dir).resolve(), overrides, stages, use_dvc, experiment_name)
 
 
@@ -240,8 +308,12 @@ def inside(project_dir):
 
 
 def promote_if_better(project: Path, params) -> dict:
-    """Publish and promote `<out>/policy` if the gate passes against the production model."""
+    """Publish `<out>/policy` as the registry's `candidate` and move `production` to it if the gate passes.
+
+    The gate checks `gate.metric` and every entry of `gate.metrics` (each with its direction and margin)
+    against production. The version carries a model card with this run's evaluation and the verdict."""
     from neat import registry
+    from neat.modelcard import card_facts, render
     from neat.models import checkpoint_id
 
     if not params.registry.uri:
@@ -266,23 +338,38 @@ def promote_if_better(project: Path, params) -> dict:
             head = evaluate(params, policy_dir=Path(params.paths.out) / "policy", tag="candidate",
                             base_policy=production_dir, out_dir=work, generation_cache=work / "cache",
                             progress=False)
-        verdict = registry.head_to_head_gate(head, g.metric, g.margin, g.higher_is_better)
+        verdict = registry.multi_head_to_head_gate(g, head)
     else:
-        verdict = registry.gate(candidate, registry.production_metrics(store), g.metric, g.margin, g.higher_is_better)
+        verdict = registry.multi_gate(g, candidate, registry.production_metrics(store))
     decision = {"promote": verdict.promote, "reason": verdict.reason}
+    lineage = {"checkpoint": ckpt, "gate": verdict.reason, **revision(project)}
+    version = registry.new_version()
+    card = render(card_facts(params, project, evaluation=candidate,
+                             extra={"gate": ("promoted: " if verdict.promote else "not promoted: ") + verdict.reason,
+                                    "version": version}))
+    version = registry.publish(store, out / "policy", candidate, out / "report", version=version, extra=lineage,
+                               card=card)
+    if head is not None:  # the evidence the decision rests on, beside the version
+        store.put_json(f"versions/{version}/gate_head_to_head.json", head)
+    registry.set_alias(store, "candidate", version)  # the challenger, promoted or not
+    decision["candidate"] = version
     if verdict.promote:
-        version = registry.publish(store, out / "policy", candidate, out / "report",
-                                   extra={"checkpoint": ckpt, "gate": verdict.reason, **revision(project)})
-        if head is not None:  # the evidence the promotion rests on, beside the version
-            store.put_json(f"versions/{version}/gate_head_to_head.json", head)
         registry.promote(store, version)
         decision["version"] = version
     return decision
 
 
-@flow(name="neat-retrain", log_prints=True)
+@flow(name="neat-retrain", log_prints=True, on_failure=[_on_bad_end], on_crashed=[_on_bad_end])
 def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = None, use_dvc: bool = True) -> dict:
-    """Scheduled retraining: pull the newest data, reproduce, evaluate, promote only if the gate passes."""
+    """Scheduled retraining: pull the newest data, reproduce, evaluate, promote only if the gate passes.
+
+    Emits `neat.model.promoted` (or `neat.model.refused`) with the gate's decision, for automations.
+
+    Args:
+        project_dir: The project checkout (params.yaml, dvc.yaml), as seen by the worker.
+        overrides: Parameters for this run only, dotted keys of params.yaml, e.g. {"train.lr": 1e-5}.
+        use_dvc: Pull, reproduce and push through DVC; false runs the stages in-process.
+    """
     from neat.retrain import fetch_incoming
 
     logger = get_run_logger()
@@ -303,6 +390,7 @@ def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = N
                             then=lambda run_params: {"gate": promote_if_better(project, run_params)})
     decision = summary.pop("gate")
     logger.info(f"gate: {decision}")
+    announce_gate(decision)
     params = load_params(project / "params.yaml", overrides)  # the run's own settings
     if use_dvc and params.retrain.dvc_push:
         proc = run([_bin("dvc"), "push"], project, env=_env())

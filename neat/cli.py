@@ -49,8 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollback = sub.add_parser("rollback", help="move the registry's production pointer back one version")
     _add_common(rollback)
-    status = sub.add_parser("registry", help="show the registry's production version and its history")
+    status = sub.add_parser(
+        "registry", help="show the production and candidate aliases (metrics, lineage), or move one",
+        description="Show the registry's two aliases, `production` (the champion) and `candidate` (the latest "
+                    "challenger the gate judged), each with its metrics, lineage and history:\n\n"
+                    "  neat registry\n\nor point an alias at a published version (logged; nothing is deleted):\n\n"
+                    "  neat registry alias production v20240501T120000123456Z\n  neat registry alias candidate v2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    status.add_argument("words", nargs="*", metavar="alias NAME VERSION",
+                        help="`alias production|candidate VERSION` moves that alias; nothing shows both")
     _add_common(status)
+
+    hub = sub.add_parser("push-to-hub", help="upload a policy (or its LoRA adapter) with its model card to the HF Hub",
+                         description="Upload <out>/policy, or a registry version, to a Hugging Face Hub model repo "
+                                     "(created if needed), with its README.md model card. The token comes from "
+                                     "HF_TOKEN or `hf auth login`.")
+    hub.add_argument("repo_id", help="hub repo, e.g. me/neat-smollm2")
+    hub.add_argument("--adapter", action="store_true", help="push the LoRA adapter alone (policy/adapter/)")
+    hub.add_argument("--version", default=None, help="push this registry version instead of <out>/policy")
+    hub.add_argument("--alias", default=None, choices=["production", "candidate"],
+                     help="push the registry version this alias points at")
+    hub.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    _add_common(hub)
 
     deps = sub.add_parser("dvc-deps", help="write each dvc.yaml stage's code deps from its import closure")
     deps.add_argument("--check", action="store_true", help="only check: exit 1 if dvc.yaml differs from the code")
@@ -97,6 +117,48 @@ def _cmd_dvc_deps(args) -> int:
     return 0
 
 
+def _cmd_registry(args, params) -> int:
+    from neat import registry
+    from neat.errors import ConfigError
+
+    store = registry.open_store(params.registry)
+    if not args.words:
+        print(json.dumps(registry.status(store), indent=2, default=str))
+        return 0
+    if len(args.words) != 3 or args.words[0] != "alias":
+        raise ConfigError(f"neat registry {' '.join(args.words)}: expected `neat registry` or "
+                          "`neat registry alias production|candidate VERSION`")
+    _, name, version = args.words
+    print(json.dumps({name: registry.set_alias(store, name, version)}, indent=2))
+    return 0
+
+
+def _cmd_push_to_hub(args, params) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from neat.hub import push_to_hub
+
+    if args.version or args.alias:
+        from neat import registry
+
+        store = registry.open_store(params.registry)
+        version = args.version
+        if args.alias:
+            pointer = registry.alias(store, args.alias)
+            if pointer is None:
+                raise registry.RegistryError(f"the registry has no {args.alias} version yet")
+            version = pointer["version"]
+        with tempfile.TemporaryDirectory(prefix="neat-push-") as tmp:
+            policy = registry.fetch_policy(store, registry.check_version(version), Path(tmp))
+            result = push_to_hub(policy, args.repo_id, adapter=args.adapter, private=not args.public,
+                                 commit_message=f"NEAT registry version {version}")
+    else:
+        result = push_to_hub(params.out("policy"), args.repo_id, adapter=args.adapter, private=not args.public)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def dispatch(args) -> int:
     from neat.config import load_params, params_to_dict
     from neat.stages import STAGES, run_stage
@@ -111,21 +173,21 @@ def dispatch(args) -> int:
 
         print(yaml.safe_dump(params_to_dict(params), sort_keys=False), end="")
         return 0
-    if args.command in ("rollback", "registry"):
+    if args.command == "rollback":
         from neat import registry
 
-        store = registry.open_store(params.registry)
-        if args.command == "rollback":  # it writes the registry: one writer per checkout, as for the stages
-            from pathlib import Path
+        from pathlib import Path
 
-            from neat.pipeline import stage_lock
+        from neat.pipeline import stage_lock
 
-            with stage_lock(Path(args.params).resolve().parent):
-                pointer = registry.rollback(store)
-        else:
-            pointer = registry.production(store)
+        with stage_lock(Path(args.params).resolve().parent):  # it writes the registry: one writer per checkout
+            pointer = registry.rollback(registry.open_store(params.registry))
         print(json.dumps(pointer, indent=2))
         return 0
+    if args.command == "registry":
+        return _cmd_registry(args, params)
+    if args.command == "push-to-hub":
+        return _cmd_push_to_hub(args, params)
     if args.command in STAGES:
         options = {"resume": True} if getattr(args, "resume", False) else {}
         if getattr(args, "variants", None):

@@ -161,10 +161,19 @@ class EvaluateParams(Section):
     reward_seed: int = 1
 
 
+class GateMetric(Section):
+    name: str = Field(description="key of metrics/evaluate.json (or a head-to-head relative metric)")
+    higher_is_better: bool = True
+    margin: float = Field(0.0, ge=0, description="tolerated regression against production")
+
+
 class GateParams(Section):
     metric: str = Field("eval_reward_mean", description="key of metrics/evaluate.json compared against production")
     higher_is_better: bool = True
     margin: float = Field(0.0, ge=0, description="promote only if new >= current - margin (higher is better)")
+    metrics: list[GateMetric] = Field(
+        default_factory=list, description="further metrics that must hold as well as `metric` (each with its own "
+                                          "direction and margin), e.g. XSTest unsafe refusal and safe compliance")
     head_to_head: bool = Field(
         True, description="re-evaluate production beside the candidate (same prompts, eval RM, judge); "
                           "false compares with the metrics stored when production was promoted")

@@ -407,16 +407,13 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
 
 
 def percentiles(values: list[int], qs=(50, 90, 99)) -> dict[str, float]:
-    if not values:
+    """p50/p90/p99 (numpy's linear interpolation, rounded to 0.1) and the max of `values`."""
+    import numpy as np
+
+    if not len(values):
         return {f"p{q}": 0.0 for q in qs} | {"max": 0}
-    ordered = sorted(values)
-    out: dict[str, float] = {}
-    for q in qs:
-        pos = (len(ordered) - 1) * q / 100
-        lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-        out[f"p{q}"] = round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 1)
-    out["max"] = ordered[-1]
-    return out
+    points = np.percentile(np.asarray(values, dtype=float), list(qs))
+    return {f"p{q}": round(float(v), 1) for q, v in zip(qs, points)} | {"max": int(max(values))}
 
 
 def render_prompt(tokenizer, messages: list[dict], system: str | None = None) -> str:

@@ -288,7 +288,7 @@ def _generation_settings(params) -> dict:
 def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,
                        progress: bool = True) -> list[dict]:
     """Greedy (+ `n_samples` sampled) responses for rendered prompts: ``{"text", "n_tokens", "flags", "samples"}``."""
-    from tqdm.auto import tqdm
+    from neat.progress import tqdm
 
     from neat.generation import generate
 
@@ -516,7 +516,7 @@ def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> d
 
     boot = dict(n_resamples=n_resamples, seed=seed)
     out: dict[str, Any] = {}
-    if not records:
+    if not records or not all("base_response" in r and "trained_response" in r for r in records):
         return out
     changed = mean_ci([float(r["base_response"].strip() != r["trained_response"].strip()) for r in records], **boot)
     out["changed_share"], out["changed_share_ci_low"], out["changed_share_ci_high"] = \

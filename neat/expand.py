@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from neat.progress import tqdm
 
 from neat.data import PreferencePair, read_pairs, render_prompt
 from neat.generation import generate

@@ -573,15 +573,32 @@ def apply_lora(
         raise ModelError(f"cannot apply LoRA (target_modules={target_modules}): {str(exc).splitlines()[0]}") from exc
 
 
-def save_model(model: Any, tokenizer: PreTrainedTokenizerBase | None, out_dir: Path) -> None:
-    """Write a safetensors checkpoint atomically; a PEFT model is saved merged (a copy is merged)."""
+ADAPTER_DIR = "adapter"  # beside the merged weights: the LoRA adapter alone (what people share)
+
+
+def save_model(model: Any, tokenizer: PreTrainedTokenizerBase | None, out_dir: Path, *,
+               base_ref: str | None = None) -> None:
+    """Write a safetensors checkpoint atomically; a PEFT model is saved merged (a copy is merged), and its
+    adapter alone under `<out_dir>/adapter/` (peft's `save_pretrained`), naming `base_ref` as its base model
+    when given (e.g. params' `policy.model`, which `load_policy` resolves, instead of a local cache path)."""
     from peft import PeftModel
 
-    to_save = copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model
+    is_peft = isinstance(model, PeftModel)
+    to_save = copy.deepcopy(model).merge_and_unload() if is_peft else model
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
         to_save.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if is_peft:
+            adapter = tmp / ADAPTER_DIR
+            model.save_pretrained(adapter)
+            if base_ref:
+                config_path = adapter / "adapter_config.json"
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+                config["base_model_name_or_path"] = base_ref
+                config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(adapter)
         _fix_permissions(tmp)
 
 
@@ -610,7 +627,9 @@ def checkpoint_id(path_or_ref: str | os.PathLike, *, seed: int = 0) -> str:
     if path.is_file():
         return _hash_files([path], path.parent)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != _MARKER)
+        # the weights and configs; not the model card, whose lineage text changes with the checkout
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name not in (_MARKER, "README.md"))
         if not files:
             raise ModelError(f"model directory '{ref}' is empty")
         return _hash_files(files, path)

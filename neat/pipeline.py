@@ -8,12 +8,10 @@ skips stages whose inputs are unchanged and caches outputs) or in-process via `n
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -149,47 +147,44 @@ def stage_lock(project: str | os.PathLike) -> Iterator[None]:
     """The checkout's lock for one `neat <stage>`: taken at once or refused with one clear line, so two
     stages never write one checkout's outputs together. A stage run by a flow (which holds the lock and
     says so in NEAT_RUN_LOCK_HELD) runs under its parent's lock."""
+    from filelock import FileLock, Timeout
+
     path = _lock_path(project)
     if os.environ.get(HELD_ENV) == str(path):
         yield
         return
+    lock = FileLock(path, timeout=0)
     try:
-        fh = open(path, "a+")
+        lock.acquire()
+    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError, an OSError
+        raise NeatError(f"{path}: another neat run is using this checkout; wait for it to finish "
+                        "(one stage or pipeline at a time per checkout)") from None
     except OSError:  # a read-only checkout: nothing can write outputs there to race with
         yield
         return
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise NeatError(f"{path}: another neat run is using this checkout; wait for it to finish "
-                            "(one stage or pipeline at a time per checkout)") from None
-        try:
-            with _holding(path):
-                yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        with _holding(path):
+            yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
 def project_lock(project: str | os.PathLike = ".", timeout: float = 6 * 3600) -> Iterator[None]:
     """An exclusive lock on the checkout: two runs in one working tree would corrupt each other."""
+    from filelock import FileLock, Timeout
+
     path = _lock_path(project)
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise NeatError(f"{path}: another pipeline run holds the lock for over {timeout:.0f} s") from None
-                time.sleep(1.0)
-        try:
-            with _holding(path):  # the stages this run starts (`neat <stage>` under dvc) share the lock
-                yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(path, timeout=timeout, poll_interval=1.0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise NeatError(f"{path}: another pipeline run holds the lock for over {timeout:.0f} s") from None
+    try:
+        with _holding(path):  # the stages this run starts (`neat <stage>` under dvc) share the lock
+            yield
+    finally:
+        lock.release()
 
 
 # ---------------------------------------------------------------- what a run produced

@@ -5,10 +5,14 @@ Layout under `registry.uri` (an S3 prefix through boto3, or a local folder):
     versions/<version>/policy/...        the checkpoint (safetensors HF directory)
     versions/<version>/report/...        its report
     versions/<version>/metrics.json      its benchmark metrics
-    production.json                      {"version": ..., "history": [older versions, newest last]}
-    pointer-log/<timestamp>.json         every pointer move, for audit
+    versions/<version>/policy/README.md  its model card (base model, data, params, figures, lineage)
+    production.json                      alias `production`: {"version": ..., "history": [older, newest last]}
+    candidate.json                       alias `candidate`: the latest challenger the gate looked at
+    pointer-log/<timestamp>.json         every alias move, for audit
 
-Promotion and rollback only write: nothing is ever deleted.
+Two aliases, the MLflow champion/challenger convention: every checkpoint the gate judges is published
+and becomes the `candidate`; `production` moves to it only if the gate passes. Promotion, alias moves
+and rollback only write: nothing is ever deleted.
 """
 
 from __future__ import annotations
@@ -240,6 +244,40 @@ def gate(candidate_metrics: dict, current_metrics: dict | None, metric: str, mar
     return GateDecision(ok, f"{metric} {word}: {new:.4f} vs production {cur:.4f} (margin {margin})", new, cur)
 
 
+def gate_rules(gate_params) -> list[tuple[str, float, bool]]:
+    """(metric, margin, higher_is_better) for every metric the gate requires: `gate.metric`, then
+    each entry of `gate.metrics` (a metric named twice is checked once, with its first settings)."""
+    rules = [(gate_params.metric, gate_params.margin, gate_params.higher_is_better)]
+    for m in getattr(gate_params, "metrics", None) or []:
+        if m.name not in {r[0] for r in rules}:
+            rules.append((m.name, m.margin, m.higher_is_better))
+    return rules
+
+
+def combine(decisions: list[GateDecision]) -> GateDecision:
+    """One verdict from several metrics: promote only if every one holds; the reason names each."""
+    first = decisions[0]
+    if len(decisions) == 1:
+        return first
+    failed = [d for d in decisions if not d.promote]
+    reasons = [d.reason for d in (failed or decisions)]
+    if not failed and all(d.reason == "no production model yet" for d in decisions):
+        reasons = ["no production model yet"]
+    return GateDecision(not failed, "; ".join(dict.fromkeys(reasons)), first.candidate, first.current)
+
+
+def multi_gate(gate_params, candidate_metrics: dict, current_metrics: dict | None) -> GateDecision:
+    """`gate` on every rule of `gate_rules`, combined."""
+    return combine([gate(candidate_metrics, current_metrics, metric, margin, higher)
+                    for metric, margin, higher in gate_rules(gate_params)])
+
+
+def multi_head_to_head_gate(gate_params, metrics: dict) -> GateDecision:
+    """`head_to_head_gate` on every rule of `gate_rules`, combined."""
+    return combine([head_to_head_gate(metrics, metric, margin, higher)
+                    for metric, margin, higher in gate_rules(gate_params)])
+
+
 # ---------------------------------------------------------------- publishing and the pointer
 
 
@@ -309,12 +347,22 @@ def _move_pointer(store: Store, pointer: dict, action: str) -> None:
 
 
 def publish(store: Store, policy_dir: Path, metrics: dict, report_dir: Path | None = None,
-            version: str | None = None, extra: dict | None = None) -> str:
-    """Upload a checkpoint with its metrics (and report) as a new version; the pointer is not moved."""
+            version: str | None = None, extra: dict | None = None, card: str | None = None) -> str:
+    """Upload a checkpoint with its metrics (and report) as a new version; no alias is moved.
+
+    `card` (a model card's text) replaces the checkpoint's README.md in the version: the card written at
+    training time knows no evaluation, the one written at publishing does."""
     version = check_version(version or new_version())
     if not (Path(policy_dir) / "config.json").exists():
         raise RegistryError(f"{policy_dir}: not a checkpoint directory (no config.json)")
     _upload_dir(store, f"versions/{version}/policy", Path(policy_dir))
+    if card is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="neat-card-") as tmp:
+            path = Path(tmp) / "README.md"
+            path.write_text(card, encoding="utf-8")
+            store.put_file(f"versions/{version}/policy/README.md", path)
     if report_dir and Path(report_dir).exists():
         _upload_dir(store, f"versions/{version}/report", Path(report_dir))
     store.put_json(f"versions/{version}/metrics.json", metrics)
@@ -347,3 +395,64 @@ def rollback(store: Store) -> dict:
     pointer = {"version": previous, "history": current["history"][:-1]}
     _move_pointer(store, pointer, f"rollback from {current['version']}")
     return pointer
+
+
+# ---------------------------------------------------------------- aliases: production and candidate
+
+ALIASES = ("production", "candidate")
+
+
+def _alias_key(alias: str) -> str:
+    if alias not in ALIASES:
+        raise RegistryError(f"unknown alias {alias!r}; the registry keeps {', '.join(ALIASES)}")
+    return f"{alias}.json"
+
+
+def alias(store: Store, name: str) -> dict | None:
+    """The pointer of alias `name` ({"version": ..., "history": [...]}), or None while unset."""
+    if name == "production":
+        return production(store)
+    pointer = store.get_json(_alias_key(name))
+    return None if pointer is None else check_pointer(pointer)
+
+
+def set_alias(store: Store, name: str, version: str) -> dict:
+    """Point alias `name` at a published `version` (the old target joins its history); logged, nothing deleted."""
+    if name == "production":
+        return promote(store, version)
+    if not is_published(store, check_version(version)):
+        raise RegistryError(f"version {version} is not published in the registry")
+    current = alias(store, name)
+    if current and current["version"] == version:
+        return current
+    history = (current["history"] + [current["version"]]) if current else []
+    pointer = {"version": version, "history": history}
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    store.put_json(f"pointer-log/{stamp}.json", pointer | {"action": f"set {name}", "at": stamp})
+    store.put_json(_alias_key(name), pointer)
+    return pointer
+
+
+# what `neat registry` shows of a version's metrics (those present)
+SHOWN_METRICS = ("eval_reward_mean", "eval_reward_mean_ci_low", "eval_reward_mean_ci_high", "win_rate",
+                 "perplexity", "unsafe_refusal_rate", "safe_compliance_rate")
+LINEAGE_KEYS = ("checkpoint", "git_commit", "git_dirty", "dvc_lock_sha256", "gate")
+
+
+def describe_version(store: Store, version: str) -> dict:
+    """A version's headline metrics and lineage, as stored when it was published."""
+    metrics = store.get_json(f"versions/{check_version(version)}/metrics.json") or {}
+    info = store.get_json(f"versions/{version}/info.json") or {}
+    return {"version": version,
+            "metrics": {k: metrics[k] for k in SHOWN_METRICS if metrics.get(k) is not None},
+            "lineage": {k: info[k] for k in LINEAGE_KEYS if k in info}}
+
+
+def status(store: Store) -> dict:
+    """Both aliases, each with its version's metrics and lineage and its history (None while unset)."""
+    out: dict = {}
+    for name in ALIASES:
+        pointer = alias(store, name)
+        out[name] = None if pointer is None else describe_version(store, pointer["version"]) | {
+            "history": pointer["history"]}
+    return out

@@ -9,6 +9,8 @@ Reads whatever the pipeline has produced under `<out>` — scored candidates (`s
   side by side, the variant comparison when `neat compare` ran, stage wall times, and the caveat
   that the embedded evaluation reward model is weaker than a real held-out judge. Images are linked
   by relative path, so the folder can be moved or zipped as is.
+* `report.html` — the same report as one self-contained page (figures inlined as base64), to mail or
+  attach anywhere;
 * figures: `reward_by_origin.png`, `training.png`, `eval_rewards.png`, `safety.png` (each only when
   its data exists);
 * plot data for `dvc plots`: `reward_by_origin.csv` (per round and origin: n, mean, quantiles) and
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -327,6 +330,44 @@ def report(params) -> dict:
     return _report(params, top)
 
 
+_IMAGE_LINK = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+\.png)\)")
+
+
+def inline_images(markdown: str, folder: Path) -> str:
+    """`markdown` with each link to a PNG in `folder` replaced by the image itself (a base64 data URI), so
+    the text shows its figures where relative paths do not resolve (a Prefect artifact, a single file)."""
+    import base64
+
+    def embed(m: re.Match) -> str:
+        path = Path(folder) / m["src"]
+        if "/" in m["src"] or not path.is_file():
+            return m[0]
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{m['alt']}](data:image/png;base64,{data})"
+
+    return _IMAGE_LINK.sub(embed, markdown)
+
+
+HTML_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>NEAT run report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}}
+table{{border-collapse:collapse;margin:1em 0}}th,td{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}
+img{{max-width:100%}}code{{background:#f4f4f4;padding:0 .2em}}</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def render_html(markdown: str, folder: Path) -> str:
+    """A self-contained HTML page of the report: figures inlined as base64, no link outside the file.
+    Raw HTML in the markdown (e.g. inside an example generation) is shown as text, never run."""
+    from markdown_it import MarkdownIt
+
+    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
+    return HTML_PAGE.format(body=renderer.render(inline_images(markdown, folder)))
+
+
 def _report(params, top) -> dict:
     """`params.out` holds the run's artifacts; `top` the reward-model metrics, comparison and report."""
     out = params.out
@@ -469,6 +510,7 @@ def _report(params, top) -> dict:
                 md.append(f"| wall time of `{name}` | {_n(float(m['seconds']), 1)} s |")
         md.append("")
         (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html("\n".join(md), tmp), encoding="utf-8")
     import shutil
 
     for name in ("reward_by_origin.csv", "safety_by_type.csv"):  # plot data for `dvc plots`, outside the report dir

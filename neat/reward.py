@@ -34,7 +34,7 @@ from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from neat.progress import tqdm
 
 from neat.errors import DataError, ModelError
 from neat.expand import ORIGINS

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from neat.progress import tqdm
 
 from neat.data import read_pairs, render_prompt
 from neat.diagnostics import ranking_accuracy
@@ -808,8 +808,11 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     policy = trainer.full_policy()
     if not trainer.is_main:
         return summary
-    save_model(policy, tokenizer, params.out("policy"))
+    save_model(policy, tokenizer, params.out("policy"), base_ref=params.policy.model)  # + adapter/ under LoRA
     last = trainer.log[-1] if trainer.log else {}
     summary |= {"seconds": round(time.perf_counter() - started, 1), "final_loss": last.get("loss")}
     write_json_atomic(params.out("metrics", "train.json"), summary)
+    from neat.modelcard import write_model_card
+
+    write_model_card(params.out("policy"), params, evaluation={})  # a previous run's evaluate.json is not this one's
     return summary

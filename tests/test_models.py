@@ -290,3 +290,22 @@ def test_smollm2_matches_gguf(cache_dir):
     )
     ids = _ids(tok)
     assert torch.equal(_logits(model, ids), _logits(direct, ids))
+
+
+def test_lora_policy_saved_with_its_adapter_alone(cache_dir, tmp_path):
+    """Beside the merged weights, `adapter/` holds the LoRA adapter alone, naming the params' base ref,
+    and loads back to the same logits; the model card does not change the checkpoint id."""
+    peft_model, tok = _lora_model(cache_dir)
+    ids = _ids(tok)
+    expected = _logits(peft_model, ids)
+    out = tmp_path / "policy"
+    save_model(peft_model, tok, out, base_ref=TINY)
+    adapter = out / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == TINY
+    assert (adapter / "adapter_model.safetensors").stat().st_size < (out / "model.safetensors").stat().st_size
+    model, _ = load_policy(str(adapter), cache_dir=cache_dir, device="cpu")
+    assert torch.allclose(_logits(model, ids), expected, atol=1e-5)
+    before = checkpoint_id(out)
+    (out / "README.md").write_text("# card, lineage text only\n")
+    assert checkpoint_id(out) == before

@@ -139,7 +139,7 @@ def prefect_server(tmp_path):
 def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
     env = prefect_server
     sh(["prefect", "work-pool", "create", "neat-pool", "--type", "process"], project, env)
-    sh(["prefect", "gcl", "create", "neat-pipeline", "--limit", "1"], project, env)
+    sh(["prefect", "work-pool", "set-concurrency-limit", "neat-pool", "1"], project, env)
     sh(["prefect", "--no-prompt", "deploy", "--all"], project, env)
     lock_before = (project / "dvc.lock").read_text()
     assert sh(["dvc", "status", "--json"], project).stdout.strip() in ("", "{}")

@@ -83,6 +83,17 @@ def test_training_ran_two_online_rounds(pipeline_out):
     assert metrics["steps"] == 4 and metrics["final_loss"] is not None
 
 
+def test_saved_policy_carries_card_and_adapter(pipeline_out):
+    policy = pipeline_out / "policy"
+    assert json.loads((policy / "adapter/adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "builtin:tiny-random"
+    card = (policy / "README.md").read_text()
+    steps = json.loads((pipeline_out / "metrics/train.json").read_text())["steps"]
+    assert "`builtin:tiny-random`" in card and f"| steps | {steps} |" in card
+    assert "data/hh-rlhf/" in card or "data/demo/" in card
+    assert "Not evaluated yet" in card and "git revision:" in card
+
+
 def test_rerun_with_resume_is_a_no_op_on_finished_state(pipeline_out):
     sets = [x for o in tiny_overrides(pipeline_out) for x in ("-S", o)]
     before = (pipeline_out / "train/log.csv").read_text()

@@ -217,3 +217,117 @@ def test_fetch_refuses_an_object_key_that_leaves_the_download_directory(tmp_path
         registry.fetch_policy(Hostile(str(tmp_path / "reg")), "v1", cache)
     assert not list(tmp_path.rglob("escaped.txt"))
     assert not (cache / "v1").exists()
+
+
+# ---------------------------------------------------------------- champion/challenger (issue 13)
+
+
+def test_several_gate_metrics_must_all_hold():
+    params = validate_params({"gate": {"metric": "eval_reward_mean", "metrics": [
+        {"name": "unsafe_refusal_rate", "margin": 0.0}, {"name": "safe_compliance_rate", "margin": 0.05}]}})
+    prod = {"eval_reward_mean": 1.0, "unsafe_refusal_rate": 0.9, "safe_compliance_rate": 0.8}
+    better = {"eval_reward_mean": 1.2, "unsafe_refusal_rate": 0.9, "safe_compliance_rate": 0.76}
+    assert registry.multi_gate(params.gate, better, prod).promote  # compliance inside its margin
+    less_safe = better | {"unsafe_refusal_rate": 0.85}
+    refused = registry.multi_gate(params.gate, less_safe, prod)
+    assert not refused.promote and "unsafe_refusal_rate regresses" in refused.reason
+    assert "eval_reward_mean" not in refused.reason  # the reason names what failed
+    assert not registry.multi_gate(params.gate, better | {"safe_compliance_rate": 0.7}, prod).promote
+    assert registry.multi_gate(params.gate, better, None).reason == "no production model yet"
+    head = {"eval_reward_mean": 1.1, "base_eval_reward_mean": 1.0, "unsafe_refusal_rate": 0.8,
+            "base_unsafe_refusal_rate": 0.9, "safe_compliance_rate": 0.8, "base_safe_compliance_rate": 0.8}
+    verdict = registry.multi_head_to_head_gate(params.gate, head)
+    assert not verdict.promote and "unsafe_refusal_rate regresses head to head" in verdict.reason
+    # the single-metric form still works alone (backward compatible)
+    single = validate_params({"gate": {"metric": "eval_reward_mean"}})
+    assert registry.multi_gate(single.gate, less_safe, prod).promote
+
+
+def test_project_gate_guards_safety_as_well_as_reward():
+    from neat.config import load_params
+    from tests.conftest import ROOT
+
+    rules = {name for name, _, _ in registry.gate_rules(load_params(ROOT / "params.yaml").gate)}
+    assert rules == {"eval_reward_mean", "unsafe_refusal_rate", "safe_compliance_rate"}
+
+
+def test_candidate_and_production_aliases_move_and_show(store, tmp_path, capsys):
+    v1 = registry.publish(store, checkpoint(tmp_path, "a", b"one"), {"eval_reward_mean": 1.0}, version="v1",
+                          extra={"checkpoint": "c1", "git_commit": "abc", "dvc_lock_sha256": "d1"})
+    v2 = registry.publish(store, checkpoint(tmp_path, "b", b"two"), {"eval_reward_mean": 0.5}, version="v2",
+                          extra={"checkpoint": "c2", "git_commit": "def", "dvc_lock_sha256": "d2"})
+    assert registry.status(store) == {"production": None, "candidate": None}
+    registry.promote(store, v1)
+    registry.set_alias(store, "candidate", v2)
+    shown = registry.status(store)
+    assert shown["production"] == {"version": "v1", "metrics": {"eval_reward_mean": 1.0}, "history": [],
+                                   "lineage": {"checkpoint": "c1", "git_commit": "abc", "dvc_lock_sha256": "d1"}}
+    assert shown["candidate"]["version"] == "v2" and shown["candidate"]["lineage"]["git_commit"] == "def"
+    registry.set_alias(store, "production", v2)  # the challenger becomes the champion
+    assert registry.alias(store, "production") == {"version": "v2", "history": ["v1"]}
+    with pytest.raises(RegistryError, match="not published"):
+        registry.set_alias(store, "candidate", "v9")
+    with pytest.raises(RegistryError, match="unknown alias"):
+        registry.set_alias(store, "staging", "v1")
+    actions = {store.get_json(key)["action"] for key in store.list("pointer-log")}
+    assert actions == {"promote", "set candidate"}  # every alias move is logged
+
+
+def test_cli_registry_shows_both_aliases_and_moves_one(tmp_path, capsys):
+    root = tmp_path / "reg"
+    store = registry.LocalStore(str(root))
+    for name, value in (("v1", 1.0), ("v2", 2.0)):
+        registry.publish(store, checkpoint(tmp_path, name, b"x"), {"eval_reward_mean": value}, version=name)
+    registry.promote(store, "v1")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"registry:\n  uri: {root}\n")
+    assert main(["registry", "alias", "candidate", "v2", "--params", str(params)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"candidate": {"version": "v2", "history": []}}
+    assert main(["registry", "--params", str(params)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["production"]["version"] == "v1" and shown["candidate"]["metrics"] == {"eval_reward_mean": 2.0}
+    assert main(["registry", "alias", "production", "v2", "--params", str(params)]) == 0
+    assert json.loads(capsys.readouterr().out)["production"] == {"version": "v2", "history": ["v1"]}
+    assert main(["registry", "alias", "production", "../x", "--params", str(params)]) == 2
+    assert main(["registry", "move", "--params", str(params)]) == 2
+
+
+def test_gate_publishes_candidate_with_card_and_promotes_only_if_all_hold(tmp_path):
+    """promote_if_better: every judged checkpoint becomes `candidate` with a model card carrying this run's
+    evaluation and the verdict; `production` moves only when every gate metric holds."""
+    import subprocess
+
+    from flows.pipeline import promote_if_better
+
+    project = tmp_path / "proj"
+    out = project / "out"
+    (out / "metrics").mkdir(parents=True)
+    (project / "dvc.lock").write_text("schema: '2.0'\n")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    evaluation = {"prompts": 3, "judge": "string_match", "eval_reward_mean": 0.5, "eval_reward_mean_ci_low": 0.4,
+                  "eval_reward_mean_ci_high": 0.6, "unsafe_refusal_rate": 0.9, "safe_compliance_rate": 0.8}
+    (out / "metrics" / "evaluate.json").write_text(json.dumps(evaluation))
+    (out / "metrics" / "train.json").write_text(json.dumps({"steps": 7}))
+    policy = out / "policy"
+    policy.mkdir()
+    (policy / "config.json").write_text("{}")
+    (policy / "model.safetensors").write_bytes(b"first")
+    params = validate_params({"paths": {"out": "out"}, "registry": {"uri": str(tmp_path / "reg")},
+                              "gate": {"head_to_head": False, "metrics": [{"name": "unsafe_refusal_rate"}]}})
+    store = registry.open_store(params.registry)
+
+    first = promote_if_better(project, params)
+    assert first["promote"] and first["candidate"] == first["version"]
+    card = (tmp_path / "reg" / "versions" / first["version"] / "policy" / "README.md").read_text()
+    assert "| eval reward (mean) | 0.5 | [0.4, 0.6] |" in card and "promoted: no production model yet" in card
+    assert f"registry version: `{first['version']}`" in card and "| steps | 7 |" in card
+
+    (policy / "model.safetensors").write_bytes(b"second: better reward, less safe")
+    (out / "metrics" / "evaluate.json").write_text(json.dumps(evaluation | {"eval_reward_mean": 0.9,
+                                                                            "unsafe_refusal_rate": 0.7}))
+    second = promote_if_better(project, params)
+    assert not second["promote"] and "unsafe_refusal_rate regresses" in second["reason"]
+    assert registry.alias(store, "candidate")["version"] == second["candidate"] != first["version"]
+    assert registry.alias(store, "production")["version"] == first["version"]
+    card = (tmp_path / "reg" / "versions" / second["candidate"] / "policy" / "README.md").read_text()
+    assert "not promoted: unsafe_refusal_rate regresses" in card

@@ -133,3 +133,34 @@ def test_report_shows_the_online_curve_and_degeneration(tmp_path):
     write_json_atomic(params.out("train", "online.json"), {"not": "a list"})
     with pytest.raises(DataError, match="online.json"):
         report(params)
+
+
+def test_html_report_is_self_contained(tmp_path):
+    """report.html beside report.md: every figure inlined as base64, nothing linked outside the file,
+    tables rendered, raw HTML from generations shown as text."""
+    import base64
+
+    from neat.report import report
+
+    params = make_params(tmp_path)
+    write_upstream(params)
+    summary = report(params)
+    folder = params.out("report")
+    page = (folder / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page and "<h2>Safety benchmark</h2>" in page
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(summary["figures"]) == 4
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    inlined = {base64.b64decode(src.split(",", 1)[1]) for src in sources}
+    assert inlined == {(folder / name).read_bytes() for name in summary["figures"]}
+    assert not re.search(r'(src|href)="(?!data:)', page)  # no link that could break when the file moves
+    assert "<x>" not in page  # the generation's '<x>' stays text
+
+
+def test_inline_images_for_the_prefect_artifact(tmp_path):
+    from neat.report import inline_images
+
+    (tmp_path / "fig.png").write_bytes(b"\x89PNG\r\n\x1a\nbytes")
+    text = inline_images("a ![Fig](fig.png) b ![Gone](missing.png) ![Out](../up.png)", tmp_path)
+    assert "![Fig](data:image/png;base64,iVBORw0KGgpieXRlcw==)" in text
+    assert "![Gone](missing.png)" in text and "![Out](../up.png)" in text
