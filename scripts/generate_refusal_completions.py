@@ -8,6 +8,10 @@ rotation so that every (steering, decoding) cell is filled. Writes unlabelled JS
 a person reading each response (see data/refusal_labels/README.md).
 
     .venv/bin/python scripts/generate_refusal_completions.py --out /tmp/refusal_raw.jsonl
+    .venv/bin/python scripts/generate_refusal_completions.py --extra-positive --out /tmp/refusal_extra.jsonl
+
+The second run adds a positive-steered completion to the prompts whose steered completion was
+negative (the base model rarely refuses; positive steering gives the set more real refusals).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--extra-positive", action="store_true",
+                    help="only a positive-steered completion for the prompts whose steered one was negative")
     args = ap.parse_args()
 
     params = yaml.safe_load(open("params.yaml"))
@@ -68,6 +74,10 @@ def main() -> None:
     jobs: dict[tuple[str, str], list[int]] = {}
     for i in range(len(items)):
         greedy_first = i % 2 == 0
+        if args.extra_positive:  # a third completion, positive-steered, for the prompts steered negatively
+            if i % 4 >= 2:
+                jobs.setdefault(("positive", "sampled" if greedy_first else "greedy"), []).append(i)
+            continue
         jobs.setdefault(("none", "greedy" if greedy_first else "sampled"), []).append(i)
         jobs.setdefault(("positive" if i % 4 < 2 else "negative", "sampled" if greedy_first else "greedy"), []).append(i)
     fh = open(args.out, "w", encoding="utf-8")
