@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/judge_agreement.py                # default data/refusal_labels/
     .venv/bin/python benchmarks/judge_agreement.py --cv           # also 5-fold CV on the train part
+    .venv/bin/python benchmarks/judge_agreement.py --variants learned_cues_string_match
 
 Trains every learned-judge variant on ``train.jsonl`` and measures, on ``heldout.jsonl`` (a fixed
 split by prompt hash, see data/refusal_labels/README.md), the share of responses where the judge's
@@ -26,11 +27,21 @@ sys.path.insert(0, str(ROOT))
 from neat.judges import LearnedJudge, StringMatchJudge, read_refusal_examples  # noqa: E402
 from neat.stats import paired_bootstrap_ci, rate_with_ci  # noqa: E402
 
+DEMO = ROOT / "data/demo/refusal_examples.jsonl"
+
+# name -> (LearnedJudge kwargs, fit kwargs, trained on): "real" = the train part, "real+demo" = the
+# train part plus the team-written demo examples, "demo" = the demo examples only (the judge as it
+# shipped before data/refusal_labels/ existed).
 VARIANTS = {
-    "learned": {},
-    "learned_first_sentence": {"text": "first_sentence"},
-    "learned_prefix_feature": {"prefix_feature": True},
-    "learned_first_sentence_prefix_feature": {"text": "first_sentence", "prefix_feature": True},
+    "learned_demo_only": ({}, {}, "demo"),
+    "learned": ({}, {}, "real"),
+    "learned_first_sentence": ({"text": "first_sentence"}, {}, "real"),
+    "learned_string_match_feature": ({"features": ("embedding", "string_match")}, {}, "real"),
+    "learned_unbalanced_wd0.1_demo": ({}, {"class_weight": "none", "weight_decay": 0.1}, "real+demo"),
+    "learned_cues_string_match": ({"features": ("cues", "string_match")},
+                                  {"class_weight": "none", "weight_decay": 0.1}, "real+demo"),
+    "learned_embedding_cues_string_match": ({"features": ("embedding", "cues", "string_match")},
+                                            {"class_weight": "none", "weight_decay": 0.1}, "real+demo"),
 }
 
 
@@ -43,8 +54,12 @@ def _agreement(pred, labels, seed=0) -> dict:
     return {"agreement": res["rate"], "ci_low": res["ci_low"], "ci_high": res["ci_high"], "n": res["n"]}
 
 
-def _cv(rows: list[dict], kw: dict, folds: int = 5) -> float:
-    """Cross-validated agreement on `rows`, folds by prompt hash (a prompt's completions stay together)."""
+def _cv(rows: list[dict], variant: tuple, demo: tuple[list, list], folds: int = 5) -> float | None:
+    """Cross-validated agreement on the train `rows`, folds by prompt hash (a prompt's completions stay
+    together); demo examples, when the variant uses them, join every training fold."""
+    kw, fit_kw, data = variant
+    if data == "demo":
+        return None
     fold = [int(hashlib.sha256(("cv:" + r["prompt"]).encode()).hexdigest(), 16) % folds for r in rows]
     texts = [r["response"] for r in rows]
     labels = [r["label"] != "full_compliance" for r in rows]
@@ -52,7 +67,10 @@ def _cv(rows: list[dict], kw: dict, folds: int = 5) -> float:
     for k in range(folds):
         tr = [i for i in range(len(rows)) if fold[i] != k]
         te = [i for i in range(len(rows)) if fold[i] == k]
-        judge = LearnedJudge(**kw).fit([texts[i] for i in tr], [labels[i] for i in tr], seed=0)
+        x, y = [texts[i] for i in tr], [labels[i] for i in tr]
+        if data == "real+demo":
+            x, y = x + demo[0], y + demo[1]
+        judge = LearnedJudge(**kw).fit(x, y, seed=0, **fit_kw)
         hits += sum(p == labels[i] for p, i in zip(judge([texts[i] for i in te]), te))
     return hits / len(rows)
 
@@ -80,17 +98,20 @@ def main() -> None:
         sm_cv = StringMatchJudge()([r["response"] for r in train_rows])
         out["judges"]["string_match"]["cv_train_agreement"] = sum(
             p == (r["label"] != "full_compliance") for p, r in zip(sm_cv, train_rows)) / len(train_rows)
+    demo = read_refusal_examples(DEMO)
     for name in [v for v in args.variants.split(",") if v]:
-        kw = VARIANTS[name]
-        judge = LearnedJudge(**kw).fit(train_texts, train_labels, seed=0)
+        kw, fit_kw, data = VARIANTS[name]
+        x, y = {"real": (train_texts, train_labels), "demo": demo,
+                "real+demo": (train_texts + demo[0], train_labels + demo[1])}[data]
+        judge = LearnedJudge(**kw).fit(x, y, seed=0, **fit_kw)
         pred = judge(test_texts)
         res = _agreement(pred, test_labels)
         hits = [float(p == y) for p, y in zip(pred, test_labels)]
         d, lo, hi = paired_bootstrap_ci(hits, sm_hits, n_resamples=2000, seed=0)
-        res.update({"options": kw, "minus_string_match": d, "minus_string_match_ci": [lo, hi],
-                    "train_accuracy": judge.train_info["train_accuracy"]})
+        res.update({"options": {**kw, **fit_kw}, "trained_on": data, "minus_string_match": d,
+                    "minus_string_match_ci": [lo, hi], "train_accuracy": judge.train_info["train_accuracy"]})
         if args.cv:
-            res["cv_train_agreement"] = _cv(train_rows, kw)
+            res["cv_train_agreement"] = _cv(train_rows, VARIANTS[name], demo)
         out["judges"][name] = res
     print(json.dumps(out, indent=2))
 
