@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import os
 import shutil
 import sys
@@ -179,6 +180,16 @@ def _prepared(name: str, text: str, stage: str) -> Callable[[Ctx], list[str]]:
     return setup
 
 
+def _train_lr(replacement: str) -> Callable[[str], str]:
+    """An edit of params.yaml's `train.lr` line (whatever its value), e.g. `"  lrr: 1.0e-4"`."""
+    def edit(text: str) -> str:
+        head, train = text.split("\ntrain:\n", 1)
+        train, n = re.subn(r"^  lr: [^\n]*$", lambda _: replacement, train, count=1, flags=re.M)
+        assert n == 1, "params.yaml has no train.lr line"
+        return head + "\ntrain:\n" + train
+    return edit
+
+
 def _params(text_or_edit) -> Callable[[Ctx], list[str]]:
     def setup(ctx: Ctx) -> list[str]:
         path = ctx.edited_params(text_or_edit) if callable(text_or_edit) else ctx.params_text(text_or_edit)
@@ -297,13 +308,13 @@ CASES: list[Case] = [
          ("bad-params.yaml", "not valid yaml")),
     Case("params-top-level-list", "params", "a YAML list instead of sections", _params("- seed\n- train\n"),
          ("bad-params.yaml", "expected a mapping")),
-    Case("params-unknown-key", "params", "train.lrr (typo)", _params(lambda t: t.replace("  lr: 1.0e-4", "  lrr: 1.0e-4")),
+    Case("params-unknown-key", "params", "train.lrr (typo)", _params(_train_lr("  lrr: 1.0e-4")),
          ("bad-params.yaml", "unknown key 'train.lrr'")),
     Case("params-unknown-section", "params", "a section the schema lacks", _params(lambda t: t + "\nfoo:\n  bar: 1\n"),
          ("unknown key 'foo'",)),
-    Case("params-wrong-type", "params", "train.lr: fast", _params(lambda t: t.replace("  lr: 1.0e-4", "  lr: fast")),
+    Case("params-wrong-type", "params", "train.lr: fast", _params(_train_lr("  lr: fast")),
          ("train.lr", "valid number", "fast")),
-    Case("params-out-of-range", "params", "train.lr: -1", _params(lambda t: t.replace("  lr: 1.0e-4", "  lr: -1")),
+    Case("params-out-of-range", "params", "train.lr: -1", _params(_train_lr("  lr: -1")),
          ("train.lr", "greater than 0")),
     Case("params-bad-enum", "params", "-S train.loss=dpo", _set("train.loss=dpo"), ("train.loss", "'rrhf' or 'pro'", "dpo")),
     Case("params-fractions", "params", "eval + judge fractions >= 1",
@@ -542,7 +553,7 @@ CASES += [
     Case("params-duplicate-section", "params", "'train:' twice (the first was dropped silently)",
          _params(lambda t: t + "\ntrain:\n  rounds: 3\n"), ("bad-params.yaml", "'train' appears twice")),
     Case("params-duplicate-key", "params", "'lr' twice in one section",
-         _params(lambda t: t.replace("  lr: 1.0e-4", "  lr: 1.0e-4\n  lr: 2.0e-4")), ("'lr' appears twice",)),
+         _params(_train_lr("  lr: 1.0e-4\n  lr: 2.0e-4")), ("'lr' appears twice",)),
     Case("params-alias-bomb", "params", "a billion-laughs alias bomb (52 MB error line)", _params(ALIAS_BOMB),
          ("bad-params.yaml", "alias")),
     Case("params-alias", "params", "an innocent alias", _params(lambda t: t + "\nx: &a 1\ny: *a\n"), ("alias",)),

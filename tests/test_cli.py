@@ -51,14 +51,17 @@ import pytest  # noqa: E402
     (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), 2, "lone UTF-16 surrogate"),
     (ValueError("x" * 1_000_000), 2, "more characters"),
 ])
-def test_every_exception_is_one_capped_line_with_its_exit_code(monkeypatch, capsys, exc, code, words):
+def test_every_exception_is_one_capped_line_with_its_exit_code(monkeypatch, capsys, tmp_path, exc, code, words):
+    import shutil
+
     import neat.stages
 
     def boom(*args, **kwargs):
         raise exc
 
     monkeypatch.setattr(neat.stages, "run_stage", boom)
-    assert main(["report", "--params", str(ROOT / "params.yaml")]) == code
+    params = shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")  # its own checkout: no lock shared with a run
+    assert main(["report", "--params", str(params)]) == code
     err = capsys.readouterr().err
     assert err.startswith("neat: error:") and err.count("\n") == 1 and words in err and len(err) < 1000
     assert "params.yaml" in err or "/data/x.jsonl" in err
