@@ -146,11 +146,15 @@ def _holding(path: Path) -> Iterator[None]:
 def stage_lock(project: str | os.PathLike) -> Iterator[None]:
     """The checkout's lock for one `neat <stage>`: taken at once or refused with one clear line, so two
     stages never write one checkout's outputs together. A stage run by a flow (which holds the lock and
-    says so in NEAT_RUN_LOCK_HELD) runs under its parent's lock."""
+    says so in NEAT_RUN_LOCK_HELD) runs under its parent's lock, and the ranks > 0 of an `accelerate
+    launch` / `torchrun` run under their rank 0's."""
     from filelock import FileLock, Timeout
 
     path = _lock_path(project)
     if os.environ.get(HELD_ENV) == str(path):
+        yield
+        return
+    if int(os.environ.get("RANK", "0") or 0) > 0:  # a worker of a multi-process launch: rank 0 holds the lock
         yield
         return
     lock = FileLock(path, timeout=0)

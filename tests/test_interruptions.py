@@ -206,8 +206,8 @@ def test_sigkill_expansion_resumes_from_completed_shards(prepared, tmp_path):
     assert not _shard_files(params, "expand")
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """A kill mid-stage: like SIGKILL it is not an error the CLI's guard turns into a message."""
 
 
 def _crash_after(monkeypatch, module, name: str, calls: int) -> None:
