@@ -110,6 +110,10 @@ class ExpandParams(Section):
 class GenerationParams(Section):
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="engine for expansion, online-round sampling and evaluation; vllm needs a CUDA GPU")
+    engine: Literal["lean", "hf"] = Field(
+        "lean", description="with backend hf on CPU: lean = our decode loop (one prefill shared by a prompt's k samples, "
+                            "finished rows leave the batch), hf = transformers' generate; same greedy outputs and "
+                            "sampling distribution, different samples for a seed")
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=0.95, description="share of GPU memory vLLM may take (training shares the GPU in online rounds)")
     vllm_enforce_eager: bool = Field(False, description="skip CUDA-graph capture: faster start, slower decoding")

@@ -282,7 +282,7 @@ def _generation_settings(params) -> dict:
     e = params.evaluate
     return {"max_new_tokens": e.max_new_tokens, "n_samples": e.n_samples, "temperature": e.temperature,
             "batch_size": e.batch_size, "seed": params.seed, "device": params.policy.device,
-            "dtype": params.policy.dtype, "backend": params.generation.backend}
+            "dtype": params.policy.dtype, "backend": params.generation.backend, "engine": params.generation.engine}
 
 
 def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,
@@ -581,9 +581,11 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     `base_policy` replaces `policy.model` as the baseline (the promotion gate compares a candidate
     with production this way); `out_dir` replaces `<out>` as where the files go.
     """
+    from neat.generation import use_engine
     from neat.judges import read_safety_csv
     from neat.reward import score_texts
 
+    use_engine(params.generation.engine)
     e = params.evaluate
     started = time.perf_counter()
     if params.generation.backend == "vllm":  # fail before any work when vLLM cannot run here

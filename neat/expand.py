@@ -23,7 +23,7 @@ from pathlib import Path
 from neat.progress import tqdm
 
 from neat.data import PreferencePair, read_pairs, render_prompt
-from neat.generation import generate
+from neat.generation import generate, use_engine
 from neat.io import atomic_path
 
 ORIGINS = ("chosen", "rejected", "positive", "negative")
@@ -242,6 +242,8 @@ def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
             "include_dataset": params.train.include_dataset_responses}
     if params.generation.backend != "hf":  # other samplers: other samples (hf keeps its earlier fingerprints)
         desc["backend"] = params.generation.backend
+    if params.generation.engine != "hf":  # the lean CPU loop draws other samples from the same distribution
+        desc["engine"] = params.generation.engine
     return fingerprint_of(desc, train_path)
 
 
@@ -252,6 +254,7 @@ def expand(params) -> dict:
     from neat.io import ShardStore, work_dir_for
     from neat.models import checkpoint_id, load_policy, load_tokenizer
 
+    use_engine(params.generation.engine)
     vllm = params.generation.backend == "vllm"
     if vllm:  # fail before any work when vLLM cannot run here
         from neat.vllm_backend import engine_for_policy, require_vllm

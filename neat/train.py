@@ -357,7 +357,7 @@ def fingerprint(params, scored_path: Path) -> str:
     keys = {k: getattr(params, k).model_dump(mode="json") for k in ("policy", "expand", "train", "data")}
     # (train.parallel counts too: sharded and replicated runs keep the optimizer state in different layouts)
     keys["seed"] = params.seed
-    if params.generation.backend != "hf":  # online rounds sample with another engine
+    if params.generation.backend != "hf" or params.generation.engine != "hf":  # online rounds sample with another engine
         keys["generation"] = params.generation.model_dump(mode="json")
     h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
     if scored_path.exists():
@@ -774,8 +774,10 @@ def state_dir_for(params) -> Path:
 
 def train(params, resume: bool = False, stop_after_steps: int | None = None) -> dict:
     """Stage: online rounds of ranking-loss training → `<out>/policy` (merged HF checkpoint)."""
+    from neat.generation import use_engine
     from neat.models import save_model
 
+    use_engine(params.generation.engine)
     if params.generation.backend == "vllm" and params.train.rounds > 1:  # checked before round 1, not after it
         from neat.distributed import world_size_from_env
         from neat.vllm_backend import BackendUnavailable, require_vllm

@@ -1,0 +1,149 @@
+"""The lean CPU decode loop against transformers' generate: same greedy outputs, same sampling distribution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neat import generation
+from neat.generation import generate, lean_decode, warpers
+from tests.conftest import ROOT
+
+CACHE = str(ROOT / ".cache" / "neat")
+QUESTIONS = ["Hi", "How do I bake bread at home without yeast?", "Tell me a joke about cats.",
+             "What is the capital of France, and why is it famous? Please be brief.", "Why?",
+             "Explain photosynthesis to a child in two sentences."]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from neat.data import render_prompt
+    from neat.models import load_policy
+
+    model, tok = load_policy("builtin:tiny-random", cache_dir=CACHE, device="cpu", seed=0)
+    # its init answers "\n" forever; larger random weights make greedy outputs depend on the prompt
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3, generator=gen)
+    prompts = [render_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    return model, tok, prompts
+
+
+def _as_tuples(gens):
+    return [[(g.text, g.n_tokens, g.finished, g.flags) for g in gs] for gs in gens]
+
+
+def _left_padded(tok, prompts):
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, enc))
+    input_ids = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(enc), width), dtype=torch.long)
+    for row, ids in enumerate(enc):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
+def test_greedy_identical_to_hf(tiny):
+    model, tok, prompts = tiny
+    kw = dict(max_new_tokens=24, batch_size=4, min_tokens=4)  # batches of mixed lengths: left padding matters
+    assert _as_tuples(generate(model, tok, prompts, engine="lean", **kw)) == \
+        _as_tuples(generate(model, tok, prompts, engine="hf", **kw))
+
+
+def test_greedy_identical_with_early_stops(tiny):
+    """Rows stopping at different steps (the lean loop drops them from the batch) still match HF exactly."""
+    model, tok, prompts = tiny
+    input_ids, attention = _left_padded(tok, prompts)
+    with torch.no_grad():
+        first = generation._hf_batch(model, input_ids, attention, max_new_tokens=12, temperature=0.0, top_p=1.0,
+                                     k=1, pad_id=tok.pad_token_id, stop={tok.eos_token_id})
+    # make tokens three responses produce mid-way stop ids, so rows finish at different steps
+    extra = [first[0][3], first[1][6], first[2][9]]
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [saved, *extra]
+    try:
+        hf = generate(model, tok, prompts, max_new_tokens=12, batch_size=6, engine="hf")
+        lean = generate(model, tok, prompts, max_new_tokens=12, batch_size=6, engine="lean")
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert any(g[0].finished for g in hf) and len({g[0].n_tokens for g in hf}) > 1
+    assert _as_tuples(lean) == _as_tuples(hf)
+
+
+def test_sampling_reproducible_from_seed(tiny):
+    model, tok, prompts = tiny
+    kw = dict(max_new_tokens=16, temperature=0.9, top_p=0.95, num_return_sequences=2, batch_size=4, engine="lean")
+    a = generate(model, tok, prompts, seed=3, **kw)
+    assert _as_tuples(a) == _as_tuples(generate(model, tok, prompts, seed=3, **kw))
+    assert _as_tuples(a) != _as_tuples(generate(model, tok, prompts, seed=4, **kw))
+    assert all(len(gs) == 2 for gs in a)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.9, 0.95), (0.7, 0.5), (1.0, 1.0)])
+def test_sampling_distribution_matches_hf(tiny, temperature, top_p):
+    """Teacher-forced on HF's own samples, the lean loop (one shared prefill, cache repeated k times)
+    sees the same processed next-token distribution as HF's generate at every position."""
+    model, tok, prompts = tiny
+    input_ids, attention = _left_padded(tok, prompts[:3])
+    width = input_ids.shape[1]
+    k, steps = 2, 10
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=steps, do_sample=True,
+                             temperature=temperature, top_p=top_p, top_k=None, num_return_sequences=k,
+                             pad_token_id=tok.pad_token_id, eos_token_id=None, output_scores=True,
+                             return_dict_in_generate=True)
+    forced = out.sequences[:, width:]
+    procs, seen = warpers(temperature, top_p), []
+
+    def choose(logits, step):
+        for proc in procs:
+            logits = proc(None, logits)
+        seen.append(logits)
+        return forced[:, step]
+
+    with torch.no_grad():
+        tokens = lean_decode(model, input_ids, attention, max_new_tokens=steps, k=k, stop=set(), choose=choose)
+    assert tokens == forced.tolist()
+    assert len(seen) == len(out.scores) == steps
+    for ours, theirs in zip(seen, out.scores):
+        assert torch.equal(torch.isinf(ours), torch.isinf(theirs))  # the same top-p nucleus
+        finite = ~torch.isinf(theirs)
+        torch.testing.assert_close(torch.log_softmax(ours, -1)[finite], torch.log_softmax(theirs, -1)[finite],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_engine_switch(tiny, monkeypatch):
+    model, tok, prompts = tiny
+    assert generation.resolve_engine(model) == "lean"  # the CPU default
+    calls = []
+    real = generation._hf_batch
+    monkeypatch.setattr(generation, "_hf_batch", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    generation.use_engine("hf")
+    try:
+        generate(model, tok, prompts[:2], max_new_tokens=2)
+    finally:
+        generation.use_engine("lean")
+    assert calls
+    with pytest.raises(ValueError):
+        generation.use_engine("vllm")
+
+
+@pytest.mark.slow
+def test_greedy_identical_to_hf_smollm2():
+    from neat.data import read_preferences, render_prompt
+    from neat.models import load_policy
+
+    model, tok = load_policy("builtin:smollm2-135m-instruct", cache_dir=CACHE, device="cpu", dtype="float32")
+    path = ROOT.parent / "shared/data/hh-rlhf/harmless-base-test.first1000.jsonl.gz"
+    if path.exists():
+        prompts = [render_prompt(tok, p.prompt) for p in read_preferences(path).pairs[:8]]
+    else:
+        prompts = [render_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    kw = dict(max_new_tokens=40, batch_size=4)
+    assert _as_tuples(generate(model, tok, prompts, engine="lean", **kw)) == \
+        _as_tuples(generate(model, tok, prompts, engine="hf", **kw))
