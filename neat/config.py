@@ -275,7 +275,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if _is_text_field(key):
-        return key, None if raw.strip() in ("null", "~") and _annotation_at(key) is Optional[str] else raw
+        return key, None if raw.strip() in ("null", "~") and _annotation_at(key) == Optional[str] else raw
     if raw == "":
         return key, ""
     if "#" in raw:

@@ -631,7 +631,7 @@ def checkpoint_id(path_or_ref: str | os.PathLike, *, seed: int = 0) -> str:
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name not in (_MARKER, "README.md"))
         if not files:
-            raise ModelError(f"model directory '{ref}' is empty")
+            raise ModelError(f"model directory '{ref}' holds no model files (no config.json, no weights)")
         return _hash_files(files, path)
     if _looks_like_path(ref):
         raise ModelError(f"model path '{ref}' does not exist; check the path")

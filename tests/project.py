@@ -106,3 +106,14 @@ def start_prefect_server(tmp_path: Path) -> tuple[dict, subprocess.Popen]:
                 server.kill()
                 pytest.fail("prefect server did not start:\n" + log.read_text()[-2000:])
             time.sleep(1)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` s (a Prefect worker or server can take
+    longer than that to shut down on a loaded machine; the test's checks are done by then)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

@@ -14,15 +14,14 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.project import make_project, start_prefect_server, venv_env
+from tests.project import make_project, start_prefect_server, venv_env, stop_process
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     env, proc = start_prefect_server(tmp_path_factory.mktemp("prefect"))
     yield env
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_process(proc)
 
 
 def api(env, path, body=None):

@@ -16,7 +16,7 @@ import yaml
 from neat.pipeline import stage_order
 from neat.stages import STAGES
 from tests.conftest import ROOT
-from tests.project import free_port, git, make_project, start_prefect_server, tree_digest, venv_env
+from tests.project import free_port, git, make_project, start_prefect_server, tree_digest, venv_env, stop_process
 
 BUCKET = "neat-dvc"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
@@ -132,8 +132,7 @@ def test_s3_remote_push_then_pull_in_fresh_clone(project, s3_server, tmp_path):
 def prefect_server(tmp_path):
     env, server = start_prefect_server(tmp_path)
     yield env
-    server.terminate()
-    server.wait(timeout=30)
+    stop_process(server)
 
 
 def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
@@ -156,8 +155,7 @@ def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
         assert "Running stage 'train'" in log and "Stage 'prepare' didn't change, skipping" in log
         assert "revision:" in log and "dvc_experiment" in log
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_process(worker)
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["train"]["sft_weight"] != 0.25  # the override was for that run only
     # ... and so were its lock and outputs: the workspace is still what params.yaml describes

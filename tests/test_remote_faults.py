@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.project import free_port, git, make_project, start_prefect_server, tree_digest, venv_env
+from tests.project import free_port, git, make_project, start_prefect_server, tree_digest, venv_env, stop_process
 
 BUCKET = "neat-faults"
 SECRET = "wJalrXUtnFEMI-K7MDENG-neat-FAKE-SECRET-7f3a9c"  # distinctive: must never be printed or stored
@@ -283,8 +283,7 @@ def test_worker_killed_mid_run_is_marked_crashed_and_rerun_reuses_cached_stages(
     finally:
         if worker is not None:
             _kill_all([worker.pid, *_descendants(worker.pid)])
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process(server)
 
 
 def _alive(pid: int) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.project import make_project, start_prefect_server, venv_env
+from tests.project import make_project, start_prefect_server, venv_env, stop_process
 
 
 def test_retraining_fails_when_dvc_push_fails(tmp_path):
@@ -17,8 +17,7 @@ def test_retraining_fails_when_dvc_push_fails(tmp_path):
                               cwd=project, env=venv_env({**env, "PYTHONPATH": str(project)}),
                               capture_output=True, text=True, timeout=600)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process(server)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-3000:]
     assert "dvc push failed" in text and "no remote" in text.lower()
