@@ -796,8 +796,8 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     pairs = read_pairs(params.out("data", "train.jsonl"))
     groups_source = select_prompts(pairs, params.data.max_train_prompts)
     model, tokenizer = load_trainable_policy(params)
-    scorer = reward_scorer(params) if params.train.rounds > 1 or params.train.dev_prompts else None
     dev_source = dev_prompts(pairs, params)
+    scorer = reward_scorer(params) if params.train.rounds > 1 or dev_source else None
     out_dir = params.out("train")
     (out_dir / "rounds").mkdir(parents=True, exist_ok=True)  # a DVC output even with a single round
     started = time.perf_counter()
