@@ -123,8 +123,12 @@ class TrainParams(Section):
     rounds: int = Field(2, ge=1, le=100)
     loss: Literal["rrhf", "pro"] = "rrhf"
     sft_weight: float = Field(1.0, ge=0)
-    sft_target: Literal["best", "best_generated"] = Field(
-        "best", description="SFT term on the best-reward candidate of any origin, or of the policy's own samples only")
+    sft_target: Literal["best", "best_generated", "chosen"] = Field(
+        "best", description="SFT term on the best-reward candidate of any origin (best), of the policy's own samples "
+                            "only (best_generated), or on the dataset's chosen response, the human preference (chosen)")
+    degenerate: Literal["last", "exclude"] = Field(
+        "last", description="candidates flagged degenerate (empty, short, repetitive): ranked below every other "
+                            "candidate of their prompt, so the ranking loss pushes them down (last), or left out")
     anchor_weight: float = Field(
         0.0, ge=0, description="weight of ½(log π(y|x) − log π_ref(y|x))² per candidate (length-normalised), the "
                                "reference being the policy with its LoRA adapters off: keeps the policy near the base")

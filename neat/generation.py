@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from neat.diagnostics import is_repetitive
+
 
 @dataclass
 class Generation:
@@ -41,7 +43,7 @@ def quality_flags(token_ids: Sequence[int], text: str, finished: bool, min_token
         # a response that cycles a few tokens ("no no no no …") carries no signal for ranking
         distinct = len(set(token_ids)) / len(token_ids)
         trigrams = [tuple(token_ids[i : i + 3]) for i in range(len(token_ids) - 2)]
-        if distinct < 0.2 or len(set(trigrams)) / len(trigrams) < 0.3:
+        if distinct < 0.2 or len(set(trigrams)) / len(trigrams) < 0.3 or is_repetitive(text):
             flags.append("repetitive")
     if not finished:
         flags.append("truncated")

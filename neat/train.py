@@ -58,16 +58,34 @@ class Group:
     origins: list[str]
 
 
-def groups_from_scored(rows: list[dict]) -> list[Group]:
-    """Ranked candidates grouped by prompt, in file order; unranked (NaN, degenerate) ones are left out."""
+def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[Group]:
+    """Ranked candidates grouped by prompt, in file order; unranked ones (NaN reward, degenerate) are left out.
+
+    `degenerate="last"`: a candidate flagged degenerate (empty, short, repetitive) joins its prompt's
+    group with a reward 1 below the group's lowest, so the ranking loss pushes it under every other
+    candidate (a reward model that was never shown such text may score it high). A prompt with
+    nothing but degenerate candidates stays out.
+    """
     groups: dict[str, Group] = {}
+    worst: dict[str, list[dict]] = {}
     for row in rows:
         if row.get("rank") is None:
+            if degenerate == "last" and row.get("degenerate", False):
+                worst.setdefault(row["prompt_id"], []).append(row)
             continue
         g = groups.setdefault(row["prompt_id"], Group(row["prompt_id"], row["prompt"], [], [], []))
         g.responses.append(row["response"])
         g.rewards.append(float(row["reward"]))
         g.origins.append(row["origin"])
+    for prompt_id, extra in worst.items():
+        g = groups.get(prompt_id)
+        if g is None:
+            continue
+        floor = min(g.rewards) - 1.0
+        for row in extra:
+            g.responses.append(row["response"])
+            g.rewards.append(floor)
+            g.origins.append(row["origin"])
     return list(groups.values())
 
 
@@ -208,17 +226,19 @@ def batch_logps(model, batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def sft_mask(batch, target: str) -> torch.Tensor:
-    """[B, K] candidates the SFT term may pick from: all, or the policy's own samples ("best_generated";
-    a prompt without any sample falls back to all its candidates)."""
+    """[B, K] candidates the SFT term may pick from: all ("best"), the policy's own samples
+    ("best_generated") or the dataset's chosen response ("chosen"); a prompt without any such
+    candidate falls back to all of its candidates."""
     if target == "best":
         return batch.mask
-    generated = torch.zeros_like(batch.mask)
+    wanted = ("positive", "negative") if target == "best_generated" else ("chosen",)
+    picked = torch.zeros_like(batch.mask)
     for b, row in enumerate(batch.origins):
         for k, origin in enumerate(row):
-            generated[b, k] = origin in ("positive", "negative")
-    generated &= batch.mask
-    has = generated.any(dim=1, keepdim=True)
-    return torch.where(has, generated, batch.mask)
+            picked[b, k] = origin in wanted
+    picked &= batch.mask
+    has = picked.any(dim=1, keepdim=True)
+    return torch.where(has, picked, batch.mask)
 
 
 @contextlib.contextmanager
@@ -581,7 +601,7 @@ class Trainer:
         self.fingerprint = fingerprint_
         self.rounds_log: list[dict] = []
         # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
-        n_prompts = max(1, len(groups_from_scored(first_rows)))
+        n_prompts = max(1, len(groups_from_scored(first_rows, self.cfg.degenerate)))
         total = self.steps_per_round(n_prompts) * cfg.rounds
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
         start_round, position, step = 1, 0, 0
@@ -611,7 +631,7 @@ class Trainer:
             rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
             if position == 0 and not any(r["round"] == round_ for r in self.rounds_log):
                 self.rounds_log.append(self._round_entry(round_, rows, dev_source))
-            groups = groups_from_scored(rows)
+            groups = groups_from_scored(rows, self.cfg.degenerate)
             if not groups:
                 raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
             order = round_order(len(groups), self.params.seed, round_, cfg.epochs_per_round)

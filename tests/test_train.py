@@ -204,6 +204,12 @@ def test_sft_target_best_generated_skips_dataset_responses():
     assert best_candidate_index(batch.rewards, sft_mask(batch, "best_generated")).tolist()[0] == 3
     # prompt 1 has the 'negative' sample only as generated candidate
     assert batch.origins[1][best_candidate_index(batch.rewards, sft_mask(batch, "best_generated")).tolist()[1]] == "negative"
+    # "chosen": the human preference, even where the reward model rates a sample above it
+    rigged = batch.rewards.clone()
+    rigged[0, 3] = 9.0
+    chosen = best_candidate_index(rigged, sft_mask(batch, "chosen")).tolist()
+    assert [batch.origins[b][k] for b, k in enumerate(chosen)] == ["chosen", "chosen"]
+    assert best_candidate_index(rigged, sft_mask(batch, "best")).tolist()[0] == 3
 
 
 def test_online_curve_is_recorded_per_round_and_survives_resume(tmp_path):
@@ -234,3 +240,29 @@ def test_online_curve_is_recorded_per_round_and_survives_resume(tmp_path):
     resumed, _ = run(tmp_path / "b", resume=True)
     assert resumed["online_dev_reward"] == summary["online_dev_reward"]
     assert resumed["online_p_positive_over_negative"] == summary["online_p_positive_over_negative"]
+
+
+def _row(pid, origin, response, reward, degenerate=False):
+    return dict(prompt_id=pid, prompt=[{"role": "user", "content": pid}], origin=origin, response=response,
+                reward=reward, rank=None if degenerate else 0, degenerate=degenerate)
+
+
+def test_degenerate_candidates_rank_last_or_stay_out():
+    rows = [_row("a", "chosen", "fine answer", 0.2), _row("a", "negative", "no no no no no no", 5.0, degenerate=True),
+            _row("a", "positive", "another answer", 0.7), _row("b", "negative", "", 1.0, degenerate=True)]
+    (last,) = groups_from_scored(rows, "last")
+    assert last.origins == ["chosen", "positive", "negative"]
+    # the reward model liked the loop (5.0); training sees it below the worst real answer
+    assert last.rewards == [0.2, 0.7, pytest.approx(-0.8)]
+    (kept,) = groups_from_scored(rows, "exclude")
+    assert kept.origins == ["chosen", "positive"] and kept.rewards == [0.2, 0.7]
+
+
+def test_quality_flags_catch_word_loops():
+    from neat.generation import quality_flags
+
+    loop = "You're a coward, you're not. You're a coward. You're a coward. You're a coward. You're a coward."
+    ids = list(range(40))  # distinct token ids: the token-level test alone would pass it
+    assert "repetitive" in quality_flags(ids, loop, True, 2)
+    fine = "Keep it in a paper bag at room temperature and freeze the slices you will not eat within two days."
+    assert "repetitive" not in quality_flags(ids, fine, True, 2)
