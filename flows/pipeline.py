@@ -21,6 +21,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from neat.codedeps import sync_dvc_yaml
 from neat.config import load_params
 from neat.io import write_text_atomic
 from neat.pipeline import PipelineStage, project_lock, revision, run, set_params_in_file, stage_order
@@ -208,8 +209,8 @@ def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Op
     on this run's outputs, before an override run's results leave the workspace."""
     logger = get_run_logger()
     with project_lock(project):
-        params_file = project / "params.yaml"
-        original = params_file.read_text(encoding="utf-8")
+        params_file, dvc_yaml = project / "params.yaml", project / "dvc.yaml"
+        original, original_dvc_yaml = params_file.read_text(encoding="utf-8"), dvc_yaml.read_text(encoding="utf-8")
         kept = workspace_kept(project, logger) if overrides else contextlib.nullcontext()
         extra = {}
         with kept:
@@ -217,6 +218,8 @@ def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Op
                 if overrides:
                     set_params_in_file(params_file, overrides)
                     logger.info(f"params.yaml overrides for this run: {overrides}")
+                    if "paths.data" in overrides:  # a hub: source is no file dep of dvc.yaml, a local file is
+                        sync_dvc_yaml(dvc_yaml)
                 params = load_params(params_file)
                 order = stage_order(project)
                 if stages:
@@ -234,6 +237,7 @@ def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Op
             finally:
                 if overrides:  # the overrides were for this run only; the experiment keeps them
                     write_text_atomic(params_file, original)
+                    write_text_atomic(dvc_yaml, original_dvc_yaml)
     logger.info(f"revision: {info}")
     return {"stages": results, "revision": info, "metrics": metrics, **extra}
 
@@ -384,6 +388,7 @@ def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = N
     if newest:  # new data becomes the pipeline's input from now on, not for this run only
         with project_lock(project):
             set_params_in_file(project / "params.yaml", {"paths.data": newest})
+            sync_dvc_yaml(project / "dvc.yaml")  # a local file is a data dep again if a hub: source was before
         logger.info(f"new preference data: {newest}")
     # the gate runs on this run's outputs with its own settings, inside the pipeline's slot and lock
     summary = _run_pipeline(project, overrides, None, use_dvc, None,

@@ -39,6 +39,9 @@ class Paths(Section):
 class DataParams(Section):
     format: Literal["auto", "hh", "trl"] = "auto"
     hub_split: str = "train"
+    hub_revision: Optional[str] = Field(
+        None, description="revision of a hub:<dataset id> source (commit sha, tag or branch); pin a commit sha: "
+                          "`dvc repro` tracks this param, not the hub's files (null: the latest)")
     eval_fraction: float = Field(0.15, gt=0, lt=1)
     judge_fraction: float = Field(0.15, ge=0, lt=1, description="prompts reserved for the evaluation reward model")
     split_salt: str = "neat"
