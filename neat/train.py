@@ -334,18 +334,16 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
 # ---------------------------------------------------------------- optimisation state
 
 
-def make_scheduler(optimizer, schedule: str, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
+# train.schedule → transformers' schedule; `constant` keeps a warmup (transformers' plain `constant` has none)
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def make_scheduler(optimizer, schedule: str, warmup: int, total: int):
+    """transformers' `get_scheduler`: the lr rises linearly from 0 over `warmup` steps, then stays
+    (constant) or decays to 0 at step `total` (linear, cosine). A LambdaLR: its state_dict is checkpointed."""
+    from transformers import get_scheduler
+
+    return get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

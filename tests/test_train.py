@@ -234,3 +234,35 @@ def test_online_curve_is_recorded_per_round_and_survives_resume(tmp_path):
     resumed, _ = run(tmp_path / "b", resume=True)
     assert resumed["online_dev_reward"] == summary["online_dev_reward"]
     assert resumed["online_p_positive_over_negative"] == summary["online_p_positive_over_negative"]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_schedule_warms_up_then_keeps_its_shape_across_a_checkpoint(tmp_path, schedule):
+    import math
+
+    from neat.train import load_checkpoint, make_scheduler, save_checkpoint
+
+    def fresh():
+        model = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        return model, optimizer, make_scheduler(optimizer, schedule, warmup=4, total=12)
+
+    def steps(optimizer, scheduler, n):
+        lrs = []
+        for _ in range(n):
+            lrs.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return lrs
+
+    decay = {"constant": lambda p: 1.0, "linear": lambda p: 1.0 - p,
+             "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p))}[schedule]
+    model, optimizer, scheduler = fresh()
+    lrs = steps(optimizer, scheduler, 6)
+    save_checkpoint(tmp_path / "state", model, optimizer, scheduler, {})
+    lrs += steps(optimizer, scheduler, 6)
+    assert lrs == pytest.approx([0.0, 0.25, 0.5, 0.75] + [decay((s - 4) / 8) for s in range(4, 12)])
+
+    model, optimizer, scheduler = fresh()  # resumed: the schedule continues where the checkpoint left it
+    load_checkpoint(tmp_path / "state", model, optimizer, scheduler)
+    assert steps(optimizer, scheduler, 6) == pytest.approx(lrs[6:])
