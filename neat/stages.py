@@ -54,4 +54,11 @@ STAGES: dict[str, Stage] = {
 
 def run_stage(name: str, params, **options) -> dict:
     """Run one stage; `options` are stage-specific flags (e.g. `resume=True` for train)."""
-    return STAGES[name].load()(params, **options)
+    import logging
+    import time
+
+    start = time.monotonic()
+    summary = STAGES[name].load()(params, **options)
+    # on success only: a failing stage's stderr stays its one `neat: error:` line
+    logging.getLogger(__name__).info("neat %s: done in %.1f s", name, time.monotonic() - start)
+    return summary

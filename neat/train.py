@@ -17,6 +17,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import logging
 import math
 import random
 import time
@@ -34,6 +35,8 @@ from neat.expand import ORIGINS, SCORED_COLUMNS, build_candidates, read_candidat
 from neat.io import atomic_path, write_json_atomic
 from neat.logprobs import length_normalised, response_logprobs
 from neat.losses import best_candidate_index, pro_loss, rrhf_loss, sft_loss
+
+log = logging.getLogger(__name__)
 
 LOG_COLUMNS = (
     ["round", "step", "loss", "rank_loss", "sft_loss", "lr", "tokens_per_s", "grad_norm"]
@@ -602,7 +605,7 @@ class Trainer:
                 if info.get("round_done"):
                     start_round, position = start_round + 1, 0
             else:
-                print(f"neat train: checkpoint in {self.state_dir} is from other inputs/params; starting fresh")
+                log.warning("neat train: checkpoint in %s is from other inputs/params; starting fresh", self.state_dir)
         self.model.train()
         bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (self.progress and self.is_main))
         for round_ in range(start_round, cfg.rounds + 1):

@@ -98,7 +98,7 @@ def test_resume_gives_identical_weights(tmp_path, lora):
         assert torch.equal(ref[name], got[name]), name
 
 
-def test_resume_ignores_checkpoint_of_other_inputs(tmp_path, capsys):
+def test_resume_ignores_checkpoint_of_other_inputs(tmp_path, caplog):
     pairs, rows = synthetic_rows()
     params = make_params(tmp_path, checkpoint_every=1)
     model, tokenizer = load_trainable_policy(params)
@@ -108,7 +108,7 @@ def test_resume_ignores_checkpoint_of_other_inputs(tmp_path, capsys):
     summary = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
         rows, select_prompts(pairs, 6), pairs, fingerprint_="new", resume=True)
     assert summary["steps"] == 3
-    assert "starting fresh" in capsys.readouterr().out
+    assert "starting fresh" in caplog.text
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
