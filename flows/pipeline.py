@@ -21,6 +21,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.options import ParamOverrides
+from neat.codedeps import sync_dvc_yaml
 from neat.config import load_params
 from neat.io import write_text_atomic
 from neat.pipeline import PipelineStage, project_lock, revision, run, set_params_in_file, stage_order
@@ -208,8 +210,8 @@ def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Op
     on this run's outputs, before an override run's results leave the workspace."""
     logger = get_run_logger()
     with project_lock(project):
-        params_file = project / "params.yaml"
-        original = params_file.read_text(encoding="utf-8")
+        params_file, dvc_yaml = project / "params.yaml", project / "dvc.yaml"
+        original, original_dvc_yaml = params_file.read_text(encoding="utf-8"), dvc_yaml.read_text(encoding="utf-8")
         kept = workspace_kept(project, logger) if overrides else contextlib.nullcontext()
         extra = {}
         with kept:
@@ -217,6 +219,8 @@ def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Op
                 if overrides:
                     set_params_in_file(params_file, overrides)
                     logger.info(f"params.yaml overrides for this run: {overrides}")
+                    if "paths.data" in overrides:  # a hub: source is no file dep of dvc.yaml, a local file is
+                        sync_dvc_yaml(dvc_yaml)
                 params = load_params(params_file)
                 order = stage_order(project)
                 if stages:
@@ -234,6 +238,7 @@ def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Op
             finally:
                 if overrides:  # the overrides were for this run only; the experiment keeps them
                     write_text_atomic(params_file, original)
+                    write_text_atomic(dvc_yaml, original_dvc_yaml)
     logger.info(f"revision: {info}")
     return {"stages": results, "revision": info, "metrics": metrics, **extra}
 
@@ -278,7 +283,7 @@ def _on_bad_end(flow, flow_run, state) -> None:
 
 
 @flow(name="neat-pipeline", log_prints=True, on_failure=[_on_bad_end], on_crashed=[_on_bad_end])
-def neat_pipeline(project_dir: str = ".", overrides: Optional[dict[str, Any]] = None,
+def neat_pipeline(project_dir: str = ".", overrides: Optional[ParamOverrides] = None,
                   stages: Optional[list[str]] = None, use_dvc: bool = True,
                   experiment_name: Optional[str] = None) -> dict:
     """Run the stages of dvc.yaml in order. `overrides` are written into params.yaml for this run (validated
@@ -287,13 +292,23 @@ def neat_pipeline(project_dir: str = ".", overrides: Optional[dict[str, Any]] = 
 
     Args:
         project_dir: The project checkout (params.yaml, dvc.yaml), as seen by the worker.
-        overrides: Parameters for this run only, dotted keys of params.yaml, e.g. {"train.lr": 1e-5}; the run
-            is saved as a DVC experiment and the workspace is left as params.yaml describes it.
+        overrides: Parameters for this run only, a form of params.yaml's sections (or dotted keys, e.g.
+            {"train.lr": 1e-5}); the run is saved as a DVC experiment and the workspace is left as params.yaml
+            describes it.
         stages: Run only these dvc.yaml stages (e.g. ["prepare", "train_rm"]); empty runs them all.
         use_dvc: Run each stage through `dvc repro` (cached, recorded in dvc.lock); false runs them in-process.
         experiment_name: Name of the DVC experiment this run is saved as (default: prefect-<flow run name>).
     """
-    return _run_pipeline(Path(project_dir).resolve(), overrides, stages, use_dvc, experiment_name)
+    return _run_pipeline(Path(project_dir).resolve(), _dotted(overrides), stages, use_dvc, experiment_name)
+
+
+def _dotted(overrides: Optional[ParamOverrides]) -> Optional[dict[str, Any]]:
+    """The filled-in overrides as {"train.lr": 1e-5}; None when there are none."""
+    if overrides is None:
+        return None
+    if not isinstance(overrides, ParamOverrides):  # the flow's function called directly (`.fn`), not the flow
+        overrides = ParamOverrides.model_validate(overrides)
+    return overrides.dotted() or None
 
 
 @contextlib.contextmanager
@@ -360,17 +375,20 @@ def promote_if_better(project: Path, params) -> dict:
 
 
 @flow(name="neat-retrain", log_prints=True, on_failure=[_on_bad_end], on_crashed=[_on_bad_end])
-def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = None, use_dvc: bool = True) -> dict:
+def neat_retrain(project_dir: str = ".", overrides: Optional[ParamOverrides] = None, use_dvc: bool = True) -> dict:
     """Scheduled retraining: pull the newest data, reproduce, evaluate, promote only if the gate passes.
 
     Emits `neat.model.promoted` (or `neat.model.refused`) with the gate's decision, for automations.
 
     Args:
         project_dir: The project checkout (params.yaml, dvc.yaml), as seen by the worker.
-        overrides: Parameters for this run only, dotted keys of params.yaml, e.g. {"train.lr": 1e-5}.
+        overrides: Parameters for this run only, a form of params.yaml's sections (or dotted keys, e.g.
+            {"train.lr": 1e-5}).
         use_dvc: Pull, reproduce and push through DVC; false runs the stages in-process.
     """
     from neat.retrain import fetch_incoming
+
+    overrides = _dotted(overrides)
 
     logger = get_run_logger()
     project = Path(project_dir).resolve()
@@ -384,6 +402,7 @@ def neat_retrain(project_dir: str = ".", overrides: Optional[dict[str, Any]] = N
     if newest:  # new data becomes the pipeline's input from now on, not for this run only
         with project_lock(project):
             set_params_in_file(project / "params.yaml", {"paths.data": newest})
+            sync_dvc_yaml(project / "dvc.yaml")  # a local file is a data dep again if a hub: source was before
         logger.info(f"new preference data: {newest}")
     # the gate runs on this run's outputs with its own settings, inside the pipeline's slot and lock
     summary = _run_pipeline(project, overrides, None, use_dvc, None,

@@ -25,6 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neat", description="Negative-prompt-driven alignment pipeline",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"neat {__version__}")
+    from neat.logs import LEVELS
+
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="only warnings and errors on stderr, no progress bars (JSON summaries still print)")
+    verbosity.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
+                           help="messages on stderr from this level up (default: INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="inspect preference data").add_subparsers(dest="data_command", required=True)
@@ -216,6 +223,9 @@ def _where(args) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; any failure ends as one `neat: error:` line (exit 2: bad input, 3: internal error)."""
     args = build_parser().parse_args(argv)
+    from neat.logs import configure
+
+    configure(args.log_level, quiet=args.quiet)
     try:
         return dispatch(args)
     except KeyboardInterrupt:

@@ -10,6 +10,10 @@ so editing a help text does not retrain the model.
 `neat dvc-deps` rewrites the `neat/…` lines of each stage's `deps` in dvc.yaml from this closure;
 `neat dvc-deps --check` (and the test suite) fails when dvc.yaml lists less or more than the code
 imports, so a new import can never leave a stage's cached outputs looking up to date.
+
+It also writes the data source dep, `${paths.data}`, of the stage that reads it, from the params.yaml
+beside dvc.yaml: a local file is a dep (DVC hashes it); a `hub:<dataset id>` has no file, so the stage
+depends on it through its params alone (`paths.data`, `data.hub_revision`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import yaml
 PACKAGE = "neat"
 ROOT = Path(__file__).resolve().parents[1]
 ALWAYS = ("neat.config",)  # every stage's params object is built and validated there
+DATA_DEP = "${paths.data}"
 
 
 def module_file(module: str, root: Path = ROOT) -> Path | None:
@@ -87,19 +92,41 @@ def stage_code_deps(neat_name: str, root: Path = ROOT) -> list[str]:
 _CODE_DEP = re.compile(r"^(?P<indent>\s+)- (?P<path>neat/\S+\.py)\s*$")
 
 
+def _managed(dep: str) -> bool:
+    """A dep line `neat dvc-deps` writes: a code file or the data source."""
+    return dep == DATA_DEP or bool(_CODE_DEP.match(f"  - {dep}"))
+
+
+def data_source_is_hub(params_file: Path) -> bool:
+    """Whether `paths.data` in `params_file` (absent: the schema's default, a local file) is a hub dataset."""
+    if not params_file.is_file():
+        return False
+    from neat.params_yaml import parse_yaml
+
+    params = parse_yaml(params_file.read_text(encoding="utf-8"), str(params_file)) or {}
+    data = (params.get("paths") or {}).get("data") if isinstance(params, dict) else None
+    return isinstance(data, str) and data.startswith("hub:")
+
+
 def sync_dvc_yaml(path: Path = ROOT / "dvc.yaml", root: Path = ROOT, write: bool = True) -> dict[str, dict]:
     """Make each stage's `neat/*.py` deps exactly its code closure. Returns {stage: {"add": [...], "remove": [...]}}
     for the stages that differed (empty: dvc.yaml was already complete); writes the file unless `write=False`.
 
-    Only the `neat/…py` lines of a stage's `deps` are replaced (placed first, sorted); data deps, params,
-    outs and comments stay as they are.
+    Only the `neat/…py` lines of a stage's `deps` are replaced (placed first, sorted), then the data
+    source `${paths.data}` of the stage that reads it unless params.yaml (beside dvc.yaml) names a
+    `hub:` dataset; other data deps, params, outs and comments stay as they are.
     """
+    from neat.stages import STAGES
+
     text = path.read_text(encoding="utf-8")
     stages = yaml.safe_load(text)["stages"]
+    hub = data_source_is_hub(path.parent / "params.yaml")
     wanted: dict[str, list[str]] = {}
     for name, spec in stages.items():
         words = spec["cmd"].split()
         wanted[name] = stage_code_deps(words[1], root)
+        if STAGES[words[1]].reads_data_source and not hub:
+            wanted[name].append(DATA_DEP)
     lines = text.splitlines(keepends=True)
     out: list[str] = []
     changes: dict[str, dict] = {}
@@ -114,14 +141,14 @@ def sync_dvc_yaml(path: Path = ROOT / "dvc.yaml", root: Path = ROOT, write: bool
             in_deps = True
             out.append(line)
             out.extend(f"      - {dep}\n" for dep in wanted[stage])
-            have = [d for d in stages[stage].get("deps", []) if _CODE_DEP.match(f"  - {d}")]
+            have = [d for d in stages[stage].get("deps", []) if _managed(d)]
             add, remove = sorted(set(wanted[stage]) - set(have)), sorted(set(have) - set(wanted[stage]))
             if add or remove:
                 changes[stage] = {"add": add, "remove": remove}
             continue
         elif in_deps and not stripped.startswith("      -"):
             in_deps = False
-        if in_deps and _CODE_DEP.match(stripped):
+        if in_deps and stripped.startswith("      - ") and _managed(stripped[len("      - "):].strip()):
             continue  # replaced by the computed list above
         out.append(line)
     for name in stages:

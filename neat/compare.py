@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -35,6 +36,8 @@ from typing import Any, Sequence
 
 from neat.errors import ConfigError, DataError
 from neat.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 VARIANTS: dict[str, str] = {
     "neat": "NEAT: positive and negative steered samples + dataset responses, ranking loss + SFT",
@@ -299,6 +302,6 @@ def compare(params, variants: Sequence[str] | None = None, progress: bool = True
         | {"steps": r["steps"]} for r in results}
     write_json_atomic(params.out("metrics", "compare.json"), json_safe(flat))
     if not summary["equal_steps"]:
-        print(f"neat compare: variants took different numbers of optimizer steps {steps} "
-              "(train.grad_accum does not divide the batches per round)")
+        log.warning("neat compare: variants took different numbers of optimizer steps %s "
+                    "(train.grad_accum does not divide the batches per round)", steps)
     return summary

@@ -39,6 +39,9 @@ class Paths(Section):
 class DataParams(Section):
     format: Literal["auto", "hh", "trl"] = "auto"
     hub_split: str = "train"
+    hub_revision: Optional[str] = Field(
+        None, description="revision of a hub:<dataset id> source (commit sha, tag or branch); pin a commit sha: "
+                          "`dvc repro` tracks this param, not the hub's files (null: the latest)")
     eval_fraction: float = Field(0.15, gt=0, lt=1)
     judge_fraction: float = Field(0.15, ge=0, lt=1, description="prompts reserved for the evaluation reward model")
     split_salt: str = "neat"
@@ -136,8 +139,9 @@ class TrainParams(Section):
         16, ge=0, description="train-split prompts not trained on, answered unsteered before every round and after "
                               "the last (the online curve); 0 = off")
     lr: float = Field(1e-4, gt=0, le=1)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="lr after warmup (transformers.get_scheduler): constant, or decay to 0 by the last step")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps over which the lr rises linearly from 0")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     batch_size: int = Field(2, ge=1, description="prompts per step (each with all its candidates)")

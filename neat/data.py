@@ -300,21 +300,22 @@ class _Rejoined:
         return line + more
 
 
-def _iter_hub_rows(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:
+def _iter_hub_rows(dataset_id: str, split: str, revision: str | None = None) -> Iterator[tuple[int, Any]]:
     try:
         import datasets
 
-        ds = datasets.load_dataset(dataset_id, split=split)
+        ds = datasets.load_dataset(dataset_id, split=split, revision=revision)
     except Exception as exc:  # the hub raises many types; all mean "can't get it"
         raise DataError(
-            f"hub:{dataset_id}: cannot load split '{split}' from the Hugging Face hub "
+            f"hub:{dataset_id}: cannot load split '{split}'{f' at revision {revision}' if revision else ''} "
+            "from the Hugging Face hub "
             f"({type(exc).__name__}); download it where the hub is reachable and pass the local file"
         ) from None
     yield from enumerate(ds, start=1)
 
 
 def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "train",
-                     max_row_chars: int = DEFAULT_MAX_ROW_CHARS) -> ReadResult:
+                     max_row_chars: int = DEFAULT_MAX_ROW_CHARS, hub_revision: str | None = None) -> ReadResult:
     """Read every row of `source`, keep the usable ones, count the rest by reason.
 
     A row with more than `max_row_chars` characters of text (prompt turns plus both responses; for
@@ -323,7 +324,7 @@ def read_preferences(source: str | Path, fmt: str = "auto", hub_split: str = "tr
     """
     source_s = str(source)
     if source_s.startswith("hub:"):
-        rows: Iterable[tuple[int, Any]] = _iter_hub_rows(source_s[4:], hub_split)
+        rows: Iterable[tuple[int, Any]] = _iter_hub_rows(source_s[4:], hub_split, hub_revision)
     else:
         path = Path(source_s)
         check_regular_file(path)
@@ -471,7 +472,7 @@ def prepare(params) -> dict:
     stages cap how many prompts they use (`data.max_train_prompts`, `evaluate.max_prompts`).
     """
     result = read_preferences(params.paths.data, params.data.format, params.data.hub_split,
-                              max_row_chars=params.data.max_row_chars)
+                              max_row_chars=params.data.max_row_chars, hub_revision=params.data.hub_revision)
     d = params.data
     splits = split_pairs(result.pairs, d.eval_fraction, d.judge_fraction, d.split_salt)
     out_dir = params.out("data")

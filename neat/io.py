@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -122,12 +124,11 @@ class ShardStore:
     def done(self) -> list[int]:
         return [i for i in range(self.n) if self.path(i).is_file()]
 
-    def announce(self, stream=None) -> int:
-        """Print 'resuming: k of n shards done' when a previous run left completed shards; returns k."""
+    def announce(self) -> int:
+        """Log 'resuming: k of n shards done' when a previous run left completed shards; returns k."""
         k = len(self.done())
         if k:
-            print(f"neat {self.label}: resuming: {k} of {self.n} shards done (in {self.dir})",
-                  file=stream or sys.stderr, flush=True)
+            log.info("neat %s: resuming: %d of %d shards done (in %s)", self.label, k, self.n, self.dir)
         return k
 
     def finish(self) -> None:

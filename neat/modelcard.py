@@ -70,6 +70,7 @@ def card_facts(params, project: str | Path = ".", *, evaluation: dict | None = N
         "data": {"path": data, "format": params.data.format,
                  "sha256": None if data.startswith("hub:") else file_fingerprint(project / data),
                  "hub_split": params.data.hub_split if data.startswith("hub:") else None,
+                 "hub_revision": params.data.hub_revision if data.startswith("hub:") else None,
                  "splits": (_read_json(out / "data" / "stats.json") or {}).get("splits")},
         "params": {k: getattr(params, k).model_dump(mode="json") for k in PARAM_SECTIONS},
         "training": _read_json(out / "metrics" / "train.json"),
@@ -114,7 +115,8 @@ def render(facts: dict[str, Any]) -> str:
     data = facts["data"]
     lines += ["", "## Training data", "", f"- path: `{data['path']}` (format {data['format']})",
               f"- fingerprint (sha256, first 16 hex): `{data['sha256']}`" if data.get("sha256")
-              else f"- hub dataset, split `{data.get('hub_split')}` (no local file to fingerprint)"]
+              else f"- hub dataset, split `{data.get('hub_split')}`, revision `{data.get('hub_revision') or 'latest'}` "
+                   "(no local file to fingerprint)"]
     for name, split in (data.get("splits") or {}).items():
         lines.append(f"- {name} split: {split.get('pairs')} pairs, {split.get('prompts')} prompts")
     lines += ["", "## Parameters", "", "The `policy`, `expand` and `train` sections of params.yaml:", "", "```yaml",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,56 +48,86 @@ def stage_order(project: str | os.PathLike = ".") -> list[PipelineStage]:
 # ---------------------------------------------------------------- overrides written into params.yaml
 
 
-_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
-
-
-def _split_comment(rest: str) -> tuple[str, str]:
-    """' 1e-4   # lr' → (' 1e-4', '   # lr'), ignoring '#' inside quotes."""
-    quote = None
-    for i, ch in enumerate(rest):
-        if ch in "'\"" and quote in (None, ch):
-            quote = None if quote else ch
-        elif ch == "#" and quote is None and (i == 0 or rest[i - 1].isspace()):
-            j = i
-            while j > 0 and rest[j - 1].isspace():
-                j -= 1
-            return rest[:j], rest[j:]
-    return rest, ""
-
-
 def set_params_in_file(path: str | os.PathLike, overrides: dict[str, Any]) -> None:
-    """Write `overrides` ({"train.lr": 1e-5}) into a params YAML file, keeping its comments and layout.
+    """Write `overrides` ({"train.lr": 1e-5}) into a params YAML file, keeping its comments and layout
+    (a ruamel.yaml round trip).
 
     The result is validated by the params schema before it replaces the file (atomically), so a bad
     override leaves the file as it was. Keys must exist in the file already (the schema lists all).
     """
     path = Path(path)
     load_params(path, overrides)  # one-line ConfigError for an unknown key or a bad value
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    yaml_rt = _round_trip_yaml()
+    doc = yaml_rt.load(path.read_text(encoding="utf-8"))
     for dotted, value in overrides.items():
-        parts, stack, done = dotted.split("."), [], False
-        for i, line in enumerate(lines):
-            m = _KEY_LINE.match(line.rstrip("\n"))
-            if not m or line.lstrip().startswith("#"):
-                continue
-            depth = len(m["indent"]) // 2
-            stack = stack[:depth] + [m["key"]]
-            if stack == parts:
-                body, comment = _split_comment(m["rest"])
-                # an empty value is a null scalar (DVC writes `key:` for null) unless the key is a section
-                if (not body.strip() and _is_section(parts)) or body.strip() in (">-", "|", ">", "|-"):
-                    raise ConfigError(f"{path}: '{dotted}' is a section or a block value; edit the file to change it")
-                comment = comment if body.strip() else (" " + comment.lstrip() if comment else "")
-                rendered = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-                rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
-                lines[i] = f"{m['indent']}{m['key']}: {rendered}{comment}\n"
-                done = True
-                break
-        if not done:
+        *sections, key = dotted.split(".")
+        node = doc
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
             raise ConfigError(f"{path}: key '{dotted}' is not written in the file; add it before overriding")
-    new_text = "".join(lines)
+        if _is_section(dotted.split(".")):
+            raise ConfigError(f"{path}: '{dotted}' is a section; override its keys one at a time "
+                              f"({dotted}.<key>=...)")
+        old = node[key]
+        if old == value and isinstance(old, bool) == isinstance(value, bool):
+            continue  # as written: keep its spelling (3.0e-4 stays, not 0.0003)
+        node[key] = _round_trip_value(value)
+    buffer = io.StringIO()
+    yaml_rt.dump(doc, buffer)
+    new_text = buffer.getvalue()
     load_params_from_text(new_text, path)
+    written = yaml.safe_load(new_text)  # what every stage will read (PyYAML, YAML 1.1)
+    for dotted, value in overrides.items():
+        got = written
+        for part in dotted.split("."):
+            got = got[part]
+        if got != value:
+            raise ConfigError(f"{path}: '{dotted}' would be read back as {got!r}, not {value!r}; edit the file")
     write_text_atomic(path, new_text)
+
+
+def _round_trip_yaml():
+    from ruamel.yaml import YAML
+    from ruamel.yaml.representer import RoundTripRepresenter
+
+    class Representer(RoundTripRepresenter):
+        """`null` written out (not an empty value); floats as PyYAML reads them (1.0e-05, never 1e-05: a string
+        to YAML 1.1)."""
+
+    def float_(rep, data: float):
+        text = repr(data).lower()
+        if "." not in text and "e" in text:
+            text = text.replace("e", ".0e", 1)
+        return rep.represent_scalar("tag:yaml.org,2002:float", text)
+
+    Representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    Representer.add_representer(float, float_)
+    yaml_rt = YAML()
+    yaml_rt.Representer = Representer
+    yaml_rt.preserve_quotes = True
+    yaml_rt.width = 10_000  # never fold a long value onto a second line
+    return yaml_rt
+
+
+def _round_trip_value(value: Any) -> Any:
+    """`value` for ruamel: lists in flow style as params.yaml writes them, and quotes around any string
+    YAML 1.1 (PyYAML, what the stages read with) would not read back as itself (`on`, `yes`, `0777`)."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    if isinstance(value, str):
+        try:
+            plain = yaml.safe_load(value)
+        except yaml.YAMLError:
+            plain = None
+        return value if plain == value else DoubleQuotedScalarString(value)
+    if isinstance(value, (list, tuple, dict)):
+        node = CommentedMap((k, _round_trip_value(v)) for k, v in value.items()) if isinstance(value, dict) \
+            else CommentedSeq(_round_trip_value(v) for v in value)
+        node.fa.set_flow_style()
+        return node
+    return value
 
 
 def _is_section(parts: list[str]) -> bool:

@@ -13,6 +13,7 @@ class Stage:
     target: str  # "module:function", imported lazily so `neat --help` stays fast
     help: str
     in_pipeline: bool = True  # part of dvc.yaml's graph (compare is a separate benchmark command)
+    reads_data_source: bool = False  # reads `paths.data`: a file dep in dvc.yaml unless it is hub:<dataset id>
 
     def describe(self) -> str:
         """`help` plus the entry point's docstring, read from the source (no import: `--help` stays fast)."""
@@ -36,7 +37,8 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
-        Stage("prepare", "neat.data:prepare", "read preference data, check rows, split train/eval/judge"),
+        Stage("prepare", "neat.data:prepare", "read preference data, check rows, split train/eval/judge",
+              reads_data_source=True),
         Stage("train-rm", "neat.reward:train_rm", "train the reward model (Bradley-Terry) on the train split"),
         Stage("expand", "neat.expand:expand", "sample positive/negative-steered candidates from the policy"),
         Stage("score", "neat.reward:score", "score and rank every candidate on the original prompt"),
@@ -52,4 +54,11 @@ STAGES: dict[str, Stage] = {
 
 def run_stage(name: str, params, **options) -> dict:
     """Run one stage; `options` are stage-specific flags (e.g. `resume=True` for train)."""
-    return STAGES[name].load()(params, **options)
+    import logging
+    import time
+
+    start = time.monotonic()
+    summary = STAGES[name].load()(params, **options)
+    # on success only: a failing stage's stderr stays its one `neat: error:` line
+    logging.getLogger(__name__).info("neat %s: done in %.1f s", name, time.monotonic() - start)
+    return summary

@@ -17,6 +17,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import logging
 import math
 import random
 import time
@@ -34,6 +35,8 @@ from neat.expand import ORIGINS, SCORED_COLUMNS, build_candidates, read_candidat
 from neat.io import atomic_path, write_json_atomic
 from neat.logprobs import length_normalised, response_logprobs
 from neat.losses import best_candidate_index, pro_loss, rrhf_loss, sft_loss
+
+log = logging.getLogger(__name__)
 
 LOG_COLUMNS = (
     ["round", "step", "loss", "rank_loss", "sft_loss", "lr", "tokens_per_s", "grad_norm"]
@@ -354,18 +357,16 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
 # ---------------------------------------------------------------- optimisation state
 
 
-def make_scheduler(optimizer, schedule: str, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
+# train.schedule → transformers' schedule; `constant` keeps a warmup (transformers' plain `constant` has none)
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def make_scheduler(optimizer, schedule: str, warmup: int, total: int):
+    """transformers' `get_scheduler`: the lr rises linearly from 0 over `warmup` steps, then stays
+    (constant) or decays to 0 at step `total` (linear, cosine). A LambdaLR: its state_dict is checkpointed."""
+    from transformers import get_scheduler
+
+    return get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -624,7 +625,7 @@ class Trainer:
                 if info.get("round_done"):
                     start_round, position = start_round + 1, 0
             else:
-                print(f"neat train: checkpoint in {self.state_dir} is from other inputs/params; starting fresh")
+                log.warning("neat train: checkpoint in %s is from other inputs/params; starting fresh", self.state_dir)
         self.model.train()
         bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (self.progress and self.is_main))
         for round_ in range(start_round, cfg.rounds + 1):

@@ -120,14 +120,56 @@ def test_failed_run_is_logged_and_announced_and_promotion_emits_an_event(server,
 
 
 def test_flow_parameters_are_typed_and_described():
+    from prefect.utilities.callables import parameter_schema
+
     from flows.pipeline import neat_pipeline, neat_retrain
 
     for flow_ in (neat_pipeline, neat_retrain):
-        props = flow_.parameters.model_dump()["properties"]
+        schema = parameter_schema(flow_.fn).model_dump()
+        props, definitions = schema["properties"], schema["definitions"]
         assert all(p.get("description") for p in props.values()), props
+        # overrides: a form of params.yaml's sections, each key typed and described, not a free JSON object
+        ref = props["overrides"]["anyOf"][0]["$ref"].rsplit("/", 1)[-1]
+        sections = definitions[ref]["properties"]
+        assert {"train", "policy", "expand", "data"} <= set(sections)
+        train = definitions[sections["train"]["anyOf"][0]["$ref"].rsplit("/", 1)[-1]]["properties"]
+        assert train["lr"]["anyOf"][0]["type"] == "number" and "`train.lr`" in train["lr"]["description"]
+        assert train["schedule"]["anyOf"][0]["enum"] == ["constant", "linear", "cosine"]
+        assert "transformers.get_scheduler" in train["schedule"]["description"]
+        assert all(field.get("description") for d in definitions.values() if d["title"].endswith("Overrides")
+                   for field in d["properties"].values())
     props = neat_pipeline.parameters.model_dump()["properties"]
-    assert props["overrides"]["anyOf"][0]["type"] == "object" and props["stages"]["anyOf"][0]["type"] == "array"
+    assert props["stages"]["anyOf"][0]["type"] == "array"
     assert props["use_dvc"]["type"] == "boolean" and "dvc repro" in props["use_dvc"]["description"]
+
+
+def test_overrides_form_and_dotted_keys_give_the_same_params_yaml_edits():
+    from pydantic import ValidationError
+
+    from flows.options import ParamOverrides
+    from flows.pipeline import _dotted
+
+    form = ParamOverrides.model_validate({"train": {"lr": 1e-5}, "policy": {"lora": {"r": 4}}})
+    dotted = ParamOverrides.model_validate({"train.lr": 1e-5, "policy.lora.r": 4})
+    assert form.dotted() == dotted.dotted() == {"policy.lora.r": 4, "train.lr": 1e-5}
+    assert _dotted({"train.lr": 1e-5}) == {"train.lr": 1e-5} and _dotted(ParamOverrides()) is None
+    # what a deployment run passes: the server checks it against the schema, the flow validates it into the model
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import ValidationError as SchemaError, validate
+
+    from flows.pipeline import neat_pipeline
+
+    schema = parameter_schema(neat_pipeline.fn).model_dump_for_openapi()
+    for overrides in ({"train.sft_weight": 0.25}, {"train": {"sft_weight": 0.25}}):
+        validate({"overrides": overrides}, schema, raise_on_error=True)
+        got = neat_pipeline.validate_parameters({"overrides": overrides})["overrides"]
+        assert isinstance(got, ParamOverrides) and got.dotted() == {"train.sft_weight": 0.25}
+    with pytest.raises(SchemaError):
+        validate({"overrides": {"train": {"sft_weight": "heavy"}}}, schema, raise_on_error=True)
+    for bad, says in (({"train": {"nope": 1}}, "nope"), ({"train.lr": "fast"}, "lr"),
+                      ({"registry.uri": None}, "null is no override")):
+        with pytest.raises(ValidationError, match=says):
+            ParamOverrides.model_validate(bad)
 
 
 def test_deployments_queue_a_second_run(server, tmp_path):

@@ -58,4 +58,7 @@ def test_card_before_evaluation_says_so(tmp_path):
     assert "Not evaluated yet" in card and "| eval reward" not in card
     params.paths.data = "hub:Anthropic/hh-rlhf"
     card = write_model_card(project / "out" / "policy", params, project, evaluation={}).read_text()
-    assert "hub dataset, split `train`" in card
+    assert "hub dataset, split `train`, revision `latest`" in card
+    params.data.hub_revision = "0123abcd"
+    card = write_model_card(project / "out" / "policy", params, project, evaluation={}).read_text()
+    assert "revision `0123abcd`" in card

@@ -98,7 +98,7 @@ def test_resume_gives_identical_weights(tmp_path, lora):
         assert torch.equal(ref[name], got[name]), name
 
 
-def test_resume_ignores_checkpoint_of_other_inputs(tmp_path, capsys):
+def test_resume_ignores_checkpoint_of_other_inputs(tmp_path, caplog):
     pairs, rows = synthetic_rows()
     params = make_params(tmp_path, checkpoint_every=1)
     model, tokenizer = load_trainable_policy(params)
@@ -108,7 +108,7 @@ def test_resume_ignores_checkpoint_of_other_inputs(tmp_path, capsys):
     summary = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
         rows, select_prompts(pairs, 6), pairs, fingerprint_="new", resume=True)
     assert summary["steps"] == 3
-    assert "starting fresh" in capsys.readouterr().out
+    assert "starting fresh" in caplog.text
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
@@ -266,3 +266,35 @@ def test_quality_flags_catch_word_loops():
     assert "repetitive" in quality_flags(ids, loop, True, 2)
     fine = "Keep it in a paper bag at room temperature and freeze the slices you will not eat within two days."
     assert "repetitive" not in quality_flags(ids, fine, True, 2)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_schedule_warms_up_then_keeps_its_shape_across_a_checkpoint(tmp_path, schedule):
+    import math
+
+    from neat.train import load_checkpoint, make_scheduler, save_checkpoint
+
+    def fresh():
+        model = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        return model, optimizer, make_scheduler(optimizer, schedule, warmup=4, total=12)
+
+    def steps(optimizer, scheduler, n):
+        lrs = []
+        for _ in range(n):
+            lrs.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return lrs
+
+    decay = {"constant": lambda p: 1.0, "linear": lambda p: 1.0 - p,
+             "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p))}[schedule]
+    model, optimizer, scheduler = fresh()
+    lrs = steps(optimizer, scheduler, 6)
+    save_checkpoint(tmp_path / "state", model, optimizer, scheduler, {})
+    lrs += steps(optimizer, scheduler, 6)
+    assert lrs == pytest.approx([0.0, 0.25, 0.5, 0.75] + [decay((s - 4) / 8) for s in range(4, 12)])
+
+    model, optimizer, scheduler = fresh()  # resumed: the schedule continues where the checkpoint left it
+    load_checkpoint(tmp_path / "state", model, optimizer, scheduler)
+    assert steps(optimizer, scheduler, 6) == pytest.approx(lrs[6:])
