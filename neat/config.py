@@ -125,6 +125,9 @@ class GenerationParams(Section):
 class TrainParams(Section):
     rounds: int = Field(2, ge=1, le=100)
     loss: Literal["rrhf", "pro"] = "rrhf"
+    rank_weight: float = Field(
+        1.0, ge=0, description="weight of the ranking loss; RRHF sums over candidate pairs, so with 6 candidates it "
+                               "is up to 15 hinge terms against one SFT term")
     sft_weight: float = Field(1.0, ge=0)
     sft_target: Literal["best", "best_generated", "chosen"] = Field(
         "best", description="SFT term on the best-reward candidate of any origin (best), of the policy's own samples "

@@ -340,7 +340,7 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
     g_rank, g_sft = (float(sums_t[0]), float(sums_t[1])) if norm is None else norm
     g_rank, g_sft = max(g_rank, 1.0), max(g_sft, 1.0)
     world = dist_group.world_size if dist_group is not None else 1
-    loss = (rank * (n_rank.float() / g_rank) + cfg.sft_weight * sft * (n_sft.float() / g_sft)
+    loss = (cfg.rank_weight * rank * (n_rank.float() / g_rank) + cfg.sft_weight * sft * (n_sft.float() / g_sft)
             + cfg.anchor_weight * anchor_sum.float() / g_rank) * world
     stats = {"rank_loss": float(sums_t[2]) / g_rank, "sft_loss": float(sums_t[3]) / g_sft,
              "anchor_loss": float(sums_t[4]) / g_rank,
@@ -350,7 +350,7 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
         n, lp, rw = (float(v) for v in sums_t[7 + 3 * i : 10 + 3 * i])
         stats[f"logp_{origin}"] = lp / n if n else math.nan
         stats[f"reward_{origin}"] = rw / n if n else math.nan
-    stats["loss"] = stats["rank_loss"] + cfg.sft_weight * stats["sft_loss"] + cfg.anchor_weight * stats["anchor_loss"]
+    stats["loss"] = cfg.rank_weight * stats["rank_loss"] + cfg.sft_weight * stats["sft_loss"] + cfg.anchor_weight * stats["anchor_loss"]
     return loss, stats
 
 

@@ -298,3 +298,21 @@ def test_schedule_warms_up_then_keeps_its_shape_across_a_checkpoint(tmp_path, sc
     model, optimizer, scheduler = fresh()  # resumed: the schedule continues where the checkpoint left it
     load_checkpoint(tmp_path / "state", model, optimizer, scheduler)
     assert steps(optimizer, scheduler, 6) == pytest.approx(lrs[6:])
+
+
+def test_rank_weight_scales_only_the_ranking_term(tmp_path):
+    pairs, rows = synthetic_rows(2)
+    rows = [dict(r, reward=-r["reward"]) for r in rows]  # the insult on top: the model disagrees
+    losses = {}
+    for weight in (0.0, 1.0, 0.25):
+        params = make_params(tmp_path, rank_weight=weight, sft_weight=1.0)
+        model, tokenizer = load_trainable_policy(params)
+        batch = collate(tokenizer, groups_from_scored(rows), 96, 24, tokenizer.pad_token_id)
+        with torch.no_grad():
+            loss, stats = step_loss(model, batch, params.train)
+        losses[weight] = (float(loss), stats)
+    rank, sft = losses[1.0][1]["rank_loss"], losses[1.0][1]["sft_loss"]
+    assert rank > 0  # the untrained model does not already follow the ranking
+    assert losses[0.0][0] == pytest.approx(sft, rel=1e-5)
+    assert losses[0.25][0] == pytest.approx(0.25 * rank + sft, rel=1e-5)
+    assert losses[0.25][1]["loss"] == pytest.approx(0.25 * rank + sft, rel=1e-5)
