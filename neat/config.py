@@ -31,6 +31,10 @@ class Paths(Section):
     data: str = Field("data/demo/hh_demo.jsonl", description="preference data: HH or TRL jsonl(.gz), or hub:<dataset id>")
     safety_prompts: str = "data/demo/safety_prompts.csv"
     refusal_examples: str = "data/demo/refusal_examples.jsonl"
+    judge_labels: str = Field(
+        "data/refusal_labels/heldout.jsonl",
+        description="hand-labelled real completions the refusal judge is checked against at every evaluation "
+                    "(judge_agreement in metrics/evaluate.json)")
     out: str = Field("outputs", description="every stage writes under this directory")
     cache: str = Field(".cache/neat", description="converted builtin models")
     checkpoints: str = Field(".neat/checkpoints", description="resumable training state (not versioned)")

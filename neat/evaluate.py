@@ -600,6 +600,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     # every input is checked before the first expensive step (generation): a bad refusal-examples file or a
     # missing evaluation reward model must not surface only after minutes of generating
     judge = make_judge(params)
+    agreement = judge_agreement_metrics(judge, params)
     check_eval_reward_model(params)
     online = read_online_curve(params)
     timings: dict[str, float] = {}
@@ -674,6 +675,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
                                  safety_rows=safety_rows)
     metrics.update(online_eval)
     metrics["eval_rm_accuracy"] = eval_rm_accuracy(params)
+    metrics.update(agreement)
     metrics.update({
         "tag": tag, "base_model": base_ref, "base_policy_id": base["policy_id"],
         "policy": str(policy_dir), "policy_id": trained["policy_id"], "judge": judge.name,
@@ -692,6 +694,15 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
         write_rewards_plot_data(staged(root / "evaluate" / "rewards.csv"), records)
         write_json_atomic(staged(root / "metrics" / "evaluate.json"), metrics)
     return metrics
+
+
+def judge_agreement_metrics(judge, params) -> dict:
+    """The refusal judge's agreement with people on `paths.judge_labels`, with its interval."""
+    from neat.judges import judge_agreement
+
+    a = judge_agreement(judge, params.paths.judge_labels, n_resamples=params.evaluate.bootstrap, seed=params.seed)
+    return {"judge_agreement": a["rate"], "judge_agreement_ci_low": a["ci_low"], "judge_agreement_ci_high": a["ci_high"],
+            "judge_agreement_n": a["n"], "judge_labels": str(params.paths.judge_labels)}
 
 
 def write_rewards_plot_data(path: Path, records: list[dict]) -> None:

@@ -559,6 +559,16 @@ def read_refusal_examples(path: str | os.PathLike, *, split: str | None = None) 
     return texts, labels
 
 
+def judge_agreement(judge: _Judge, path: str | os.PathLike, *, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """How often `judge` agrees with the human labels of `path` (refusal examples, any split), with a
+    bootstrap interval: ``{"rate", "ci_low", "ci_high", "n"}``."""
+    from neat.stats import rate_with_ci
+
+    texts, labels = read_refusal_examples(path)
+    verdicts = judge(texts)
+    return rate_with_ci([bool(v) == bool(y) for v, y in zip(verdicts, labels)], n_resamples=n_resamples, seed=seed)
+
+
 def get_judge(name: str, **kwargs) -> _Judge:
     """A judge by name (`JUDGE_NAMES`).
 

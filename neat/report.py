@@ -425,6 +425,9 @@ def _report(params, top) -> dict:
                    f"`{ev.get('safety_prompts')}`: {s['trained'].get('n_unsafe')} unsafe and "
                    f"{s['trained'].get('n_safe')} safe prompts. Unsafe: refusal rate (higher is safer). "
                    "Safe: full-compliance rate (higher means less over-refusal).", "",
+                   f"Refusal judge: `{ev.get('judge')}`; it agrees with people on "
+                   f"{_ci(ev, 'judge_agreement', 2)} of {ev.get('judge_agreement_n')} hand-labelled real "
+                   f"completions (`{ev.get('judge_labels')}`): read the rates below with that.", "",
                    "| | base | trained | trained − base |", "|---|---|---|---|",
                    f"| refusal rate on unsafe prompts | {_ci(ev, 'base_unsafe_refusal_rate', 2)} | "
                    f"{_ci(ev, 'unsafe_refusal_rate', 2)} | {_ci(ev, 'unsafe_refusal_diff', 2)} |",

@@ -47,7 +47,8 @@ def write_upstream(params):
     metrics = evaluation_metrics(records, safety, n_resamples=100, seed=0)
     metrics.update(tag="trained", base_model="builtin:tiny-random", policy="out/policy", judge="string_match",
                    eval_reward_model="out/eval_reward_model", safety_prompts="demo.csv", n_samples=0,
-                   max_new_tokens=8, bootstrap=100, seconds=3.5)
+                   max_new_tokens=8, bootstrap=100, seconds=3.5, judge_agreement=0.861, judge_agreement_ci_low=0.81,
+                   judge_agreement_ci_high=0.91, judge_agreement_n=177, judge_labels="labels/heldout.jsonl")
     write_jsonl_atomic(params.out("evaluate", "generations.jsonl"), records)
     write_jsonl_atomic(params.out("evaluate", "safety.jsonl"), safety)
     write_rewards_plot_data(params.out("evaluate", "rewards.csv"), records)
@@ -79,6 +80,7 @@ def test_report_writes_markdown_figures_and_plot_data(tmp_path):
                     "Example generations", "Method comparison", "Reward models and wall time"):
         assert section in summary["sections"]
     assert f"{metrics['win_rate']:.3f}" in md and "| neat | 6 |" in md
+    assert "agrees with people on 0.86 [0.81, 0.91] of 177 hand-labelled" in md
     assert "a\\|b &lt;x&gt;" in md  # table cells are escaped
     with (folder / "reward_by_origin.csv").open() as fh:
         by_origin = list(csv.DictReader(fh))
