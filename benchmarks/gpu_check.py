@@ -24,15 +24,16 @@ sys.path.insert(0, str(ROOT))
 
 from neat.config import validate_params  # noqa: E402
 from neat.data import read_preferences  # noqa: E402
-from neat.train import Group, Trainer, batch_logps, collate, collate_packed, step_loss  # noqa: E402
+from neat.encoding import PromptCandidates, collate, collate_packed  # noqa: E402
+from neat.train import Trainer, batch_logps, step_loss  # noqa: E402
 
 
-def groups(n: int) -> list[Group]:
+def groups(n: int) -> list[PromptCandidates]:
     pairs = read_preferences(ROOT / "data/demo/hh_demo.jsonl").pairs
     out = []
     for i in range(n):
         a, b = pairs[i % len(pairs)], pairs[(i + 1) % len(pairs)]
-        out.append(Group(a.prompt_id, a.prompt, [a.chosen, a.rejected, b.chosen, b.rejected],
+        out.append(PromptCandidates(a.prompt_id, a.prompt, [a.chosen, a.rejected, b.chosen, b.rejected],
                          [3.0, 2.0, 1.0, 0.0], ["chosen", "rejected", "positive", "negative"]))
     return out
 

@@ -9,8 +9,8 @@ import torch
 
 from neat.logprobs import response_logprobs
 from neat.packing import block_mask, model_mask, pack_rows, supports_packing
-from neat.train import (Trainer, batch_logps, batch_tokens, collate, collate_packed, groups_from_scored,
-                        load_trainable_policy, step_loss)
+from neat.encoding import batch_tokens, collate, collate_packed
+from neat.train import Trainer, batch_logps, groups_from_scored, load_trainable_policy, step_loss
 from neat.expand import select_prompts
 from tests.test_train import make_params, synthetic_rows
 

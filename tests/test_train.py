@@ -8,7 +8,8 @@ import torch
 from neat.config import validate_params
 from neat.data import read_preferences
 from neat.expand import select_prompts
-from neat.train import Trainer, collate, groups_from_scored, load_trainable_policy, step_loss
+from neat.encoding import collate
+from neat.train import Trainer, groups_from_scored, load_trainable_policy, step_loss
 from tests.conftest import ROOT
 
 

@@ -138,7 +138,7 @@ def tokenizer():
 
 
 def rendered(tokenizer, questions):
-    from neat.data import render_prompt
+    from neat.encoding import render_prompt
 
     return [render_prompt(tokenizer, [{"role": "user", "content": q}], system=None) for q in questions]
 
