@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from neat.config import validate_params  # noqa: E402
 from neat.data import read_preferences  # noqa: E402
 from neat.encoding import PromptCandidates, collate, collate_packed  # noqa: E402
+from neat.losses import LOSSES  # noqa: E402
 from neat.train import Trainer, batch_logps, step_loss  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def compare_layouts(model, tok, cfg, autocast: bool) -> dict:
         model.zero_grad(set_to_none=True)
         batch = make(tok, gs, cfg.max_prompt_tokens, cfg.max_response_tokens, tok.pad_token_id)
         with amp:
-            loss, _ = step_loss(model, batch, cfg)
+            loss, _ = step_loss(model, batch, cfg, LOSSES[cfg.loss])
             logps, _, _ = batch_logps(model, batch, cfg.logprob_chunk)
         loss.backward()
         grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])

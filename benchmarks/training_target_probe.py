@@ -26,11 +26,12 @@ import torch
 from neat.config import load_params
 from neat.data import read_pairs
 from neat.diagnostics import is_repetitive
+from neat.encoding import PromptCandidates, collate_packed, render_prompt
 from neat.generation import generate
 from neat.judges import StringMatchJudge
+from neat.losses import LOSSES
 from neat.models import load_reward_model
 from neat.reward import score_texts
-from neat.encoding import PromptCandidates, collate_packed, render_prompt
 from neat.train import load_trainable_policy, make_scheduler, step_loss
 
 
@@ -86,7 +87,7 @@ def main() -> None:
         batch = [groups[(step * cfg.batch_size + j) % len(groups)] for j in range(cfg.batch_size)]
         optimizer.zero_grad(set_to_none=True)
         loss, _ = step_loss(model, collate_packed(tok, batch, cfg.max_prompt_tokens, cfg.max_response_tokens,
-                                                  tok.pad_token_id), cfg)
+                                                  tok.pad_token_id), cfg, LOSSES[cfg.loss])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()

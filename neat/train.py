@@ -36,7 +36,7 @@ from neat.errors import NeatError
 from neat.expand import ORIGINS, SCORED_COLUMNS, build_candidates, read_candidates, select_prompts, write_candidates
 from neat.io import atomic_path, write_json_atomic
 from neat.logprobs import length_normalised, response_logprobs
-from neat.losses import best_candidate_index, pro_loss, rrhf_loss, sft_loss
+from neat.losses import LOSSES, best_candidate_index, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +142,6 @@ def reference_policy(model):
         yield
 
 
-def ranking_loss(name: str, logps, rewards, mask):
-    return {"rrhf": rrhf_loss, "pro": pro_loss}[name](logps, rewards, mask)
-
-
 def _counting_prompts(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Prompts the ranking losses average over: at least two real candidates with different rewards."""
     big = torch.finfo(rewards.dtype).max
@@ -175,9 +171,12 @@ def batch_counts(batch, sft_target: str = "best") -> tuple[float, float]:
     return float(_counting_prompts(batch.rewards, batch.mask).sum()), float(n_sft)
 
 
-def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
+def step_loss(model, batch, cfg, loss_fn, dist_group=None, phantom: bool = False,
               norm: tuple[float, float] | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch and its logged statistics.
+
+    `loss_fn`: the ranking loss over the candidates' length-normalised log-probs,
+    `(logps, rewards, mask) -> scalar` (`neat.losses.LOSSES[cfg.loss]`, chosen once by the `Trainer`).
 
     The ranking loss is a mean over the prompts that count and the SFT term a mean over the tokens of
     the best candidates; `norm` = (prompts, tokens) they average over in the whole optimizer step (every
@@ -193,7 +192,7 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
     device = next(model.parameters()).device
     rewards, mask = batch.rewards.to(device), batch.mask.to(device)
     logps, sums, counts = batch_logps(model, batch, cfg.logprob_chunk)
-    rank = ranking_loss(cfg.loss, logps, rewards, mask)
+    rank = loss_fn(logps, rewards, mask)
     best = best_candidate_index(rewards, sft_mask(batch, cfg.sft_target).to(device))
     sft = sft_loss(sums, counts, best)
     counting = _counting_prompts(rewards, mask)
@@ -347,6 +346,7 @@ class Trainer:
         if not self.trainable_names:
             raise TrainingError("the policy has no trainable parameter (LoRA disabled and weights frozen?)")
         self.log: list[dict] = []
+        self.loss_fn = LOSSES[self.cfg.loss]  # the ranking loss (RRHF or PRO), chosen once
         # several processes (accelerate launch / torchrun): each takes a shard of every micro-batch, with
         # the model replicated (DDP) or its weights, gradients and optimizer state sharded (FSDP)
         from neat.distributed import init_from_env, shard_fsdp, wrap_ddp
@@ -591,7 +591,8 @@ class Trainer:
             amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
             with sync:
                 with amp:
-                    loss, stats = step_loss(self.forward_model, batch, cfg, self.dist, phantom, norm=norm)
+                    loss, stats = step_loss(self.forward_model, batch, cfg, self.loss_fn, self.dist, phantom,
+                                                  norm=norm)
                 # stats["loss"] is the same on every process: all of them stop together
                 if not math.isfinite(stats["loss"]) or not bool(torch.isfinite(loss)):
                     raise TrainingError(
