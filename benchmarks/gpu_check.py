@@ -49,7 +49,9 @@ def _sync():
 
 def params(**train):
     return validate_params({"policy": {"device": DEVICE, "lora": {"enabled": False}},
-                            "train": {"rounds": 1, "max_prompt_tokens": 256, "max_response_tokens": 128, **train}})
+                            "train": {"rounds": 1, "max_prompt_tokens": 256, "max_response_tokens": 128,
+                                      "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0,  # LoRA is off
+                                      **train}})
 
 
 def compare_layouts(model, tok, cfg, autocast: bool) -> dict:

@@ -68,7 +68,9 @@ def _params(args):
         "seed": 0,
         "paths": {"out": str(Path(args.tmp) / "out"), "cache": os.environ.get("NEAT_CACHE_DIR", str(ROOT / ".cache/neat"))},
         "policy": {"model": args.model, "device": "cpu", "dtype": "float32", "lora": {"enabled": False}},
+        # the loss terms measured so far (an SFT + ranking loss without the LoRA anchor: LoRA is off here)
         "train": {"rounds": 1, "batch_size": args.batch_prompts, "lr": 1e-5, "schedule": "constant",
+                  "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0,
                   "max_prompt_tokens": args.max_prompt_tokens, "max_response_tokens": args.max_response_tokens,
                   "logprob_chunk": 1024},
     })

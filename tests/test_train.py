@@ -11,11 +11,11 @@ from neat.expand import select_prompts
 from neat.losses import LOSSES
 from neat.encoding import collate
 from neat.train import Trainer, groups_from_scored, load_trainable_policy, step_loss
-from tests.conftest import ROOT
+from tests.conftest import ROOT, former_defaults
 
 
 def make_params(tmp_path, **train):
-    return validate_params({
+    return validate_params(former_defaults({
         "seed": 0,
         "paths": {"out": str(tmp_path / "out")},
         "policy": {"model": "builtin:tiny-random", "device": "cpu", "lora": {"enabled": False}},
@@ -23,7 +23,7 @@ def make_params(tmp_path, **train):
         "expand": {"k_pos": 1, "k_neg": 1, "max_new_tokens": 6, "n_demos": 1},
         "train": {"rounds": 1, "batch_size": 2, "lr": 1e-3, "max_response_tokens": 24, "max_prompt_tokens": 96,
                   **train},
-    })
+    }))
 
 
 def synthetic_rows(n_prompts=6):
