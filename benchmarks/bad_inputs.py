@@ -220,9 +220,9 @@ def _model_dir(files: dict[str, bytes | str]) -> Callable[[Ctx], str]:
 
 def _truncated_checkpoint(ctx: Ctx) -> str:
     """A copy of the tiny-random checkpoint whose model.safetensors was cut in half (a half-written file)."""
-    from neat.models import _resolve
+    from neat.models import resolve_source
 
-    src = Path(_resolve("builtin:tiny-random", Path(os.environ["NEAT_CACHE_DIR"]), 0).location)
+    src = Path(resolve_source("builtin:tiny-random", Path(os.environ["NEAT_CACHE_DIR"]), 0).location)
     d = ctx.dir / "inputs" / "half-written"
     shutil.copytree(src, d)
     weights = d / "model.safetensors"

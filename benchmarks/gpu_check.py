@@ -24,15 +24,17 @@ sys.path.insert(0, str(ROOT))
 
 from neat.config import validate_params  # noqa: E402
 from neat.data import read_preferences  # noqa: E402
-from neat.train import Group, Trainer, batch_logps, collate, collate_packed, step_loss  # noqa: E402
+from neat.encoding import PromptCandidates, collate, collate_packed  # noqa: E402
+from neat.losses import LOSSES  # noqa: E402
+from neat.train import Trainer, batch_logps, step_loss  # noqa: E402
 
 
-def groups(n: int) -> list[Group]:
+def groups(n: int) -> list[PromptCandidates]:
     pairs = read_preferences(ROOT / "data/demo/hh_demo.jsonl").pairs
     out = []
     for i in range(n):
         a, b = pairs[i % len(pairs)], pairs[(i + 1) % len(pairs)]
-        out.append(Group(a.prompt_id, a.prompt, [a.chosen, a.rejected, b.chosen, b.rejected],
+        out.append(PromptCandidates(a.prompt_id, a.prompt, [a.chosen, a.rejected, b.chosen, b.rejected],
                          [3.0, 2.0, 1.0, 0.0], ["chosen", "rejected", "positive", "negative"]))
     return out
 
@@ -47,7 +49,9 @@ def _sync():
 
 def params(**train):
     return validate_params({"policy": {"device": DEVICE, "lora": {"enabled": False}},
-                            "train": {"rounds": 1, "max_prompt_tokens": 256, "max_response_tokens": 128, **train}})
+                            "train": {"rounds": 1, "max_prompt_tokens": 256, "max_response_tokens": 128,
+                                      "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0,  # LoRA is off
+                                      **train}})
 
 
 def compare_layouts(model, tok, cfg, autocast: bool) -> dict:
@@ -58,7 +62,7 @@ def compare_layouts(model, tok, cfg, autocast: bool) -> dict:
         model.zero_grad(set_to_none=True)
         batch = make(tok, gs, cfg.max_prompt_tokens, cfg.max_response_tokens, tok.pad_token_id)
         with amp:
-            loss, _ = step_loss(model, batch, cfg)
+            loss, _ = step_loss(model, batch, cfg, LOSSES[cfg.loss])
             logps, _, _ = batch_logps(model, batch, cfg.logprob_chunk)
         loss.backward()
         grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])

@@ -74,14 +74,15 @@ def worker(args) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from neat.train import Group, Trainer, load_trainable_policy, make_scheduler
+    from neat.encoding import PromptCandidates
+    from neat.train import Trainer, load_trainable_policy, make_scheduler
 
     run_dir = Path(args.run_dir)
     args.tmp = str(run_dir)
     params = _params(args, args.parallel)
     model, tokenizer = load_trainable_policy(params)
     _, items = tt._workload(args, tokenizer)
-    groups = [Group(p.prompt_id, p.prompt, texts, [3.0, 2.0, 1.0, 0.0], ["chosen", "rejected", "positive", "negative"])
+    groups = [PromptCandidates(p.prompt_id, p.prompt, texts, [3.0, 2.0, 1.0, 0.0], ["chosen", "rejected", "positive", "negative"])
               for p, _, texts in items]
     trainer = Trainer(params, model, tokenizer, out_dir=run_dir / "train", progress=False)
     trainer.scheduler = make_scheduler(trainer.optimizer, "constant", 0, 1000)

@@ -68,7 +68,9 @@ def _params(args):
         "seed": 0,
         "paths": {"out": str(Path(args.tmp) / "out"), "cache": os.environ.get("NEAT_CACHE_DIR", str(ROOT / ".cache/neat"))},
         "policy": {"model": args.model, "device": "cpu", "dtype": "float32", "lora": {"enabled": False}},
+        # the loss terms measured so far (an SFT + ranking loss without the LoRA anchor: LoRA is off here)
         "train": {"rounds": 1, "batch_size": args.batch_prompts, "lr": 1e-5, "schedule": "constant",
+                  "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0,
                   "max_prompt_tokens": args.max_prompt_tokens, "max_response_tokens": args.max_response_tokens,
                   "logprob_chunk": 1024},
     })
@@ -77,7 +79,7 @@ def _params(args):
 def _workload(args, tokenizer):
     """[(prompt ids, [response ids x K])] with the truncation both trainers use, plus their texts."""
     from neat.data import read_preferences
-    from neat.train import encode_prompt, encode_response
+    from neat.encoding import encode_prompt, encode_response
 
     path = Path(args.data) if args.data else (HH_SLICE if HH_SLICE.exists() else DEMO)
     pairs = read_preferences(path).pairs
@@ -100,13 +102,14 @@ def _workload(args, tokenizer):
 def worker_ours(args) -> dict:
     import torch
 
-    from neat.train import Group, Trainer, batch_tokens, load_trainable_policy, make_scheduler
+    from neat.encoding import PromptCandidates, batch_tokens
+    from neat.train import Trainer, load_trainable_policy, make_scheduler
 
     params = _params(args)
     model, tokenizer = load_trainable_policy(params)
     rss_loaded = _rss_mb()
     path, items = _workload(args, tokenizer)
-    groups = [Group(p.prompt_id, p.prompt, texts, [3.0, 2.0, 1.0, 0.0], ["chosen", "rejected", "positive", "negative"])
+    groups = [PromptCandidates(p.prompt_id, p.prompt, texts, [3.0, 2.0, 1.0, 0.0], ["chosen", "rejected", "positive", "negative"])
               for p, _, texts in items]
     trainer = Trainer(params, model, tokenizer, out_dir=Path(args.tmp) / "ours", progress=False)
     trainer.shared_prompt = trainer.shared_prompt and not args.unshared
@@ -140,7 +143,7 @@ def worker_trl(args) -> dict:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from neat.data import render_prompt
+    from neat.encoding import render_prompt
     from neat.train import load_trainable_policy
 
     params = _params(args)
@@ -215,7 +218,8 @@ def worker_matmul(args) -> dict:
 
 
 def worker_expand(args) -> dict:
-    from neat.data import read_preferences, render_prompt
+    from neat.data import read_preferences
+    from neat.encoding import render_prompt
     from neat.generation import generate
     from neat.models import load_policy
 

@@ -24,13 +24,15 @@ from pathlib import Path
 import torch
 
 from neat.config import load_params
-from neat.data import read_pairs, render_prompt
+from neat.data import read_pairs
 from neat.diagnostics import is_repetitive
+from neat.encoding import PromptCandidates, collate_packed, render_prompt
 from neat.generation import generate
 from neat.judges import StringMatchJudge
+from neat.losses import LOSSES
 from neat.models import load_reward_model
 from neat.reward import score_texts
-from neat.train import Group, collate_packed, load_trainable_policy, make_scheduler, step_loss
+from neat.train import load_trainable_policy, make_scheduler, step_loss
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -72,9 +74,9 @@ def main() -> None:
     with model.disable_adapter():
         base = answers()
     if args.candidates == "pair":
-        groups = [Group(p.prompt_id, p.prompt, [p.chosen, p.rejected], [1.0, 0.0], ["chosen", "rejected"]) for p in train]
+        groups = [PromptCandidates(p.prompt_id, p.prompt, [p.chosen, p.rejected], [1.0, 0.0], ["chosen", "rejected"]) for p in train]
     else:
-        groups = [Group(p.prompt_id, p.prompt, [p.chosen], [1.0], ["chosen"]) for p in train]
+        groups = [PromptCandidates(p.prompt_id, p.prompt, [p.chosen], [1.0], ["chosen"]) for p in train]
     cfg = params.train
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -85,7 +87,7 @@ def main() -> None:
         batch = [groups[(step * cfg.batch_size + j) % len(groups)] for j in range(cfg.batch_size)]
         optimizer.zero_grad(set_to_none=True)
         loss, _ = step_loss(model, collate_packed(tok, batch, cfg.max_prompt_tokens, cfg.max_response_tokens,
-                                                  tok.pad_token_id), cfg)
+                                                  tok.pad_token_id), cfg, LOSSES[cfg.loss])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()

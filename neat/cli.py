@@ -104,7 +104,12 @@ def _cmd_inspect(args) -> int:
             ref = ref or (params.policy.model if params else "builtin:smollm2-135m-instruct")
             cache = params.paths.cache if params else None
         tokenizer = load_tokenizer(ref, cache_dir=cache)
-    stats = inspect_preferences(read_preferences(args.path, args.format), tokenizer)
+    result = read_preferences(args.path, args.format)
+    stats = inspect_preferences(result)
+    if tokenizer is not None:
+        from neat.encoding import token_lengths
+
+        stats |= token_lengths(tokenizer, result.pairs)
     print(json.dumps(stats, indent=2) if args.json else format_inspection(stats))
     return 0
 

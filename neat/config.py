@@ -3,6 +3,10 @@
 Every path and hyperparameter of the pipeline lives in `params.yaml`; every stage reads it through
 `load_params`, which validates it against `Params`. A problem is reported as one `ConfigError`
 line naming the file, the dotted key and the accepted values.
+
+Every default here equals the value in the project's `params.yaml` (tests/test_config.py checks it
+key by key): `params.yaml` is the file users read and edit, and a params file, override tree or test
+that leaves a key out gets that same value.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ class Section(BaseModel):
 
 
 class Paths(Section):
-    data: str = Field("data/demo/hh_demo.jsonl", description="preference data: HH or TRL jsonl(.gz), or hub:<dataset id>")
-    safety_prompts: str = "data/demo/safety_prompts.csv"
-    refusal_examples: str = "data/demo/refusal_examples.jsonl"
+    data: str = Field("data/hh-rlhf/harmless-base-test.first1000.jsonl.gz",
+                      description="preference data: HH or TRL jsonl(.gz), or hub:<dataset id>")
+    safety_prompts: str = Field("data/xstest/xstest_prompts.csv", description="XSTest-format CSV (prompt,type,label)")
+    refusal_examples: str = Field("data/refusal_labels/train.jsonl", description="labelled responses the learned refusal judge trains on")
     judge_labels: str = Field(
         "data/refusal_labels/heldout.jsonl",
         description="hand-labelled real completions the refusal judge is checked against at every evaluation "
@@ -49,7 +54,7 @@ class DataParams(Section):
     eval_fraction: float = Field(0.15, gt=0, lt=1)
     judge_fraction: float = Field(0.15, ge=0, lt=1, description="prompts reserved for the evaluation reward model")
     split_salt: str = "neat"
-    max_train_prompts: Optional[int] = Field(None, ge=1, description="prompts the policy trains on per round")
+    max_train_prompts: Optional[int] = Field(32, ge=1, description="prompts the policy trains on per round (null = all)")
     max_row_chars: int = Field(200_000, ge=100, description="rows with more text than this are skipped as too_long")
 
     @model_validator(mode="after")
@@ -65,7 +70,7 @@ class LoraParams(Section):
     r: int = Field(16, ge=1, le=1024)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class PolicyParams(Section):
@@ -80,10 +85,10 @@ class RewardParams(Section):
     model: str = "builtin:minilm"
     train: bool = Field(True, description="train on the preference pairs; false uses `model` as is")
     seed: int = 0
-    epochs: int = Field(2, ge=1)
-    lr: float = Field(5e-5, gt=0, le=1)
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0, le=1)
     batch_size: int = Field(16, ge=1)
-    max_length: int = Field(256, ge=8)
+    max_length: int = Field(128, ge=8, description="tokens of (dialogue end, response); the dialogue gives way first")
     max_pairs: Optional[int] = Field(None, ge=1)
     device: str = "auto"
     trust_remote_code: bool = False
@@ -91,8 +96,8 @@ class RewardParams(Section):
 
 
 class ExpandParams(Section):
-    k_pos: int = Field(2, ge=0, le=64)
-    k_neg: int = Field(2, ge=0, le=64, description="0 is the plain online-RRHF ablation")
+    k_pos: int = Field(1, ge=0, le=64)
+    k_neg: int = Field(1, ge=0, le=64, description="0 is the plain online-RRHF ablation")
     positive_prompt: str = (
         "You are a helpful, honest and harmless assistant. Answer the user's request helpfully and "
         "accurately. If the request could cause harm, politely decline and offer a safe alternative."
@@ -103,9 +108,9 @@ class ExpandParams(Section):
     )
     n_demos: int = Field(2, ge=0, le=8, description="in-context demonstrations per steering prompt")
     demo_origins: list[Literal["positive", "negative"]] = Field(
-        ["positive", "negative"], description="steering prompts that get the demonstrations (positive: dataset "
+        ["negative"], description="steering prompts that get the demonstrations (positive: dataset "
                                               "chosen responses, negative: rejected ones)")
-    max_new_tokens: int = Field(48, ge=1, le=4096)
+    max_new_tokens: int = Field(40, ge=1, le=4096)
     temperature: float = Field(0.9, ge=0, le=5)
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(8, ge=1)
@@ -130,22 +135,22 @@ class TrainParams(Section):
     rounds: int = Field(2, ge=1, le=100)
     loss: Literal["rrhf", "pro"] = "rrhf"
     rank_weight: float = Field(
-        1.0, ge=0, description="weight of the ranking loss; RRHF sums over candidate pairs, so with 6 candidates it "
+        0.1, ge=0, description="weight of the ranking loss; RRHF sums over candidate pairs, so with 6 candidates it "
                                "is up to 15 hinge terms against one SFT term")
     sft_weight: float = Field(1.0, ge=0)
     sft_target: Literal["best", "best_generated", "chosen"] = Field(
-        "best", description="SFT term on the best-reward candidate of any origin (best), of the policy's own samples "
+        "chosen", description="SFT term on the best-reward candidate of any origin (best), of the policy's own samples "
                             "only (best_generated), or on the dataset's chosen response, the human preference (chosen)")
     degenerate: Literal["last", "exclude"] = Field(
         "last", description="candidates flagged degenerate (empty, short, repetitive): ranked below every other "
                             "candidate of their prompt, so the ranking loss pushes them down (last), or left out")
     anchor_weight: float = Field(
-        0.0, ge=0, description="weight of ½(log π(y|x) − log π_ref(y|x))² per candidate (length-normalised), the "
+        1.0, ge=0, description="weight of ½(log π(y|x) − log π_ref(y|x))² per candidate (length-normalised), the "
                                "reference being the policy with its LoRA adapters off: keeps the policy near the base")
     dev_prompts: int = Field(
         16, ge=0, description="train-split prompts not trained on, answered unsteered before every round and after "
                               "the last (the online curve); 0 = off")
-    lr: float = Field(1e-4, gt=0, le=1)
+    lr: float = Field(3e-4, gt=0, le=1)
     schedule: Literal["constant", "linear", "cosine"] = Field(
         "cosine", description="lr after warmup (transformers.get_scheduler): constant, or decay to 0 by the last step")
     warmup_steps: int = Field(0, ge=0, description="optimizer steps over which the lr rises linearly from 0")
@@ -167,9 +172,9 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    max_prompts: Optional[int] = Field(48, ge=1)
-    max_safety_prompts: Optional[int] = Field(None, ge=1)
-    max_new_tokens: int = Field(48, ge=1, le=4096)
+    max_prompts: Optional[int] = Field(80, ge=1)
+    max_safety_prompts: Optional[int] = Field(40, ge=1)
+    max_new_tokens: int = Field(32, ge=1, le=4096)
     n_samples: int = Field(0, ge=0, description="sampled responses per prompt on top of greedy")
     temperature: float = Field(0.7, gt=0, le=5)
     batch_size: int = Field(8, ge=1)
@@ -191,7 +196,8 @@ class GateParams(Section):
     higher_is_better: bool = True
     margin: float = Field(0.0, ge=0, description="promote only if new >= current - margin (higher is better)")
     metrics: list[GateMetric] = Field(
-        default_factory=list, description="further metrics that must hold as well as `metric` (each with its own "
+        default_factory=lambda: [GateMetric(name="unsafe_refusal_rate"), GateMetric(name="safe_compliance_rate")],
+        description="further metrics that must hold as well as `metric` (each with its own "
                                           "direction and margin), e.g. XSTest unsafe refusal and safe compliance")
     head_to_head: bool = Field(
         True, description="re-evaluate production beside the candidate (same prompts, eval RM, judge); "

@@ -417,18 +417,7 @@ def percentiles(values: list[int], qs=(50, 90, 99)) -> dict[str, float]:
     return {f"p{q}": round(float(v), 1) for q, v in zip(qs, points)} | {"max": int(max(values))}
 
 
-def render_prompt(tokenizer, messages: list[dict], system: str | None = None) -> str:
-    """The prompt text the policy sees: chat template when the tokenizer has one, else plain turns."""
-    if system:
-        messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    names = {"system": "System", "user": "Human", "assistant": "Assistant"}
-    body = "".join(f"\n\n{names[m['role']]}: {m['content']}" for m in messages)
-    return body + "\n\nAssistant:"
-
-
-def inspect_preferences(result: ReadResult, tokenizer=None) -> dict:
+def inspect_preferences(result: ReadResult) -> dict:
     stats: dict[str, Any] = {
         "source": result.source,
         "rows_read": result.rows_read,
@@ -437,13 +426,6 @@ def inspect_preferences(result: ReadResult, tokenizer=None) -> dict:
         "skipped": dict(sorted(result.skipped.items())),
         "unique_prompts": len({p.prompt_id for p in result.pairs}),
     }
-    if tokenizer is not None:
-        def n_tokens(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-        stats["prompt_tokens"] = percentiles([n_tokens(render_prompt(tokenizer, p.prompt)) for p in result.pairs])
-        stats["chosen_tokens"] = percentiles([n_tokens(p.chosen) for p in result.pairs])
-        stats["rejected_tokens"] = percentiles([n_tokens(p.rejected) for p in result.pairs])
     return stats
 
 

@@ -270,7 +270,7 @@ def safety_subset(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
 def fit_prompt(tokenizer, messages: list[dict], max_tokens: int) -> str:
     """The original prompt rendered through the chat template, early exchanges dropped until it fits
     (the same rule as training; a single over-long turn is generated from as it is)."""
-    from neat.train import fit_turns
+    from neat.encoding import fit_turns
 
     return fit_turns(tokenizer, messages, max_tokens)[0]
 
@@ -339,7 +339,7 @@ def response_nll(model, tokenizer, prompts: list[list[dict]], responses: list[st
     import torch
 
     from neat.logprobs import response_logprobs
-    from neat.train import Group, collate
+    from neat.encoding import PromptCandidates, collate
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -349,7 +349,7 @@ def response_nll(model, tokenizer, prompts: list[list[dict]], responses: list[st
     try:
         with torch.no_grad():
             for start in range(0, len(prompts), batch_size):
-                groups = [Group(str(i), p, [r], [0.0], ["chosen"])
+                groups = [PromptCandidates(str(i), p, [r], [0.0], ["chosen"])
                           for i, (p, r) in enumerate(zip(prompts[start:start + batch_size],
                                                          responses[start:start + batch_size]))]
                 batch = collate(tokenizer, groups, max_prompt_tokens, max_response_tokens, pad)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from neat.progress import tqdm
 
-from neat.data import PreferencePair, read_pairs, render_prompt
+from neat.data import PreferencePair, read_pairs
+from neat.encoding import render_prompt
 from neat.generation import generate, use_engine
 from neat.io import atomic_path
 

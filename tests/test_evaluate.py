@@ -11,7 +11,7 @@ import pytest
 from neat.config import validate_params
 from neat.data import prepare
 from neat.errors import DataError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, former_defaults
 
 CACHE = str(ROOT / ".cache" / "neat")
 
@@ -30,7 +30,7 @@ def make_params(out, **sections):
     }
     for name, values in sections.items():
         tree.setdefault(name, {}).update(values)
-    return validate_params(tree)
+    return validate_params(former_defaults(tree))
 
 
 def fake_trained_policy(params):
@@ -190,7 +190,7 @@ def test_online_curve_is_scored_per_probe_in_order(tmp_path):
     from neat.evaluate import online_eval_rewards, read_online_curve
     from neat.io import write_json_atomic
 
-    params = validate_params({"paths": {"out": str(tmp_path / "out")}})
+    params = validate_params(former_defaults({"paths": {"out": str(tmp_path / "out")}}))
     assert read_online_curve(params) == []
     answer = {"prompt_id": "d", "prompt": [{"role": "user", "content": "q"}], "response": "r"}
     online = [{"round": 1, "dev": {"answers": [answer, answer]}}, {"round": 2, "p_positive_over_negative": None},

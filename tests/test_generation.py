@@ -17,7 +17,7 @@ QUESTIONS = ["Hi", "How do I bake bread at home without yeast?", "Tell me a joke
 
 @pytest.fixture(scope="module")
 def tiny():
-    from neat.data import render_prompt
+    from neat.encoding import render_prompt
     from neat.models import load_policy
 
     model, tok = load_policy("builtin:tiny-random", cache_dir=CACHE, device="cpu", seed=0)
@@ -135,7 +135,8 @@ def test_engine_switch(tiny, monkeypatch):
 
 @pytest.mark.slow
 def test_greedy_identical_to_hf_smollm2():
-    from neat.data import read_preferences, render_prompt
+    from neat.data import read_preferences
+    from neat.encoding import render_prompt
     from neat.models import load_policy
 
     model, tok = load_policy("builtin:smollm2-135m-instruct", cache_dir=CACHE, device="cpu", dtype="float32")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from neat.losses import best_candidate_index, pro_loss, rrhf_loss, sft_loss
+from neat.losses import LOSSES, best_candidate_index, pro_loss, rrhf_loss, sft_loss
 
 NAN = float("nan")
 INF = float("inf")
@@ -256,3 +256,13 @@ def test_sft_loss_with_best_candidate_index():
     n_tokens = torch.tensor([[1, 4, 0], [2, 1, 1]])
     loss = sft_loss(sum_logps, n_tokens, best_candidate_index(rewards, mask))
     assert loss.item() == pytest.approx((6.0 + 8.0) / (4 + 2), abs=1e-6)
+
+
+def test_loss_registry_covers_exactly_the_schema_choices():
+    import typing
+
+    from neat.config import TrainParams
+
+    choices = typing.get_args(TrainParams.model_fields["loss"].annotation)
+    assert set(LOSSES) == set(choices), f"train.loss allows {choices}; neat.losses.LOSSES has {sorted(LOSSES)}"
+    assert LOSSES["rrhf"] is rrhf_loss and LOSSES["pro"] is pro_loss

@@ -9,12 +9,12 @@ import pytest
 
 from neat.errors import ModelError
 from neat.model_checks import check_config_sizes, check_gguf_header
-from neat.models import _resolve, _smollm2_gguf
+from neat.models import resolve_source, _smollm2_gguf
 
 
 def test_shipped_models_pass(tmp_path):
     check_gguf_header(_smollm2_gguf())
-    tiny = _resolve("builtin:tiny-random", tmp_path / "cache", 0).location
+    tiny = resolve_source("builtin:tiny-random", tmp_path / "cache", 0).location
     check_config_sizes(tiny + "/config.json", "builtin:tiny-random")
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 from neat.config import validate_params
 from neat.modelcard import file_fingerprint, write_model_card
+from tests.conftest import former_defaults
 
 
 def project_with_run(tmp_path, evaluate=True):
@@ -30,9 +31,9 @@ def project_with_run(tmp_path, evaluate=True):
     for args in (["init", "-q", "-b", "main"], ["add", "-A"],
                  ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "run"]):
         subprocess.run(["git", *args], cwd=project, check=True)
-    params = validate_params({"paths": {"data": "data/prefs.jsonl", "out": "out"},
+    params = validate_params(former_defaults({"paths": {"data": "data/prefs.jsonl", "out": "out"},
                               "policy": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-                              "train": {"lr": 3e-5, "rounds": 2}, "expand": {"k_neg": 3}})
+                              "train": {"lr": 3e-5, "rounds": 2}, "expand": {"k_neg": 3}}))
     return project, params
 
 

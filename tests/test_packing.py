@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from neat.logprobs import response_logprobs
+from neat.losses import LOSSES
 from neat.packing import block_mask, model_mask, pack_rows, supports_packing
-from neat.train import (Trainer, batch_logps, batch_tokens, collate, collate_packed, groups_from_scored,
-                        load_trainable_policy, step_loss)
+from neat.encoding import batch_tokens, collate, collate_packed
+from neat.train import Trainer, batch_logps, groups_from_scored, load_trainable_policy, step_loss
 from neat.expand import select_prompts
 from tests.test_train import make_params, synthetic_rows
 
@@ -58,7 +59,7 @@ def test_shared_prompt_equals_unshared_logps_and_grads(tiny, attn):
     for batch in (plain, packed):
         model.zero_grad(set_to_none=True)
         logps, sums, counts = batch_logps(model, batch, chunk=7)
-        loss, stats = step_loss(model, batch, cfg)
+        loss, stats = step_loss(model, batch, cfg, LOSSES[cfg.loss])
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((logps.detach(), sums.detach(), counts, loss.item(), stats, grads))

@@ -10,6 +10,7 @@ from neat import registry
 from neat.cli import main
 from neat.config import validate_params
 from neat.registry import RegistryError, gate
+from tests.conftest import former_defaults
 
 
 def test_gate_promotes_on_improvement_and_refuses_regression():
@@ -117,7 +118,7 @@ def test_unreachable_s3_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    params = validate_params({"registry": {"uri": "s3://models/x", "endpoint_url": "http://127.0.0.1:9"}})
+    params = validate_params(former_defaults({"registry": {"uri": "s3://models/x", "endpoint_url": "http://127.0.0.1:9"}}))
     store = registry.open_store(params.registry)
     store.client.meta.config.retries = {"max_attempts": 1}
     with pytest.raises(RegistryError) as info:
@@ -223,8 +224,8 @@ def test_fetch_refuses_an_object_key_that_leaves_the_download_directory(tmp_path
 
 
 def test_several_gate_metrics_must_all_hold():
-    params = validate_params({"gate": {"metric": "eval_reward_mean", "metrics": [
-        {"name": "unsafe_refusal_rate", "margin": 0.0}, {"name": "safe_compliance_rate", "margin": 0.05}]}})
+    params = validate_params(former_defaults({"gate": {"metric": "eval_reward_mean", "metrics": [
+        {"name": "unsafe_refusal_rate", "margin": 0.0}, {"name": "safe_compliance_rate", "margin": 0.05}]}}))
     prod = {"eval_reward_mean": 1.0, "unsafe_refusal_rate": 0.9, "safe_compliance_rate": 0.8}
     better = {"eval_reward_mean": 1.2, "unsafe_refusal_rate": 0.9, "safe_compliance_rate": 0.76}
     assert registry.multi_gate(params.gate, better, prod).promote  # compliance inside its margin
@@ -239,7 +240,7 @@ def test_several_gate_metrics_must_all_hold():
     verdict = registry.multi_head_to_head_gate(params.gate, head)
     assert not verdict.promote and "unsafe_refusal_rate regresses head to head" in verdict.reason
     # the single-metric form still works alone (backward compatible)
-    single = validate_params({"gate": {"metric": "eval_reward_mean"}})
+    single = validate_params(former_defaults({"gate": {"metric": "eval_reward_mean"}}))
     assert registry.multi_gate(single.gate, less_safe, prod).promote
 
 
@@ -312,8 +313,8 @@ def test_gate_publishes_candidate_with_card_and_promotes_only_if_all_hold(tmp_pa
     policy.mkdir()
     (policy / "config.json").write_text("{}")
     (policy / "model.safetensors").write_bytes(b"first")
-    params = validate_params({"paths": {"out": "out"}, "registry": {"uri": str(tmp_path / "reg")},
-                              "gate": {"head_to_head": False, "metrics": [{"name": "unsafe_refusal_rate"}]}})
+    params = validate_params(former_defaults({"paths": {"out": "out"}, "registry": {"uri": str(tmp_path / "reg")},
+                              "gate": {"head_to_head": False, "metrics": [{"name": "unsafe_refusal_rate"}]}}))
     store = registry.open_store(params.registry)
 
     first = promote_if_better(project, params)

@@ -30,6 +30,7 @@ from neat.reward import (
     separation,
     train_bradley_terry,
 )
+from tests.conftest import former_defaults
 
 NAN = float("nan")
 FAST = dict(epochs=4, lr=2e-3, batch_size=8, max_length=48)
@@ -287,8 +288,8 @@ def fake_models(monkeypatch, tokenizer):
 
 
 def make_params(tmp_path, **reward):
-    return validate_params({"paths": {"out": str(tmp_path / "out"), "cache": str(tmp_path / "cache")},
-                            "reward": {"model": "tiny", "device": "cpu", **FAST, **reward}})
+    return validate_params(former_defaults({"paths": {"out": str(tmp_path / "out"), "cache": str(tmp_path / "cache")},
+                            "reward": {"model": "tiny", "device": "cpu", **FAST, **reward}}))
 
 
 def write_inputs(params, n_train=48, n_eval=16, n_prompts=6):
@@ -370,9 +371,9 @@ def test_builtin_minilm_end_to_end(tmp_path):
         pytest.skip("neat.models.load_reward_model not available yet")
     from neat.reward import score, train_rm
 
-    params = validate_params({"paths": {"out": str(tmp_path / "out"), "cache": str(tmp_path / "cache")},
+    params = validate_params(former_defaults({"paths": {"out": str(tmp_path / "out"), "cache": str(tmp_path / "cache")},
                               "reward": {"model": "builtin:minilm", "device": "cpu", "epochs": 1, "lr": 1e-4,
-                                         "batch_size": 4, "max_length": 32, "max_pairs": 4}})
+                                         "batch_size": 4, "max_length": 32, "max_pairs": 4}}))
     write_inputs(params, n_train=8, n_eval=4, n_prompts=2)
     metrics = train_rm(params)
     assert metrics["trained"] is True and metrics["train_pairs"] == 4 and metrics["steps"] == 1

@@ -13,6 +13,7 @@ from neat.cli import main
 from neat.config import validate_params
 from neat.registry import RegistryError
 from neat.s3_errors import dvc_failure_message
+from tests.conftest import former_defaults
 
 SECRET = "super-secret-value-1234"
 HINT = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
@@ -31,7 +32,7 @@ def no_credentials(monkeypatch, tmp_path):
 
 
 def _store(endpoint="http://127.0.0.1:9"):
-    params = validate_params({"registry": {"uri": "s3://models/x", "endpoint_url": endpoint}})
+    params = validate_params(former_defaults({"registry": {"uri": "s3://models/x", "endpoint_url": endpoint}}))
     store = registry.open_store(params.registry)
     store.client.meta.config.retries = {"max_attempts": 1}
     return store

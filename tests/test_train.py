@@ -8,12 +8,14 @@ import torch
 from neat.config import validate_params
 from neat.data import read_preferences
 from neat.expand import select_prompts
-from neat.train import Trainer, collate, groups_from_scored, load_trainable_policy, step_loss
-from tests.conftest import ROOT
+from neat.losses import LOSSES
+from neat.encoding import collate
+from neat.train import Trainer, groups_from_scored, load_trainable_policy, step_loss
+from tests.conftest import ROOT, former_defaults
 
 
 def make_params(tmp_path, **train):
-    return validate_params({
+    return validate_params(former_defaults({
         "seed": 0,
         "paths": {"out": str(tmp_path / "out")},
         "policy": {"model": "builtin:tiny-random", "device": "cpu", "lora": {"enabled": False}},
@@ -21,7 +23,7 @@ def make_params(tmp_path, **train):
         "expand": {"k_pos": 1, "k_neg": 1, "max_new_tokens": 6, "n_demos": 1},
         "train": {"rounds": 1, "batch_size": 2, "lr": 1e-3, "max_response_tokens": 24, "max_prompt_tokens": 96,
                   **train},
-    })
+    }))
 
 
 def synthetic_rows(n_prompts=6):
@@ -48,7 +50,7 @@ def mean_gap(model, tokenizer, rows, cfg):
     groups = groups_from_scored(rows)
     batch = collate(tokenizer, groups, cfg.max_prompt_tokens, cfg.max_response_tokens, tokenizer.pad_token_id)
     with torch.no_grad():
-        _, stats = step_loss(model, batch, cfg)
+        _, stats = step_loss(model, batch, cfg, LOSSES[cfg.loss])
     return stats["logp_chosen"] - stats["logp_negative"]
 
 
@@ -309,10 +311,30 @@ def test_rank_weight_scales_only_the_ranking_term(tmp_path):
         model, tokenizer = load_trainable_policy(params)
         batch = collate(tokenizer, groups_from_scored(rows), 96, 24, tokenizer.pad_token_id)
         with torch.no_grad():
-            loss, stats = step_loss(model, batch, params.train)
+            loss, stats = step_loss(model, batch, params.train, LOSSES[params.train.loss])
         losses[weight] = (float(loss), stats)
     rank, sft = losses[1.0][1]["rank_loss"], losses[1.0][1]["sft_loss"]
     assert rank > 0  # the untrained model does not already follow the ranking
     assert losses[0.0][0] == pytest.approx(sft, rel=1e-5)
     assert losses[0.25][0] == pytest.approx(0.25 * rank + sft, rel=1e-5)
     assert losses[0.25][1]["loss"] == pytest.approx(0.25 * rank + sft, rel=1e-5)
+
+
+def test_the_ranking_loss_is_chosen_once_and_step_loss_uses_the_one_given(tmp_path):
+    from neat.losses import pro_loss
+
+    params = make_params(tmp_path, loss="pro")
+    model, tokenizer = load_trainable_policy(params)
+    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
+    assert trainer.loss_fn is pro_loss
+    _, rows = synthetic_rows(2)
+    batch = collate(tokenizer, groups_from_scored(rows), 96, 24, tokenizer.pad_token_id)
+    calls = []
+
+    def stand_in(logps, rewards, mask):
+        calls.append(tuple(logps.shape))
+        return logps.sum() * 0 + 0.5
+
+    with torch.no_grad():
+        _, stats = step_loss(model, batch, params.train, stand_in)
+    assert calls == [(2, 3)] and stats["rank_loss"] == pytest.approx(0.5)

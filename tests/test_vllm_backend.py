@@ -23,7 +23,7 @@ import neat.vllm_backend as vb
 from neat.config import validate_params
 from neat.errors import ModelError
 from neat.generation import batch_seed, generate
-from tests.conftest import ROOT
+from tests.conftest import ROOT, former_defaults
 
 CACHE = ROOT / ".cache" / "neat"
 TINY = "builtin:tiny-random"
@@ -138,7 +138,7 @@ def tokenizer():
 
 
 def rendered(tokenizer, questions):
-    from neat.data import render_prompt
+    from neat.encoding import render_prompt
 
     return [render_prompt(tokenizer, [{"role": "user", "content": q}], system=None) for q in questions]
 
@@ -328,8 +328,8 @@ def test_engine_for_trained_policy_saves_merged_and_cleans_up(fake_vllm, tmp_pat
 
     from neat.models import apply_lora, load_policy
 
-    params = validate_params({"seed": 5, "generation": {"backend": "vllm", "vllm_gpu_memory_utilization": 0.2,
-                                                        "vllm_enforce_eager": True}})
+    params = validate_params(former_defaults({"seed": 5, "generation": {"backend": "vllm", "vllm_gpu_memory_utilization": 0.2,
+                                                        "vllm_enforce_eager": True}}))
     model, tok = load_policy(TINY, cache_dir=CACHE, device="cpu", seed=0)
     model = apply_lora(model, r=4, alpha=8, dropout=0.0)
     workdir = tmp_path / "round-engine"
@@ -350,7 +350,7 @@ def test_engine_for_trained_policy_saves_merged_and_cleans_up(fake_vllm, tmp_pat
 def test_engine_for_trained_policy_cleans_up_after_a_failure(fake_vllm, tmp_path):
     from neat.models import load_policy
 
-    params = validate_params({"generation": {"backend": "vllm"}})
+    params = validate_params(former_defaults({"generation": {"backend": "vllm"}}))
     model, tok = load_policy(TINY, cache_dir=CACHE, device="cpu", seed=0)
     with pytest.raises(KeyError):
         with vb.engine_for_trained_policy(model, tok, params, tmp_path / "w"):
@@ -427,7 +427,7 @@ def stage_params(tmp_path, **sections):
     }
     for name, values in sections.items():
         tree.setdefault(name, {}).update(values)
-    return validate_params(tree)
+    return validate_params(former_defaults(tree))
 
 
 @pytest.fixture(scope="module")
