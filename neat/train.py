@@ -4,7 +4,8 @@ Round 1 trains on the scored candidates of the `expand` → `score` stages. Each
 re-samples positive and negative candidates from the current policy, re-scores them with the
 reward model and trains on them. The loss is computed on π(y | x) with the steering prompt
 removed: a ranking loss (RRHF or PRO) over the length-normalised log-probs of every candidate of a
-prompt, plus `sft_weight` × the NLL of the best-reward candidate.
+prompt, or DPO over the summed log-probs of its best-vs-worst pair against the reference policy,
+plus `sft_weight` × the NLL of the best-reward candidate.
 
 Tokenising and batching a prompt with its candidates lives in `neat.encoding`.
 
@@ -36,7 +37,7 @@ from neat.errors import NeatError
 from neat.expand import ORIGINS, SCORED_COLUMNS, build_candidates, read_candidates, select_prompts, write_candidates
 from neat.io import atomic_path, write_json_atomic
 from neat.logprobs import length_normalised, response_logprobs
-from neat.losses import LOSSES, best_candidate_index, sft_loss
+from neat.losses import LOSSES, best_candidate_index, dpo_loss, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,9 @@ def reference_policy(model):
     peft_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     disable = getattr(peft_model, "disable_adapter", None)
     if disable is None:
-        raise TrainingError("train.anchor_weight needs policy.lora.enabled: the reference policy is the model "
-                            f"with its adapters off ({type(base_model(model)).__name__} has none)")
+        raise TrainingError("train.anchor_weight needs policy.lora.enabled (and so does train.loss: dpo): the "
+                            "reference policy is the model with its adapters off "
+                            f"({type(base_model(model)).__name__} has none)")
     with disable():
         yield
 
@@ -176,7 +178,10 @@ def step_loss(model, batch, cfg, loss_fn, dist_group=None, phantom: bool = False
     """Loss of one micro-batch and its logged statistics.
 
     `loss_fn`: the ranking loss over the candidates' length-normalised log-probs,
-    `(logps, rewards, mask) -> scalar` (`neat.losses.LOSSES[cfg.loss]`, chosen once by the `Trainer`).
+    `(logps, rewards, mask) -> scalar` (`neat.losses.LOSSES[cfg.loss]`, chosen once by the `Trainer`);
+    `dpo_loss` gets the summed log-probs instead, with the reference policy's (`reference_policy`) and
+    `cfg.dpo_beta`. The reference pass runs once per micro-batch, in the same (packed) layout, and
+    serves the anchor term as well.
 
     The ranking loss is a mean over the prompts that count and the SFT term a mean over the tokens of
     the best candidates; `norm` = (prompts, tokens) they average over in the whole optimizer step (every
@@ -192,7 +197,14 @@ def step_loss(model, batch, cfg, loss_fn, dist_group=None, phantom: bool = False
     device = next(model.parameters()).device
     rewards, mask = batch.rewards.to(device), batch.mask.to(device)
     logps, sums, counts = batch_logps(model, batch, cfg.logprob_chunk)
-    rank = loss_fn(logps, rewards, mask)
+    needs_reference = loss_fn is dpo_loss
+    if cfg.anchor_weight > 0 or needs_reference:  # one reference pass serves the anchor and DPO
+        with torch.no_grad(), reference_policy(model):
+            ref_logps, ref_sums, _ = batch_logps(model, batch, cfg.logprob_chunk)
+    if needs_reference:  # DPO: summed log-probs against the reference's, as in TRL
+        rank = loss_fn(sums, rewards, mask, ref_logps=ref_sums, beta=cfg.dpo_beta)
+    else:
+        rank = loss_fn(logps, rewards, mask)
     best = best_candidate_index(rewards, sft_mask(batch, cfg.sft_target).to(device))
     sft = sft_loss(sums, counts, best)
     counting = _counting_prompts(rewards, mask)
@@ -200,8 +212,6 @@ def step_loss(model, batch, cfg, loss_fn, dist_group=None, phantom: bool = False
     n_sft = counts.gather(1, best[:, None]).sum().double()
     anchor_sum = torch.zeros((), device=device)
     if cfg.anchor_weight > 0:
-        with torch.no_grad(), reference_policy(model):
-            ref_logps, _, _ = batch_logps(model, batch, cfg.logprob_chunk)
         sq = torch.where(mask, 0.5 * (logps - ref_logps) ** 2, torch.zeros_like(logps))
         per_prompt = sq.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         anchor_sum = (per_prompt * counting).sum()  # averaged over the same prompts as the ranking loss
@@ -346,7 +356,7 @@ class Trainer:
         if not self.trainable_names:
             raise TrainingError("the policy has no trainable parameter (LoRA disabled and weights frozen?)")
         self.log: list[dict] = []
-        self.loss_fn = LOSSES[self.cfg.loss]  # the ranking loss (RRHF or PRO), chosen once
+        self.loss_fn = LOSSES[self.cfg.loss]  # the ranking loss (RRHF, PRO or DPO), chosen once
         # several processes (accelerate launch / torchrun): each takes a shard of every micro-batch, with
         # the model replicated (DDP) or its weights, gradients and optimizer state sharded (FSDP)
         from neat.distributed import init_from_env, shard_fsdp, wrap_ddp
