@@ -53,8 +53,16 @@ class TrainingError(NeatError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
-def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[PromptCandidates]:
+# `train.pair_labels: origin`: the label that stands for the reward (RLCD: the steering decides, no reward model)
+ORIGIN_LABELS = {"positive": 1.0, "chosen": 1.0, "negative": 0.0, "rejected": 0.0}
+
+
+def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: str = "reward") -> list[PromptCandidates]:
     """Ranked candidates grouped by prompt, in file order; unranked ones (NaN reward, degenerate) are left out.
+
+    `labels="origin"`: each candidate's reward is replaced by its origin's label (`ORIGIN_LABELS`:
+    positive-steered and chosen 1, negative-steered and rejected 0), so the losses order candidates by
+    how they were produced, whatever the reward model said (RLCD's pairs).
 
     `degenerate="last"`: a candidate flagged degenerate (empty, short, repetitive) joins its prompt's
     group with a reward 1 below the group's lowest, so the ranking loss pushes it under every other
@@ -70,7 +78,7 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[Pr
             continue
         g = groups.setdefault(row["prompt_id"], PromptCandidates(row["prompt_id"], row["prompt"], [], [], []))
         g.responses.append(row["response"])
-        g.rewards.append(float(row["reward"]))
+        g.rewards.append(_label(row, labels))
         g.origins.append(row["origin"])
     for prompt_id, extra in worst.items():
         g = groups.get(prompt_id)
@@ -82,6 +90,15 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[Pr
             g.rewards.append(floor)
             g.origins.append(row["origin"])
     return list(groups.values())
+
+
+def _label(row: dict, labels: str) -> float:
+    if labels == "reward":
+        return float(row["reward"])
+    if row["origin"] not in ORIGIN_LABELS:
+        raise TrainingError(f"train.pair_labels: origin cannot label a candidate of origin '{row['origin']}' "
+                            f"(prompt {row['prompt_id']}); known: {', '.join(ORIGIN_LABELS)}")
+    return ORIGIN_LABELS[row["origin"]]
 
 
 # ---------------------------------------------------------------- log-probs and the loss of a micro-batch
@@ -496,7 +513,7 @@ class Trainer:
         self.fingerprint = fingerprint_
         self.rounds_log: list[dict] = []
         # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
-        n_prompts = max(1, len(groups_from_scored(first_rows, self.cfg.degenerate)))
+        n_prompts = max(1, len(groups_from_scored(first_rows, self.cfg.degenerate, self.cfg.pair_labels)))
         total = self.steps_per_round(n_prompts) * cfg.rounds
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
         start_round, position, step = 1, 0, 0
@@ -526,7 +543,7 @@ class Trainer:
             rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
             if position == 0 and not any(r["round"] == round_ for r in self.rounds_log):
                 self.rounds_log.append(self._round_entry(round_, rows, dev_source))
-            groups = groups_from_scored(rows, self.cfg.degenerate)
+            groups = groups_from_scored(rows, self.cfg.degenerate, self.cfg.pair_labels)
             if not groups:
                 raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
             order = round_order(len(groups), self.params.seed, round_, cfg.epochs_per_round)

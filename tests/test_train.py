@@ -406,3 +406,21 @@ def test_dpo_without_lora_is_refused(tmp_path):
     with pytest.raises(TrainingError, match="train.loss: dpo"):
         Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
             rows, select_prompts(pairs, 6), pairs, fingerprint_="x")
+
+
+def test_origin_labels_order_candidates_by_how_they_were_made():
+    """train.pair_labels: origin (RLCD): positive above negative whatever the reward model said."""
+    from neat.train import TrainingError
+
+    prompt = [{"role": "user", "content": "q"}]
+    rows = [{"prompt_id": "a", "prompt": prompt, "origin": o, "response": f"{o} {i}", "reward": r, "rank": 0}
+            for i, (o, r) in enumerate([("positive", -3.0), ("negative", 5.0), ("positive", 0.0)])]
+    rows.append({"prompt_id": "a", "prompt": prompt, "origin": "negative", "response": "", "reward": 9.0,
+                 "rank": None, "degenerate": True})
+    by_reward = groups_from_scored(rows, "last")[0]
+    by_origin = groups_from_scored(rows, "last", "origin")[0]
+    assert by_reward.rewards == [-3.0, 5.0, 0.0, -4.0]
+    assert by_origin.rewards == [1.0, 0.0, 1.0, -1.0]  # the degenerate one still goes last
+    assert by_origin.origins == by_reward.origins
+    with pytest.raises(TrainingError, match="origin 'unsteered'"):
+        groups_from_scored([dict(rows[0], origin="unsteered")], labels="origin")
