@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
             stage_parser.add_argument("--resume", action="store_true",
                                       help="continue from the last checkpoint of the same inputs and params")
         if stage.name == "compare":
-            stage_parser.add_argument("--variants", default=None, help="comma-separated subset of: neat,rrhf,sft")
+            stage_parser.add_argument("--variants", default=None, help="comma-separated subset of: neat,rrhf,sft,neat_pro,dpo,online_dpo,rlcd (default neat,rrhf,sft)")
         _add_common(stage_parser)
 
     rollback = sub.add_parser("rollback", help="move the registry's production pointer back one version")

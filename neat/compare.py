@@ -8,7 +8,20 @@ training reward model and the same number of optimizer steps:
 * ``rrhf`` — the online-RRHF ablation: `expand.k_neg: 0`, everything else equal;
 * ``sft`` — supervised fine-tuning on the dataset's chosen responses only: one candidate per prompt
   (so the ranking term is 0 and the loss is the SFT term), `train.rounds: 1` with
-  `epochs_per_round` multiplied by the rounds, hence the same optimizer steps and lr schedule.
+  `epochs_per_round` multiplied by the rounds, hence the same optimizer steps and lr schedule;
+* ``neat_pro`` — ``neat`` with the PRO loss (`train.loss: pro`);
+* ``dpo`` — offline DPO on the dataset's chosen/rejected responses only, chosen above rejected by the
+  human label (`train.pair_labels: origin`); no sampling, one round with the epochs multiplied as for
+  ``sft``;
+* ``online_dpo`` — ``neat``'s candidates (sampled, scored, every round), DPO on each prompt's
+  best-vs-worst pair by reward;
+* ``rlcd`` — DPO on (positive-steered, negative-steered) pairs labelled by their origin
+  (`train.pair_labels: origin`), without the dataset's responses; the reward model still scores the
+  candidates (for the logs) but does not label the pairs.
+
+The DPO variants train on DPO alone (`train.rank_weight: 1`, `sft_weight: 0`, `anchor_weight: 0`: β,
+`train.dpo_beta`, is their KL term) against the reference policy, the base with its LoRA adapters off,
+so they need `policy.lora.enabled`.
 
 Each variant runs the library stages (`expand`, `score`, `train`, `evaluate`) with a deep copy of
 the params whose `paths.out` is `<out>/compare/<name>`; the prepared data is copied there, and the
@@ -43,8 +56,15 @@ VARIANTS: dict[str, str] = {
     "neat": "NEAT: positive and negative steered samples + dataset responses, ranking loss + SFT",
     "rrhf": "online RRHF ablation (expand.k_neg = 0)",
     "sft": "SFT on the dataset's chosen responses, same optimizer steps",
+    "neat_pro": "NEAT with the PRO loss (train.loss = pro)",
+    "dpo": "offline DPO on the dataset's chosen/rejected pairs (human label), no sampling, same optimizer steps",
+    "online_dpo": "DPO on the best-vs-worst pair by reward of NEAT's scored candidates, every round",
+    "rlcd": "DPO on positive- vs negative-steered samples labelled by origin (no dataset responses, RM not used)",
 }
 DEFAULT_VARIANTS = ("neat", "rrhf", "sft")
+# trained on the dataset's responses only (no expand, no score): rows written by `dataset_rows`
+DATASET_ONLY = ("sft", "dpo")
+DPO_VARIANTS = ("dpo", "online_dpo", "rlcd")
 
 
 def variant_params(params, name: str, root: Path):
@@ -58,30 +78,52 @@ def variant_params(params, name: str, root: Path):
     v.paths.out = str(Path(root) / name)
     v.reward.model, v.reward.train = reward_model_ref(params), False
     v.evaluate.reward_model, v.evaluate.train_reward_model = eval_reward_model_ref(params), False
-    if name == "neat":
+    if name in DPO_VARIANTS and not params.policy.lora.enabled:
+        raise ConfigError(f"variant '{name}' trains with DPO, whose reference policy is the base with its LoRA "
+                          "adapters off: set policy.lora.enabled: true (or leave the variant out)")
+    if name in ("neat", "neat_pro", "online_dpo", "rlcd"):
         v.expand.k_neg = v.expand.k_neg or 2
-    elif name == "rrhf":
+    if name == "rrhf":
         v.expand.k_neg = 0
-    elif name == "sft":
+    if name in DATASET_ONLY:  # no sampling: one round over the dataset rows, as many optimizer steps
         v.expand.k_pos = v.expand.k_neg = 0
         v.train.epochs_per_round = params.train.epochs_per_round * params.train.rounds
         v.train.rounds = 1
+    if name == "sft":
         v.train.sft_weight = v.train.sft_weight or 1.0
+    if name == "neat_pro":
+        v.train.loss = "pro"
+    if name in DPO_VARIANTS:
+        v.train.loss = "dpo"
+        v.train.rank_weight, v.train.sft_weight, v.train.anchor_weight = 1.0, 0.0, 0.0
+    if name in ("dpo", "rlcd"):
+        v.train.pair_labels = "origin"
+    if name == "rlcd":
+        v.expand.k_pos = v.expand.k_pos or 2
+        v.train.include_dataset_responses = False
     return v
 
 
 def sft_rows(params) -> list[dict]:
     """Scored rows holding only the dataset's chosen responses (reward 0, rank 0) for the training prompts."""
+    return dataset_rows(params, "sft")
+
+
+def dataset_rows(params, name: str) -> list[dict]:
+    """Scored rows of the dataset's responses for the training prompts: `sft` the chosen ones only
+    (reward 0, rank 0); `dpo` chosen (reward 1, rank 0) and rejected (reward 0, rank 1), the human label."""
     from neat.data import read_pairs
     from neat.expand import candidate_rows_from_dataset, select_prompts
 
+    origins = {"sft": {"chosen": (0.0, 0)}, "dpo": {"chosen": (1.0, 0), "rejected": (0.0, 1)}}[name]
     pairs = read_pairs(params.out("data", "train.jsonl"))
     rows = []
     for group in select_prompts(pairs, params.data.max_train_prompts):
-        chosen = [r for r in candidate_rows_from_dataset(group, 1) if r["origin"] == "chosen"]
-        rows += [dict(r, reward=0.0, rank=0, n_ranked=len(chosen)) for r in chosen]
+        kept = [r for r in candidate_rows_from_dataset(group, 1) if r["origin"] in origins]
+        rows += [dict(r, reward=origins[r["origin"]][0], rank=origins[r["origin"]][1], n_ranked=len(kept))
+                 for r in kept]
     if not rows:
-        raise DataError(f"{params.out('data', 'train.jsonl')}: no training prompts for the SFT variant")
+        raise DataError(f"{params.out('data', 'train.jsonl')}: no training prompts for the {name} variant")
     return rows
 
 
@@ -129,7 +171,7 @@ def _ensure_upstream(params, progress: bool) -> dict:
 
 
 def train_variant(v, name: str, progress: bool = True) -> dict:
-    """Expand → score → train for one variant (SFT: chosen rows → train); skipped when up to date."""
+    """Expand → score → train for one variant (SFT, DPO: dataset rows → train); skipped when up to date."""
     from neat.expand import expand, write_candidates
     from neat.reward import score
     from neat.train import train
@@ -141,8 +183,8 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
         if done.get("key") == key:
             return done | {"skipped": True}
     seconds: dict[str, float] = {}
-    if name == "sft":
-        write_candidates(v.out("score", "candidates.parquet"), sft_rows(v))
+    if name in DATASET_ONLY:
+        write_candidates(v.out("score", "candidates.parquet"), dataset_rows(v, name))
     else:
         for stage, fn in (("expand", expand), ("score", score)):
             start = time.perf_counter()
@@ -264,12 +306,13 @@ def compare(params, variants: Sequence[str] | None = None, progress: bool = True
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"compare: variants must be distinct and non-empty (got {names})")
     started = time.perf_counter()
-    upstream = _ensure_upstream(params, progress)
     root = params.out("compare")
+    every = {name: variant_params(params, name, root) for name in names}  # a refused variant stops nothing midway
+    upstream = _ensure_upstream(params, progress)
     cache = params.out("cache", "eval_generations")
     results = []
     for name in names:
-        v = variant_params(params, name, root)
+        v = every[name]
         shutil.copytree(params.out("data"), v.out("data"), dirs_exist_ok=True)
         trained = train_variant(v, name, progress=progress)
         start = time.perf_counter()

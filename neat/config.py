@@ -133,7 +133,16 @@ class GenerationParams(Section):
 
 class TrainParams(Section):
     rounds: int = Field(2, ge=1, le=100)
-    loss: Literal["rrhf", "pro"] = "rrhf"
+    loss: Literal["rrhf", "pro", "dpo"] = Field(
+        "rrhf", description="ranking loss: rrhf, pro, or dpo (each prompt's best-vs-worst candidate pair against the "
+                            "reference policy, the model with its LoRA adapters off; needs policy.lora.enabled)")
+    dpo_beta: float = Field(
+        0.1, gt=0, description="β of the DPO loss (train.loss: dpo): the strength of its implicit KL penalty to the "
+                               "reference policy; summed response log-probs, as in TRL")
+    pair_labels: Literal["reward", "origin"] = Field(
+        "reward", description="what orders a prompt's candidates for the loss: the reward model's score (reward), or "
+                              "their origin, positive/chosen above negative/rejected, with no reward model (origin, "
+                              "as in RLCD)")
     rank_weight: float = Field(
         0.1, ge=0, description="weight of the ranking loss; RRHF sums over candidate pairs, so with 6 candidates it "
                                "is up to 15 hinge terms against one SFT term")

@@ -1,4 +1,4 @@
-"""Ranking losses over several scored candidate responses per prompt (RRHF, PRO) and the SFT term.
+"""Ranking losses over several scored candidate responses per prompt (RRHF, PRO, DPO) and the SFT term.
 
 Shapes and conventions shared by every function here:
 
@@ -20,6 +20,10 @@ still connected to ``logps`` in the autograd graph (its gradient is all zeros), 
 distributed gradient reduction behave as for any other batch.
 
 Losses are computed in float32 whatever the input dtype.
+
+DPO (:func:`dpo_loss`) differs in its inputs only: it takes *summed* response log-probs (as TRL does) of
+the policy and of the reference policy, and keyword arguments; masking, the reward checks, ties and the
+reduction are as above.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["LOSSES", "rrhf_loss", "pro_loss", "sft_loss", "best_candidate_index"]
+__all__ = ["LOSSES", "rrhf_loss", "pro_loss", "dpo_loss", "sft_loss", "best_candidate_index"]
 
 
 def _check_inputs(logps: Tensor, rewards: Tensor, mask: Tensor) -> None:
@@ -133,6 +137,42 @@ def pro_loss(logps: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
     return _reduce(per_prompt, has_below.any(dim=1))
 
 
+def dpo_loss(logps: Tensor, rewards: Tensor, mask: Tensor, *, ref_logps: Tensor, beta: float) -> Tensor:
+    r"""DPO sigmoid loss (Rafailov et al. 2023) on each prompt's best-vs-worst pair by reward.
+
+    Unlike the ranking losses, ``logps`` and ``ref_logps`` ``[B, K]`` are the *summed* response
+    log-probs (as in the paper and TRL) of the policy and of the reference policy. Per prompt, with
+    w the real candidate of highest reward and l the one of lowest reward (ties: the lowest index)::
+
+        L_b = - log sigmoid( beta * [ (logps_w - ref_logps_w) - (logps_l - ref_logps_l) ] )
+
+    which is TRL's ``-F.logsigmoid(beta * (chosen_logratios - rejected_logratios))``. Only the pair
+    enters: other candidates get no gradient. A prompt counts when ``r_w > r_l`` (see the module
+    docstring); masked slots of ``logps`` and ``ref_logps`` may hold anything.
+    """
+    _check_inputs(logps, rewards, mask)
+    if ref_logps.shape != logps.shape:
+        raise ValueError(f"ref_logps must have the shape of logps {tuple(logps.shape)}, got {tuple(ref_logps.shape)}")
+    zero = torch.zeros((), device=logps.device)
+    p = torch.where(mask, logps.float(), zero)
+    ref = torch.where(mask, ref_logps.detach().float(), zero)
+    r = torch.where(mask, rewards.float(), zero)
+    big = torch.finfo(r.dtype).max
+    hi = torch.where(mask, r, torch.full_like(r, -big))
+    lo = torch.where(mask, r, torch.full_like(r, big))
+    idx = torch.arange(r.shape[1], device=r.device).expand_as(r)
+    k = r.shape[1]
+    w = torch.where(mask & (hi == hi.amax(dim=1, keepdim=True)), idx, torch.full_like(idx, k)).amin(dim=1)
+    l = torch.where(mask & (lo == lo.amin(dim=1, keepdim=True)), idx, torch.full_like(idx, k)).amin(dim=1)
+    counts = (mask.sum(dim=1) >= 2) & (hi.amax(dim=1) > lo.amin(dim=1))
+    # a prompt without a real candidate gets index K: clamp it; the prompt does not count anyway
+    w, l = w.clamp(max=k - 1)[:, None], l.clamp(max=k - 1)[:, None]
+    ratio = p - ref
+    margin = (ratio.gather(1, w) - ratio.gather(1, l)).squeeze(1)
+    per_prompt = -torch.nn.functional.logsigmoid(beta * margin)
+    return _reduce(per_prompt, counts)
+
+
 def best_candidate_index(rewards: Tensor, mask: Tensor) -> Tensor:
     """Index [B] (int64) of the real candidate with the highest reward; ties go to the lowest index.
 
@@ -191,4 +231,5 @@ def sft_loss(sum_logps: Tensor, n_tokens: Tensor, best_index: Tensor | None = No
 
 
 # `train.loss` → the ranking loss: `(logps, rewards, mask) -> scalar`. The trainer picks its entry once.
-LOSSES = {"rrhf": rrhf_loss, "pro": pro_loss}
+# `dpo` takes summed log-probs and `ref_logps=`, `beta=` as well (see `neat.train.step_loss`).
+LOSSES = {"rrhf": rrhf_loss, "pro": pro_loss, "dpo": dpo_loss}

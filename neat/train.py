@@ -4,7 +4,8 @@ Round 1 trains on the scored candidates of the `expand` → `score` stages. Each
 re-samples positive and negative candidates from the current policy, re-scores them with the
 reward model and trains on them. The loss is computed on π(y | x) with the steering prompt
 removed: a ranking loss (RRHF or PRO) over the length-normalised log-probs of every candidate of a
-prompt, plus `sft_weight` × the NLL of the best-reward candidate.
+prompt, or DPO over the summed log-probs of its best-vs-worst pair against the reference policy,
+plus `sft_weight` × the NLL of the best-reward candidate.
 
 Tokenising and batching a prompt with its candidates lives in `neat.encoding`.
 
@@ -36,7 +37,7 @@ from neat.errors import NeatError
 from neat.expand import ORIGINS, SCORED_COLUMNS, build_candidates, read_candidates, select_prompts, write_candidates
 from neat.io import atomic_path, write_json_atomic
 from neat.logprobs import length_normalised, response_logprobs
-from neat.losses import LOSSES, best_candidate_index, sft_loss
+from neat.losses import LOSSES, best_candidate_index, dpo_loss, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,16 @@ class TrainingError(NeatError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
-def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[PromptCandidates]:
+# `train.pair_labels: origin`: the label that stands for the reward (RLCD: the steering decides, no reward model)
+ORIGIN_LABELS = {"positive": 1.0, "chosen": 1.0, "negative": 0.0, "rejected": 0.0}
+
+
+def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: str = "reward") -> list[PromptCandidates]:
     """Ranked candidates grouped by prompt, in file order; unranked ones (NaN reward, degenerate) are left out.
+
+    `labels="origin"`: each candidate's reward is replaced by its origin's label (`ORIGIN_LABELS`:
+    positive-steered and chosen 1, negative-steered and rejected 0), so the losses order candidates by
+    how they were produced, whatever the reward model said (RLCD's pairs).
 
     `degenerate="last"`: a candidate flagged degenerate (empty, short, repetitive) joins its prompt's
     group with a reward 1 below the group's lowest, so the ranking loss pushes it under every other
@@ -69,7 +78,7 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[Pr
             continue
         g = groups.setdefault(row["prompt_id"], PromptCandidates(row["prompt_id"], row["prompt"], [], [], []))
         g.responses.append(row["response"])
-        g.rewards.append(float(row["reward"]))
+        g.rewards.append(_label(row, labels))
         g.origins.append(row["origin"])
     for prompt_id, extra in worst.items():
         g = groups.get(prompt_id)
@@ -81,6 +90,15 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude") -> list[Pr
             g.rewards.append(floor)
             g.origins.append(row["origin"])
     return list(groups.values())
+
+
+def _label(row: dict, labels: str) -> float:
+    if labels == "reward":
+        return float(row["reward"])
+    if row["origin"] not in ORIGIN_LABELS:
+        raise TrainingError(f"train.pair_labels: origin cannot label a candidate of origin '{row['origin']}' "
+                            f"(prompt {row['prompt_id']}); known: {', '.join(ORIGIN_LABELS)}")
+    return ORIGIN_LABELS[row["origin"]]
 
 
 # ---------------------------------------------------------------- log-probs and the loss of a micro-batch
@@ -136,8 +154,9 @@ def reference_policy(model):
     peft_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     disable = getattr(peft_model, "disable_adapter", None)
     if disable is None:
-        raise TrainingError("train.anchor_weight needs policy.lora.enabled: the reference policy is the model "
-                            f"with its adapters off ({type(base_model(model)).__name__} has none)")
+        raise TrainingError("train.anchor_weight needs policy.lora.enabled (and so does train.loss: dpo): the "
+                            "reference policy is the model with its adapters off "
+                            f"({type(base_model(model)).__name__} has none)")
     with disable():
         yield
 
@@ -176,7 +195,10 @@ def step_loss(model, batch, cfg, loss_fn, dist_group=None, phantom: bool = False
     """Loss of one micro-batch and its logged statistics.
 
     `loss_fn`: the ranking loss over the candidates' length-normalised log-probs,
-    `(logps, rewards, mask) -> scalar` (`neat.losses.LOSSES[cfg.loss]`, chosen once by the `Trainer`).
+    `(logps, rewards, mask) -> scalar` (`neat.losses.LOSSES[cfg.loss]`, chosen once by the `Trainer`);
+    `dpo_loss` gets the summed log-probs instead, with the reference policy's (`reference_policy`) and
+    `cfg.dpo_beta`. The reference pass runs once per micro-batch, in the same (packed) layout, and
+    serves the anchor term as well.
 
     The ranking loss is a mean over the prompts that count and the SFT term a mean over the tokens of
     the best candidates; `norm` = (prompts, tokens) they average over in the whole optimizer step (every
@@ -192,7 +214,14 @@ def step_loss(model, batch, cfg, loss_fn, dist_group=None, phantom: bool = False
     device = next(model.parameters()).device
     rewards, mask = batch.rewards.to(device), batch.mask.to(device)
     logps, sums, counts = batch_logps(model, batch, cfg.logprob_chunk)
-    rank = loss_fn(logps, rewards, mask)
+    needs_reference = loss_fn is dpo_loss
+    if cfg.anchor_weight > 0 or needs_reference:  # one reference pass serves the anchor and DPO
+        with torch.no_grad(), reference_policy(model):
+            ref_logps, ref_sums, _ = batch_logps(model, batch, cfg.logprob_chunk)
+    if needs_reference:  # DPO: summed log-probs against the reference's, as in TRL
+        rank = loss_fn(sums, rewards, mask, ref_logps=ref_sums, beta=cfg.dpo_beta)
+    else:
+        rank = loss_fn(logps, rewards, mask)
     best = best_candidate_index(rewards, sft_mask(batch, cfg.sft_target).to(device))
     sft = sft_loss(sums, counts, best)
     counting = _counting_prompts(rewards, mask)
@@ -200,8 +229,6 @@ def step_loss(model, batch, cfg, loss_fn, dist_group=None, phantom: bool = False
     n_sft = counts.gather(1, best[:, None]).sum().double()
     anchor_sum = torch.zeros((), device=device)
     if cfg.anchor_weight > 0:
-        with torch.no_grad(), reference_policy(model):
-            ref_logps, _, _ = batch_logps(model, batch, cfg.logprob_chunk)
         sq = torch.where(mask, 0.5 * (logps - ref_logps) ** 2, torch.zeros_like(logps))
         per_prompt = sq.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         anchor_sum = (per_prompt * counting).sum()  # averaged over the same prompts as the ranking loss
@@ -346,7 +373,7 @@ class Trainer:
         if not self.trainable_names:
             raise TrainingError("the policy has no trainable parameter (LoRA disabled and weights frozen?)")
         self.log: list[dict] = []
-        self.loss_fn = LOSSES[self.cfg.loss]  # the ranking loss (RRHF or PRO), chosen once
+        self.loss_fn = LOSSES[self.cfg.loss]  # the ranking loss (RRHF, PRO or DPO), chosen once
         # several processes (accelerate launch / torchrun): each takes a shard of every micro-batch, with
         # the model replicated (DDP) or its weights, gradients and optimizer state sharded (FSDP)
         from neat.distributed import init_from_env, shard_fsdp, wrap_ddp
@@ -486,7 +513,7 @@ class Trainer:
         self.fingerprint = fingerprint_
         self.rounds_log: list[dict] = []
         # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
-        n_prompts = max(1, len(groups_from_scored(first_rows, self.cfg.degenerate)))
+        n_prompts = max(1, len(groups_from_scored(first_rows, self.cfg.degenerate, self.cfg.pair_labels)))
         total = self.steps_per_round(n_prompts) * cfg.rounds
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
         start_round, position, step = 1, 0, 0
@@ -516,7 +543,7 @@ class Trainer:
             rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
             if position == 0 and not any(r["round"] == round_ for r in self.rounds_log):
                 self.rounds_log.append(self._round_entry(round_, rows, dev_source))
-            groups = groups_from_scored(rows, self.cfg.degenerate)
+            groups = groups_from_scored(rows, self.cfg.degenerate, self.cfg.pair_labels)
             if not groups:
                 raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
             order = round_order(len(groups), self.params.seed, round_, cfg.epochs_per_round)

@@ -26,7 +26,7 @@ def test_project_params_file_is_valid_and_complete():
         ({"train": {"lrr": 1}}, "unknown key 'train.lrr'; accepted keys here: rounds, loss"),
         ({"bogus": 1}, "unknown key 'bogus'; accepted keys here: seed, paths"),
         ({"train": {"lr": -1}}, "train.lr: Input should be greater than 0 (got -1)"),
-        ({"train": {"loss": "dpo"}}, "train.loss: Input should be 'rrhf' or 'pro' (got 'dpo')"),
+        ({"train": {"loss": "ppo"}}, "train.loss: Input should be 'rrhf', 'pro' or 'dpo' (got 'ppo')"),
         ({"expand": {"k_neg": "two"}}, "expand.k_neg: Input should be a valid integer"),
         ({"policy": {"lora": {"r": 0}}}, "policy.lora.r: Input should be greater than or equal to 1"),
         ({"data": {"eval_fraction": 0.6, "judge_fraction": 0.5}}, "eval_fraction + judge_fraction must be below 1"),

@@ -3,10 +3,17 @@ import math
 import pytest
 import torch
 
-from neat.losses import LOSSES, best_candidate_index, pro_loss, rrhf_loss, sft_loss
+import torch.nn.functional as F
+
+from neat.losses import LOSSES, best_candidate_index, dpo_loss, pro_loss, rrhf_loss, sft_loss
 
 NAN = float("nan")
 INF = float("inf")
+
+
+def dpo_vs_zero_reference(logps, rewards, mask):
+    """DPO with a reference of log-prob 0 everywhere, to share the ranking losses' convention tests."""
+    return dpo_loss(logps, rewards, mask, ref_logps=torch.zeros_like(logps), beta=0.1)
 
 
 def t(rows, requires_grad=False):
@@ -61,7 +68,7 @@ def test_rrhf_zero_when_logps_in_reward_order():
     assert torch.equal(logps.grad, torch.zeros_like(logps))
 
 
-@pytest.mark.parametrize("loss_fn", [rrhf_loss, pro_loss])
+@pytest.mark.parametrize("loss_fn", [rrhf_loss, pro_loss, dpo_vs_zero_reference])
 def test_no_comparable_prompt_gives_connected_zero(loss_fn):
     # single real candidates, and a prompt whose two candidates tie: nothing to rank
     logps = t([[-1.0, NAN, NAN], [-2.0, -3.0, NAN]], requires_grad=True)
@@ -74,7 +81,7 @@ def test_no_comparable_prompt_gives_connected_zero(loss_fn):
     assert torch.equal(logps.grad, torch.zeros_like(logps))
 
 
-@pytest.mark.parametrize("loss_fn", [rrhf_loss, pro_loss])
+@pytest.mark.parametrize("loss_fn", [rrhf_loss, pro_loss, dpo_vs_zero_reference])
 def test_nan_reward_on_real_candidate_raises(loss_fn):
     logps = t([[-1.0, -2.0]])
     with pytest.raises(ValueError, match="prompt 0.*NaN or infinite"):
@@ -265,4 +272,62 @@ def test_loss_registry_covers_exactly_the_schema_choices():
 
     choices = typing.get_args(TrainParams.model_fields["loss"].annotation)
     assert set(LOSSES) == set(choices), f"train.loss allows {choices}; neat.losses.LOSSES has {sorted(LOSSES)}"
-    assert LOSSES["rrhf"] is rrhf_loss and LOSSES["pro"] is pro_loss
+    assert LOSSES["rrhf"] is rrhf_loss and LOSSES["pro"] is pro_loss and LOSSES["dpo"] is dpo_loss
+
+
+# ----------------------------------------------------------------------------------------------- DPO
+
+# Summed log-probs of policy and reference. Prompt 0: candidate 2 masked (NaN garbage); best = 1
+# (r 0.9), worst = 0 (r 0.2). Prompt 1: all tied, does not count. Prompt 2: r = [0, .5, .5], the best
+# is tied between 1 and 2 -> the lowest index, 1; worst = 0.
+DPO_LOGPS = [[-3.0, -2.0, NAN], [-1.0, -2.0, -3.0], [-1.0, -4.0, -9.0]]
+DPO_REF = [[-2.5, -2.5, NAN], [-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]]
+DPO_REWARDS = [[0.2, 0.9, NAN], [1.0, 1.0, 1.0], [0.0, 0.5, 0.5]]
+DPO_MASK = [[True, True, False], [True, True, True], [True, True, True]]
+
+
+def test_dpo_hand_computed_with_mask_and_ties():
+    # prompt 0: margin = (-2 - -2.5) - (-3 - -2.5) = 0.5 + 0.5 = 1.0; beta 0.5 -> log(1 + e^-0.5)
+    # prompt 2: margin = (-4 - -1) - (-1 - -1) = -3.0;              beta 0.5 -> log(1 + e^1.5)
+    logps = t(DPO_LOGPS, requires_grad=True)
+    loss = dpo_loss(logps, t(DPO_REWARDS), m(DPO_MASK), ref_logps=t(DPO_REF), beta=0.5)
+    expected = (math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(1.5))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    # d/d margin of -log sigmoid(beta m) = -beta sigmoid(-beta m); +/- on the pair, halved by the mean
+    g0 = -0.5 / (1 + math.exp(0.5)) / 2
+    g2 = -0.5 / (1 + math.exp(-1.5)) / 2
+    expected_grad = torch.tensor([[-g0, g0, 0.0], [0.0, 0.0, 0.0], [-g2, g2, 0.0]])
+    assert torch.allclose(logps.grad, expected_grad, atol=1e-6)  # masked, tied-out and unpaired slots: 0
+
+
+def test_dpo_equals_trls_formula_on_the_same_numbers():
+    # TRL's DPOTrainer (loss_type="sigmoid"), written out on the pairs the loss picks
+    beta = 0.5
+    policy_chosen, policy_rejected = torch.tensor([-2.0, -4.0]), torch.tensor([-3.0, -1.0])
+    reference_chosen, reference_rejected = torch.tensor([-2.5, -1.0]), torch.tensor([-2.5, -1.0])
+    chosen_logratios = policy_chosen - reference_chosen
+    rejected_logratios = policy_rejected - reference_rejected
+    trl = (-F.logsigmoid(beta * (chosen_logratios - rejected_logratios))).mean()
+    ours = dpo_loss(t(DPO_LOGPS), t(DPO_REWARDS), m(DPO_MASK), ref_logps=t(DPO_REF), beta=beta)
+    assert ours.item() == pytest.approx(trl.item(), abs=1e-6)
+
+
+def test_dpo_at_the_reference_is_log_2_and_beta_scales_the_margin():
+    logps = t([[-1.0, -5.0, -2.0]])
+    rewards, mask = t([[0.3, 0.1, 0.7]]), m([[True, True, True]])
+    assert dpo_loss(logps, rewards, mask, ref_logps=logps.clone(), beta=0.1).item() == pytest.approx(math.log(2))
+    # best 2, worst 1: margin = (-2 - 0) - (-5 - 0) = 3
+    ref = torch.zeros_like(logps)
+    for beta in (0.1, 1.0):
+        assert dpo_loss(logps, rewards, mask, ref_logps=ref, beta=beta).item() == pytest.approx(
+            math.log(1 + math.exp(-3 * beta)), abs=1e-6)
+
+
+def test_dpo_reference_gets_no_gradient_and_shape_is_checked():
+    ref = t([[0.0, 0.0]], requires_grad=True)
+    loss = dpo_loss(t([[-1.0, -2.0]], requires_grad=True), t([[1.0, 0.0]]), m([[True, True]]), ref_logps=ref, beta=1.0)
+    loss.backward()
+    assert ref.grad is None
+    with pytest.raises(ValueError, match="ref_logps"):
+        dpo_loss(t([[-1.0, -2.0]]), t([[1.0, 0.0]]), m([[True, True]]), ref_logps=t([[0.0]]), beta=1.0)

@@ -338,3 +338,89 @@ def test_the_ranking_loss_is_chosen_once_and_step_loss_uses_the_one_given(tmp_pa
     with torch.no_grad():
         _, stats = step_loss(model, batch, params.train, stand_in)
     assert calls == [(2, 3)] and stats["rank_loss"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- DPO
+
+
+def _dpo_setup(tmp_path, **train):
+    params = make_params(tmp_path, loss="dpo", rank_weight=1.0, sft_weight=0.0, **train)
+    params.policy.lora.enabled = True
+    model, tokenizer = load_trainable_policy(params)
+    _, rows = synthetic_rows(2)
+    batch = collate(tokenizer, groups_from_scored(rows), 96, 24, tokenizer.pad_token_id)
+    return params, model, tokenizer, batch
+
+
+def test_dpo_step_loss_uses_summed_logps_against_the_adapter_free_reference(tmp_path):
+    import math
+
+    from neat.losses import dpo_loss
+    from neat.train import batch_logps, reference_policy
+
+    params, model, _, batch = _dpo_setup(tmp_path, dpo_beta=0.5)
+    model.eval()
+    with torch.no_grad():
+        _, stats = step_loss(model, batch, params.train, LOSSES["dpo"])
+    assert stats["rank_loss"] == pytest.approx(math.log(2), abs=1e-5)  # fresh LoRA = the reference
+    with torch.no_grad():  # move the adapters away from the reference
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        loss, stats = step_loss(model, batch, params.train, LOSSES["dpo"])
+        norm, sums, _ = batch_logps(model, batch, 1024)
+        with reference_policy(model):
+            ref_norm, ref_sums, _ = batch_logps(model, batch, 1024)
+    expected = dpo_loss(sums, batch.rewards, batch.mask, ref_logps=ref_sums, beta=0.5).item()
+    normalised = dpo_loss(norm, batch.rewards, batch.mask, ref_logps=ref_norm, beta=0.5).item()
+    assert abs(expected - math.log(2)) > 1e-3 and abs(expected - normalised) > 1e-3
+    assert stats["rank_loss"] == pytest.approx(expected, rel=1e-4)
+    assert float(loss) == pytest.approx(expected, rel=1e-4)  # rank_weight 1, sft_weight 0, no anchor
+
+
+def test_dpo_training_prefers_the_best_over_the_worst(tmp_path):
+    from neat.train import batch_logps
+
+    params, model, tokenizer, batch = _dpo_setup(tmp_path, lr=1e-2, epochs_per_round=3)
+    pairs, rows = synthetic_rows(6)
+
+    def gap():  # chosen (best) minus negative (worst), summed log-probs
+        with torch.no_grad():
+            _, sums, _ = batch_logps(model, batch, 1024)
+        return float((sums[:, 0] - sums[:, 2]).mean())
+
+    before = gap()
+    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
+    assert trainer.loss_fn is LOSSES["dpo"]
+    trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_="d")
+    assert gap() > before + 1.0, (before, gap())
+    assert trainer.log[-1]["rank_loss"] < trainer.log[0]["rank_loss"]
+
+
+def test_dpo_without_lora_is_refused(tmp_path):
+    from neat.train import TrainingError
+
+    pairs, rows = synthetic_rows()
+    params = make_params(tmp_path, loss="dpo")
+    model, tokenizer = load_trainable_policy(params)
+    with pytest.raises(TrainingError, match="train.loss: dpo"):
+        Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
+            rows, select_prompts(pairs, 6), pairs, fingerprint_="x")
+
+
+def test_origin_labels_order_candidates_by_how_they_were_made():
+    """train.pair_labels: origin (RLCD): positive above negative whatever the reward model said."""
+    from neat.train import TrainingError
+
+    prompt = [{"role": "user", "content": "q"}]
+    rows = [{"prompt_id": "a", "prompt": prompt, "origin": o, "response": f"{o} {i}", "reward": r, "rank": 0}
+            for i, (o, r) in enumerate([("positive", -3.0), ("negative", 5.0), ("positive", 0.0)])]
+    rows.append({"prompt_id": "a", "prompt": prompt, "origin": "negative", "response": "", "reward": 9.0,
+                 "rank": None, "degenerate": True})
+    by_reward = groups_from_scored(rows, "last")[0]
+    by_origin = groups_from_scored(rows, "last", "origin")[0]
+    assert by_reward.rewards == [-3.0, 5.0, 0.0, -4.0]
+    assert by_origin.rewards == [1.0, 0.0, 1.0, -1.0]  # the degenerate one still goes last
+    assert by_origin.origins == by_reward.origins
+    with pytest.raises(TrainingError, match="origin 'unsteered'"):
+        groups_from_scored([dict(rows[0], origin="unsteered")], labels="origin")
