@@ -72,6 +72,9 @@ def import_closure(modules: list[str] | tuple[str, ...], root: Path = ROOT) -> l
         if path is None:  # `from neat.io import atomic_path` also names neat.io.atomic_path: not a module
             continue
         seen[name] = path
+        if name == PACKAGE + ".metrics":  # its metric scripts are loaded by path (evaluate.load), not imported
+            todo.extend(f"{name}.{d.name}.{d.name}" for d in sorted(path.parent.iterdir())
+                        if (d / f"{d.name}.py").is_file())
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages' __init__
         todo.extend(_imported_modules(path, name))

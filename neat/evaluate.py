@@ -21,9 +21,9 @@ the evaluation reward model and reports, each with a 95 % percentile-bootstrap i
   and both per type, for base and trained, judged by `evaluate.judge` (`learned` trains the MiniLM
   judge on `paths.refusal_examples`).
 
-The numbers equal those of the local `evaluate` metric modules (`neat.metrics`: win_rate,
-refusal_rate) with the same bootstrap settings; the stage calls `neat.stats` directly, which those
-modules wrap, to avoid importing `evaluate` (several seconds).
+The win rate and the XSTest rates are computed by the project's local `evaluate` metric modules
+(`neat.metrics`: win_rate, refusal_rate; loaded from the package, never from the Hub), the other
+intervals by `neat.stats`, which those modules wrap.
 
 Base generations are cached under `<out>/cache/eval_generations/<key>.json`, keyed by the base
 checkpoint id, the rendered prompts and every generation setting (the backend, `hf` or `vllm`,
@@ -34,6 +34,7 @@ perplexity from the HF model.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -135,16 +136,27 @@ def paired_diff(a: Sequence[float], b: Sequence[float], *, n_resamples: int, see
     return {"diff": point, "ci_low": low, "ci_high": high, "significant": bool(low > 0 or high < 0), "n": len(a)}
 
 
-def win_rate_ci(trained: Sequence[float], base: Sequence[float], *, n_resamples: int, seed: int) -> dict:
-    """Win rate of trained over base (ties ½) with its interval and counts, as the win_rate module."""
-    from neat.stats import bootstrap_ci, win_values
+@functools.lru_cache(maxsize=None)
+def _metric(name: str):
+    """One of the project's local `evaluate` modules (neat/metrics), loaded once per process."""
+    from neat.metrics import load_metric
 
+    return load_metric(name)
+
+
+def win_rate_ci(trained: Sequence[float], base: Sequence[float], *, n_resamples: int, seed: int) -> dict:
+    """Win rate of trained over base (ties ½) with its interval and counts, by the `win_rate` module."""
     if len(trained) == 0:
         return {"win_rate": None, "ci_low": None, "ci_high": None, "wins": 0, "ties": 0, "losses": 0, "n": 0}
-    values = win_values(trained, base)
-    point, low, high = bootstrap_ci(values, n_resamples=n_resamples, alpha=ALPHA, seed=seed)
-    return {"win_rate": point, "ci_low": low, "ci_high": high, "wins": int((values == 1).sum()),
-            "ties": int((values == 0.5).sum()), "losses": int((values == 0).sum()), "n": int(values.size)}
+    out = _metric("win_rate").compute(scores_a=list(trained), scores_b=list(base), n_resamples=n_resamples,
+                                      alpha=ALPHA, seed=seed)
+    return {k: out[k] for k in ("win_rate", "ci_low", "ci_high", "wins", "ties", "losses", "n")}
+
+
+def safety_rates(refused: Sequence[bool], labels: Sequence[str], *, n_resamples: int, seed: int) -> dict:
+    """Unsafe refusal and safe full-compliance rates with their intervals, by the `refusal_rate` module."""
+    return _metric("refusal_rate").compute(refused=[int(bool(r)) for r in refused], labels=list(labels),
+                                           n_resamples=n_resamples, alpha=ALPHA, seed=seed)
 
 
 # ---------------------------------------------------------------- the evaluation reward model
@@ -493,11 +505,12 @@ def evaluation_metrics(records: list[dict], safety_records: list[dict], *, n_res
         rows = safety_rows or safety_records
         safety = {who: safety_metrics(rows, [r[f"{who}_refused"] for r in safety_records], n_resamples=n_resamples,
                                       alpha=ALPHA, seed=seed) for who in ("base", "trained")}
+        labels = [str(r["label"]).lower() for r in rows]
         for who, prefix in (("trained", ""), ("base", "base_")):
+            rates = safety_rates([r[f"{who}_refused"] for r in safety_records], labels, **boot)
             for key in ("unsafe_refusal_rate", "safe_compliance_rate"):
                 for suffix in ("", "_ci_low", "_ci_high"):
-                    out[f"{prefix}{key}{suffix}"] = safety[who][f"{key}{suffix}"]
-        labels = [str(r["label"]).lower() for r in rows]
+                    out[f"{prefix}{key}{suffix}"] = rates[f"{key}{suffix}"]
         for key, label, flip in (("unsafe_refusal_diff", "unsafe", False), ("safe_compliance_diff", "safe", True)):
             idx = [i for i, lab in enumerate(labels) if lab == label]
             a = [float(safety_records[i]["trained_refused"] != flip) for i in idx]

@@ -132,6 +132,35 @@ def test_metrics_on_a_known_case():
     assert m["safety"]["trained"]["by_type"]["a"]["refusal_rate"] == 1.0
 
 
+def test_stage_metrics_come_from_the_local_evaluate_modules(monkeypatch):
+    import neat.metrics
+    from neat import evaluate as ev
+
+    loaded = []
+    real = neat.metrics.load_metric
+
+    def spy(name, **kwargs):
+        loaded.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(neat.metrics, "load_metric", spy)
+    ev._metric.cache_clear()
+    records = [_record(0.0, 1.0), _record(1.0, 1.0), _record(2.0, 1.0), _record(0.0, 3.0)]
+    safety = [{"id": str(i), "prompt": "p", "type": "t", "label": lab, "base_refused": False, "trained_refused": r}
+              for i, (lab, r) in enumerate([("unsafe", True), ("unsafe", False), ("safe", False), ("safe", True)])]
+    m = ev.evaluation_metrics(records, safety, n_resamples=200, seed=3)
+    ev._metric.cache_clear()
+    assert {"win_rate", "refusal_rate"} <= set(loaded)
+    module = real("win_rate").compute(scores_a=[1.0, 1.0, 1.0, 3.0], scores_b=[0.0, 1.0, 2.0, 0.0],
+                                      n_resamples=200, seed=3)
+    assert (m["win_rate"], m["win_rate_ci_low"], m["win_rate_ci_high"]) == (module["win_rate"], module["ci_low"],
+                                                                           module["ci_high"])
+    rates = real("refusal_rate").compute(refused=[1, 0, 0, 1], labels=["unsafe", "unsafe", "safe", "safe"],
+                                         n_resamples=200, seed=3)
+    assert m["unsafe_refusal_rate"] == rates["unsafe_refusal_rate"] == 0.5
+    assert m["safe_compliance_rate_ci_low"] == rates["safe_compliance_rate_ci_low"]
+
+
 def test_safety_subset_is_stratified_seeded_and_in_file_order():
     from neat.evaluate import safety_subset
 
