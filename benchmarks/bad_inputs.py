@@ -316,7 +316,7 @@ CASES: list[Case] = [
          ("train.lr", "valid number", "fast")),
     Case("params-out-of-range", "params", "train.lr: -1", _params(_train_lr("  lr: -1")),
          ("train.lr", "greater than 0")),
-    Case("params-bad-enum", "params", "-S train.loss=dpo", _set("train.loss=dpo"), ("train.loss", "'rrhf' or 'pro'", "dpo")),
+    Case("params-bad-enum", "params", "-S train.loss=ppo", _set("train.loss=ppo"), ("train.loss", "'rrhf', 'pro' or 'dpo'", "ppo")),
     Case("params-fractions", "params", "eval + judge fractions >= 1",
          _set("data.eval_fraction=0.6", "data.judge_fraction=0.5"), ("data", "must be below 1")),
     Case("params-override-syntax", "params", "-S without =", _set("train.lr"), ("train.lr", "expected key=value")),
