@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -27,19 +26,13 @@ from neat.config import load_params
 from neat.data import read_pairs
 from neat.diagnostics import is_repetitive
 from neat.encoding import PromptCandidates, collate_packed, render_prompt
+from neat.evaluate import win_rate_ci
 from neat.generation import generate
 from neat.judges import StringMatchJudge
 from neat.losses import LOSSES
 from neat.models import load_reward_model
 from neat.reward import score_texts
 from neat.train import load_trainable_policy, make_scheduler, step_loss
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def main() -> None:
@@ -102,15 +95,13 @@ def main() -> None:
                          progress=False)
     r_new = score_texts(judge_rm, judge_tok, dialogues, trained, batch_size=16, max_length=params.reward.max_length,
                         progress=False)
-    wins = sum(a > b for a, b in zip(r_new, r_base))
-    ties = sum(a == b for a, b in zip(r_new, r_base))
     n = len(dev)
-    low, high = wilson(wins + 0.5 * ties, n)
+    win = win_rate_ci(r_new, r_base, n_resamples=1000, seed=params.seed)  # the evaluate stage's win rate
     refusal = StringMatchJudge()
     result = {
         "name": args.name, "candidates": args.candidates, "steps": args.steps, "overrides": args.set,
-        "dev_prompts": n, "win_rate": (wins + 0.5 * ties) / n, "win_rate_ci": [round(low, 3), round(high, 3)],
-        "wins": wins, "ties": ties, "losses": n - wins - ties,
+        "dev_prompts": n, "win_rate": win["win_rate"], "win_rate_ci": [round(win["ci_low"], 3), round(win["ci_high"], 3)],
+        "wins": win["wins"], "ties": win["ties"], "losses": win["losses"],
         "eval_reward_diff": statistics.mean(r_new) - statistics.mean(r_base),
         "changed_share": sum(a != b for a, b in zip(base, trained)) / n,
         "refusal_rate": [sum(refusal.judge(base)) / n, sum(refusal.judge(trained)) / n],
