@@ -9,7 +9,11 @@ in-context demos from params.yaml's expand section, rendered with the chat templ
 prompts per batch, expand.k_pos samples per prompt (temperature/top_p from params.yaml), and the
 greedy single-sample pass evaluation and the online probe use.
 
-The machine is shared with other jobs, so the two engines are timed interleaved in one process
+Engines: hf (transformers' generate, expand.batch_size prompts per batch), lean_bs (the lean loop at
+the same batch_size: shared prefill of the common prompt start, KV cache written in place, finished
+rows dropped) and lean (the lean loop with params' generation.batch_tokens budget, i.e. the default).
+
+The machine is shared with other jobs, so the engines are timed interleaved in one process
 (alternating which goes first each round) and the JSON reports per-round paired ratios and their
 median next to the absolute numbers, plus the load average before and after. The compute bound is
 the measured fp32 matmul rate (1024² GEMM, same threads) ÷ 2 × parameters FLOPs per generated token;
@@ -70,6 +74,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data", default=None)
+    ap.add_argument("--batch-tokens", type=int, default=None, help="lean engine budget (default: params.yaml's)")
+    ap.add_argument("--workloads", default="sampled,greedy")
     args = ap.parse_args()
 
     import torch
@@ -92,25 +98,33 @@ def main() -> None:
         "sampled": dict(temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=cfg.k_pos),
         "greedy": dict(temperature=0.0),
     }
-    generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, engine="hf")  # warm-up
-    generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, engine="lean")
-    rate = {name: {"hf": [], "lean": []} for name in workloads}
+    workloads = {name: workloads[name] for name in args.workloads.split(",")}
+    budget = params.generation.batch_tokens if args.batch_tokens is None else args.batch_tokens
+    engines = {"hf": dict(engine="hf"), "lean_bs": dict(engine="lean", batch_tokens=0),
+               "lean": dict(engine="lean", batch_tokens=budget)}
+    for kw in engines.values():  # warm-up
+        generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, **kw)
+    rate = {name: {e: [] for e in engines} for name in workloads}
+    cpu_rate = {name: {e: [] for e in engines} for name in workloads}
     mm = [matmul_flops()]
     for r in range(args.rounds):
         for name, kw in workloads.items():
-            for engine in (("hf", "lean") if r % 2 == 0 else ("lean", "hf")):
-                t0 = time.perf_counter()
+            for engine in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
+                t0, c0 = time.perf_counter(), time.process_time()
                 gens = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                seed=r, engine=engine, **kw)
-                dt = time.perf_counter() - t0
-                rate[name][engine].append(sum(g.n_tokens for gs in gens for g in gs) / dt)
-                print(f"round {r} {name} {engine}: {rate[name][engine][-1]:.1f} tokens/s", file=sys.stderr, flush=True)
+                                seed=r, **engines[engine], **kw)
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                n = sum(g.n_tokens for gs in gens for g in gs)
+                rate[name][engine].append(n / dt)
+                cpu_rate[name][engine].append(n / dc * torch.get_num_threads())  # tokens/s had we had the threads' cores
+                print(f"round {r} {name} {engine}: {rate[name][engine][-1]:.1f} tokens/s "
+                      f"({cpu_rate[name][engine][-1]:.1f} per CPU-time) load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
         mm.append(matmul_flops(1.0))
     matmul = statistics.median(mm)
     out = {
         "bench": "generation_throughput", "model": args.model, "params": n_params, "data": data.name,
         "prompts": len(prompts), "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1),
-        "batch_size": cfg.batch_size, "k": cfg.k_pos, "max_new_tokens": cfg.max_new_tokens, "rounds": args.rounds,
+        "batch_size": cfg.batch_size, "batch_tokens": budget, "k": cfg.k_pos, "max_new_tokens": cfg.max_new_tokens, "rounds": args.rounds,
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "shared_machine": True, "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -119,14 +133,17 @@ def main() -> None:
         "bound_tokens_per_s": round(matmul / flops_per_token, 1),
     }
     for name in workloads:
-        hf, lean = rate[name]["hf"], rate[name]["lean"]
-        ratios = [b / a for a, b in zip(hf, lean)]
-        out[name] = {
-            "hf_tokens_per_s": round(statistics.median(hf), 1), "lean_tokens_per_s": round(statistics.median(lean), 1),
-            "speedup_median": round(statistics.median(ratios), 2), "speedup_per_round": [round(x, 2) for x in ratios],
-            "hf_fraction_of_bound": round(statistics.median(hf) * flops_per_token / matmul, 3),
-            "lean_fraction_of_bound": round(statistics.median(lean) * flops_per_token / matmul, 3),
-        }
+        hf = rate[name]["hf"]
+        out[name] = {}
+        for engine in engines:
+            ours = rate[name][engine]
+            out[name][f"{engine}_tokens_per_s"] = round(statistics.median(ours), 1)
+            out[name][f"{engine}_tokens_per_cpu_s"] = round(statistics.median(cpu_rate[name][engine]), 1)
+            out[name][f"{engine}_fraction_of_bound"] = round(statistics.median(ours) * flops_per_token / matmul, 3)
+            if engine != "hf":
+                ratios = [b / a for a, b in zip(hf, ours)]
+                out[name][f"{engine}_speedup_median"] = round(statistics.median(ratios), 2)
+                out[name][f"{engine}_speedup_per_round"] = [round(x, 2) for x in ratios]
     print(json.dumps(out), flush=True)
 
 

@@ -294,7 +294,8 @@ def _generation_settings(params) -> dict:
     e = params.evaluate
     return {"max_new_tokens": e.max_new_tokens, "n_samples": e.n_samples, "temperature": e.temperature,
             "batch_size": e.batch_size, "seed": params.seed, "device": params.policy.device,
-            "dtype": params.policy.dtype, "backend": params.generation.backend, "engine": params.generation.engine}
+            "dtype": params.policy.dtype, "backend": params.generation.backend, "engine": params.generation.engine,
+            "batch_tokens": params.generation.batch_tokens}
 
 
 def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,
@@ -598,7 +599,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     from neat.judges import read_safety_csv
     from neat.reward import score_texts
 
-    use_engine(params.generation.engine)
+    use_engine(params.generation.engine, params.generation.batch_tokens)
     e = params.evaluate
     started = time.perf_counter()
     if params.generation.backend == "vllm":  # fail before any work when vLLM cannot run here

@@ -245,6 +245,8 @@ def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
         desc["backend"] = params.generation.backend
     if params.generation.engine != "hf":  # the lean CPU loop draws other samples from the same distribution
         desc["engine"] = params.generation.engine
+        if params.generation.batch_tokens:  # other batches, other per-batch seeds
+            desc["batch_tokens"] = params.generation.batch_tokens
     return fingerprint_of(desc, train_path)
 
 
@@ -255,7 +257,7 @@ def expand(params) -> dict:
     from neat.io import ShardStore, work_dir_for
     from neat.models import checkpoint_id, load_policy, load_tokenizer
 
-    use_engine(params.generation.engine)
+    use_engine(params.generation.engine, params.generation.batch_tokens)
     vllm = params.generation.backend == "vllm"
     if vllm:  # fail before any work when vLLM cannot run here
         from neat.vllm_backend import engine_for_policy, require_vllm

@@ -73,15 +73,19 @@ def _vllm_engine(model) -> bool:
 
 ENGINES = ("lean", "hf")
 _default_engine = "lean"
+_default_batch_tokens = 0
+MIN_SHARED_PREFIX = 16  # shorter common starts are not worth an extra forward call
 
 
-def use_engine(engine: str) -> None:
-    """Set the engine `generate` uses on CPU when its caller names none (stages call this with
-    `params.generation.engine`)."""
-    global _default_engine
+def use_engine(engine: str, batch_tokens: int | None = None) -> None:
+    """Set the engine `generate` uses on CPU when its caller names none, and the lean engine's batch
+    token budget (stages call this with `params.generation.engine` and `.batch_tokens`)."""
+    global _default_engine, _default_batch_tokens
     if engine not in ENGINES:
         raise ValueError(f"generation engine {engine!r}: expected one of {', '.join(ENGINES)}")
     _default_engine = engine
+    if batch_tokens is not None:
+        _default_batch_tokens = batch_tokens
 
 
 def resolve_engine(model, engine: str | None = None) -> str:
@@ -122,22 +126,86 @@ def _hf_batch(model, input_ids, attention, *, max_new_tokens, temperature, top_p
     return out[:, input_ids.shape[1]:].tolist()
 
 
-def lean_decode(model, input_ids, attention, *, max_new_tokens: int, k: int, stop: set[int],
-                choose: Callable[[torch.Tensor, int], torch.Tensor], prune: bool = True) -> list[list[int]]:
-    """Our own decode loop over the model's forward on one left-padded batch.
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
 
-    The prompts are prefilled once; the KV cache, mask and last logits are then repeated `k` times,
-    so the k samples of a prompt share one prefill (HF's generate prefills every copy). Each step
-    feeds only the newest token with the same mask and position ids HF's generate builds (positions
-    = cumulative mask − 1), so a row's logits are those of HF's path. With `prune`, rows that hit a
-    stop id leave the batch (cache rows dropped) instead of decoding padding to the end.
-    `choose(logits, step)` maps the active rows' float32 next-token logits to their next tokens.
-    Returns the new token ids per row (prompt-major, k per prompt), cut after the first stop id.
-    """
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer that preallocates room for the new tokens and writes them in place.
+
+        DynamicLayer concatenates the whole cache at every step (O(length) copying per token); this
+        keeps one buffer per layer, `reserve` positions longer than what it holds, and hands
+        attention a view of the filled part: the same key/value values, without the copies.
+        """
+
+        def __init__(self, reserve: int):
+            super().__init__()
+            self.reserve, self.n = reserve, 0
+            self.buf_k = self.buf_v = None
+
+        def _view(self):
+            self.keys, self.values = self.buf_k[:, :, : self.n], self.buf_v[:, :, : self.n]
+            return self.keys, self.values
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            q = key_states.shape[-2]
+            if self.buf_k is None or self.n + q > self.buf_k.shape[-2]:
+                shape = (*key_states.shape[:2], self.n + q + self.reserve, key_states.shape[-1])
+                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
+                if self.n:
+                    k[:, :, : self.n], v[:, :, : self.n] = self.keys, self.values
+                self.buf_k, self.buf_v = k, v
+                self.device, self.is_initialized = key_states.device, True
+            self.buf_k[:, :, self.n : self.n + q] = key_states
+            self.buf_v[:, :, self.n : self.n + q] = value_states
+            self.n += q
+            return self._view()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.n:
+                self.buf_k = self.buf_k.repeat_interleave(repeats, dim=0)
+                self.buf_v = self.buf_v.repeat_interleave(repeats, dim=0)
+                self._view()
+
+        def batch_select_indices(self, indices) -> None:
+            if self.n:
+                self.buf_k, self.buf_v = self.buf_k[indices], self.buf_v[indices]
+                self._view()
+
+    return GrowingLayer
+
+
+def _kv_cache(model, reserve: int):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    position = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
+    if all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):  # sliding/other layers keep theirs
+        layer = _growing_layer_class()
+        cache.layers = [layer(reserve) for _ in cache.layers]
+    return cache
+
+
+def lean_decode(model, input_ids, attention, *, max_new_tokens: int, k: int, stop: set[int],
+                choose: Callable[[torch.Tensor, int], torch.Tensor], prune: bool = True,
+                prefix: torch.Tensor | None = None) -> list[list[int]]:
+    """Our own decode loop over the model's forward on one left-padded batch.
+
+    The prompts are prefilled once; the KV cache, mask and last logits are then repeated `k` times,
+    so the k samples of a prompt share one prefill (HF's generate prefills every copy). `prefix`
+    (1-D token ids) is a start every prompt shares (e.g. the system turn): it is prefilled once for
+    the whole batch and sits before the left-padded rest (`input_ids`), which the mask and position
+    ids (= cumulative mask - 1, as HF's generate builds them) make equivalent to left-padding the
+    whole prompt. Each step feeds only the newest token, so a row's logits are those of HF's path.
+    With `prune`, rows that hit a stop id leave the batch (cache rows dropped) instead of decoding
+    padding to the end. The KV cache is preallocated for the new tokens and written in place.
+    `choose(logits, step)` maps the active rows' float32 next-token logits to their next tokens.
+    Returns the new token ids per row (prompt-major, k per prompt), cut after the first stop id.
+    """
+    cache = _kv_cache(model, reserve=max_new_tokens)
+    if prefix is not None and len(prefix):
+        model(input_ids=prefix[None], cache=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        attention = torch.cat([attention.new_ones((attention.shape[0], len(prefix))), attention], dim=-1)
+    position = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)[:, -input_ids.shape[1]:]
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=position, cache=cache,
                 use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].to(dtype=torch.float32, copy=True)
@@ -153,6 +221,8 @@ def lean_decode(model, input_ids, attention, *, max_new_tokens: int, k: int, sto
     rows = list(range(n))  # batch row -> output row
     alive = torch.ones(n, dtype=torch.bool)
     stop_t = torch.tensor(sorted(stop), dtype=torch.long) if stop else None
+    width = attention.shape[1]
+    attention = torch.cat([attention, attention.new_ones((n, max_new_tokens))], dim=-1)  # sliced per step
     for step in range(max_new_tokens):
         nxt = choose(logits, step)
         for row, t in zip(rows, nxt.tolist()):
@@ -175,16 +245,24 @@ def lean_decode(model, input_ids, attention, *, max_new_tokens: int, k: int, sto
                     alive[row] = False
             if not bool(alive.any()):
                 break
-        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=-1)
         position = position + 1
-        out = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=position, cache=cache,
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=nxt[:, None], attention_mask=attention[:, : width + step + 1], position_ids=position,
+                    cache=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].to(dtype=torch.float32, copy=True)
         del out
     return tokens
 
 
-def _lean_batch(model, input_ids, attention, *, max_new_tokens, temperature, top_p, k, pad_id, stop) -> list[list[int]]:
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for row in rows[1:]:
+        n = min(n, next((i for i, (a, b) in enumerate(zip(first[:n], row[:n])) if a != b), n))
+    return max(n, 0)
+
+
+def _samplers(temperature: float, top_p: float) -> Callable[[torch.Tensor, int], torch.Tensor]:
     if temperature > 0:
         procs = warpers(temperature, top_p)
 
@@ -195,7 +273,43 @@ def _lean_batch(model, input_ids, attention, *, max_new_tokens, temperature, top
     else:
         def choose(logits, step):
             return torch.argmax(logits, dim=-1)
-    return lean_decode(model, input_ids, attention, max_new_tokens=max_new_tokens, k=k, stop=stop, choose=choose)
+    return choose
+
+
+def _lean_batch(model, rows, *, max_new_tokens, temperature, top_p, k, pad_id, stop) -> list[list[int]]:
+    shared = shared_prefix_length(rows) if len(rows) > 1 else 0
+    if shared < MIN_SHARED_PREFIX:
+        shared = 0
+    device = next(model.parameters()).device
+    input_ids, attention = _left_pad([r[shared:] for r in rows], pad_id)
+    prefix = torch.tensor(rows[0][:shared], dtype=torch.long, device=device) if shared else None
+    return lean_decode(model, input_ids.to(device), attention.to(device), max_new_tokens=max_new_tokens, k=k,
+                       stop=stop, choose=_samplers(temperature, top_p), prefix=prefix)
+
+
+def _left_pad(rows, pad_id) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
+def _batches(order: list[int], lengths: list[int], *, batch_size: int, batch_tokens: int, k: int,
+             max_new_tokens: int) -> list[list[int]]:
+    """Consecutive runs of `order` (prompts sorted by length): `batch_size` prompts each, or, with a
+    `batch_tokens` budget, as many as fit rows x (longest prompt + new tokens) <= budget (at least one)."""
+    if not batch_tokens:
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    out: list[list[int]] = []
+    for i in order:
+        if out and (len(out[-1]) + 1) * k * (max(lengths[j] for j in out[-1] + [i]) + max_new_tokens) <= batch_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 @torch.no_grad()
@@ -213,14 +327,16 @@ def generate(
     min_tokens: int = 1,
     on_batch: Callable[[int], None] | None = None,
     engine: str | None = None,
+    batch_tokens: int | None = None,
 ) -> list[list[Generation]]:
     """Generate `num_return_sequences` responses per prompt (rendered prompt strings).
 
     temperature 0 means greedy decoding. `on_batch(n_prompts_done)` drives a progress bar.
     `engine` (default: the one set by `use_engine`, i.e. params' generation.engine) picks, on CPU,
-    our lean decode loop (`lean_decode`: one prefill shared by a prompt's samples) or transformers'
-    `generate` (hf); both give the same greedy outputs and the same sampling distribution, but not
-    the same samples for a seed. `model` may also be a `neat.vllm_backend.VllmEngine`
+    our lean decode loop (`lean_decode`: one prefill shared by a prompt's samples, and by the batch
+    for the start all its prompts share) or transformers' `generate` (hf); both give the same greedy
+    outputs and the same sampling distribution, but not the same samples for a seed. The lean engine
+    batches by `batch_tokens` (default: params' generation.batch_tokens; 0 = `batch_size` prompts). `model` may also be a `neat.vllm_backend.VllmEngine`
     (generation.backend: vllm): the call is then delegated to it, with the same contract
     (`batch_size` is left to vLLM's scheduler).
     """
@@ -231,27 +347,27 @@ def generate(
     if not prompts:
         return []
     device = next(model.parameters()).device
-    run_batch = _lean_batch if resolve_engine(model, engine) == "lean" else _hf_batch
+    lean = resolve_engine(model, engine) == "lean"
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     stop = _stop_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop), 0)
+    budget = (_default_batch_tokens if batch_tokens is None else batch_tokens) if lean else 0
+    batches = _batches(order, [len(e) for e in encoded], batch_size=batch_size, batch_tokens=budget,
+                       k=num_return_sequences, max_new_tokens=max_new_tokens)
     results: list[list[Generation] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention[row, width - len(ids) :] = 1
+        for idx in batches:
             torch.manual_seed(batch_seed(seed, prompts[idx[0]] + str(len(idx))))
-            new = run_batch(model, input_ids.to(device), attention.to(device), max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_p=top_p, k=num_return_sequences, pad_id=pad_id, stop=stop)
+            kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, k=num_return_sequences,
+                      pad_id=pad_id, stop=stop)
+            if lean:
+                new = _lean_batch(model, [encoded[i] for i in idx], **kw)
+            else:
+                input_ids, attention = _left_pad([encoded[i] for i in idx], pad_id)
+                new = _hf_batch(model, input_ids.to(device), attention.to(device), **kw)
             for row, i in enumerate(idx):
                 gens = []
                 for seq in new[row * num_return_sequences : (row + 1) * num_return_sequences]:

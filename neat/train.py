@@ -710,7 +710,7 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     from neat.generation import use_engine
     from neat.models import save_model
 
-    use_engine(params.generation.engine)
+    use_engine(params.generation.engine, params.generation.batch_tokens)
     if params.generation.backend == "vllm" and params.train.rounds > 1:  # checked before round 1, not after it
         from neat.distributed import world_size_from_env
         from neat.vllm_backend import BackendUnavailable, require_vllm

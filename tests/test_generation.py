@@ -117,6 +117,68 @@ def test_sampling_distribution_matches_hf(tiny, temperature, top_p):
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_greedy_identical_to_hf_with_token_budget(tiny):
+    """Lean batches sized by a token budget (here: all prompts in one batch, or one prompt per batch)
+    give HF's greedy outputs at batch_size 4."""
+    model, tok, prompts = tiny
+    hf = generate(model, tok, prompts, max_new_tokens=16, batch_size=4, engine="hf")
+    for budget in (10_000, 1):
+        assert _as_tuples(generate(model, tok, prompts, max_new_tokens=16, batch_size=4, engine="lean",
+                                   batch_tokens=budget)) == _as_tuples(hf)
+
+
+def test_token_budget_batches():
+    lengths = [10, 10, 20, 30, 100]
+    batches = generation._batches([0, 1, 2, 3, 4], lengths, batch_size=2, batch_tokens=100, k=1, max_new_tokens=10)
+    assert batches == [[0, 1, 2], [3], [4]]  # 3 x (20 + 10) fits, 4 x (30 + 10) does not; too long still runs
+    assert generation._batches([0, 1, 2], lengths, batch_size=2, batch_tokens=0, k=1, max_new_tokens=10) == [[0, 1], [2]]
+    assert generation._batches([0, 1], lengths, batch_size=9, batch_tokens=40, k=2, max_new_tokens=10) == [[0], [1]]
+
+
+def test_shared_prefix_length():
+    assert generation.shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert generation.shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # each row keeps a token of its own
+    assert generation.shared_prefix_length([[7, 2], [1, 2]]) == 0
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.9, 0.95), (1.0, 1.0)])
+def test_shared_prefix_distribution_matches_hf(tiny, temperature, top_p):
+    """With the prompts' common start prefilled once (`prefix`), teacher-forced on HF's samples of the
+    whole left-padded prompts, every position's processed log-probs equal HF's."""
+    model, tok, prompts = tiny
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:3]]
+    shared = generation.shared_prefix_length(enc)
+    assert shared >= generation.MIN_SHARED_PREFIX  # the chat template's system turn
+    input_ids, attention = _left_padded(tok, prompts[:3])
+    width, k, steps = input_ids.shape[1], 2, 10
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=steps, do_sample=True,
+                             temperature=temperature, top_p=top_p, top_k=None, num_return_sequences=k,
+                             pad_token_id=tok.pad_token_id, eos_token_id=None, output_scores=True,
+                             return_dict_in_generate=True)
+    forced = out.sequences[:, width:]
+    procs, seen = warpers(temperature, top_p), []
+
+    def choose(logits, step):
+        for proc in procs:
+            logits = proc(None, logits)
+        seen.append(logits)
+        return forced[:, step]
+
+    rest_ids, rest_mask = generation._left_pad([e[shared:] for e in enc], tok.pad_token_id)
+    with torch.no_grad():
+        tokens = lean_decode(model, rest_ids, rest_mask, max_new_tokens=steps, k=k, stop=set(), choose=choose,
+                             prefix=torch.tensor(enc[0][:shared]))
+    assert tokens == forced.tolist()
+    for ours, theirs in zip(seen, out.scores):
+        assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+        finite = ~torch.isinf(theirs)
+        torch.testing.assert_close(torch.log_softmax(ours, -1)[finite], torch.log_softmax(theirs, -1)[finite],
+                                   atol=1e-5, rtol=1e-5)
+
+
 def test_engine_switch(tiny, monkeypatch):
     model, tok, prompts = tiny
     assert generation.resolve_engine(model) == "lean"  # the CPU default
