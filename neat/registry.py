@@ -133,9 +133,7 @@ class LocalStore:
 
     def newest(self, prefix: str = "", suffixes: tuple[str, ...] = ()) -> tuple[str, float] | None:
         if not self.root.is_dir():
-            from neat.errors import DataError
-
-            raise DataError(f"{self.root}: folder not found")
+            raise RegistryError(f"{self.root}: folder not found")
         return _newest([(key, (self.root / key).stat().st_mtime) for key in self.list(prefix)], suffixes)
 
 
