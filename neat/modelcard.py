@@ -59,7 +59,7 @@ def _read_json(path: Path) -> dict | None:
 def card_facts(params, project: str | Path = ".", *, evaluation: dict | None = None,
                extra: dict | None = None) -> dict[str, Any]:
     """What a card says, gathered from params, the run's metrics and the checkout (paths relative to `project`)."""
-    from neat.pipeline import revision
+    from neat.workspace import revision
 
     project = Path(project)
     out = project / params.paths.out

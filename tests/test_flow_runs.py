@@ -57,13 +57,12 @@ def test_stage_output_reaches_the_flow_run_log_while_the_stage_runs(server, tmp_
     proc = start_flow(server, tmp_path, f"""
         import flows.pipeline as fp
         from prefect import flow
-        from neat.pipeline import PipelineStage
 
         fp._bin = lambda name: {str(fake_dvc)!r}
 
         @flow(name="stream-check")
         def check():
-            return fp.run_stage(PipelineStage("train", "train", "neat train"), {str(tmp_path)!r})
+            return fp.pipeline_stage_task("train", {str(tmp_path)!r})
 
         print(check())
     """)

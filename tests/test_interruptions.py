@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from neat.cli import main
 from neat.config import load_params
-from neat.pipeline import set_params_in_file
+from neat.workspace import set_params_in_file
 from tests.conftest import ROOT
 from tests.project import TINY, venv_env
 

@@ -66,7 +66,7 @@ def test_hub_models_load_without_remote_code_by_default(spies, tmp_path):
 def test_remote_code_only_when_params_turn_it_on(spies, tmp_path):
     """Through the stage: `policy.trust_remote_code: true` in params reaches from_pretrained; default does not."""
     from neat.cli import main
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     import shutil
 
@@ -104,7 +104,7 @@ def test_flow_overrides_cannot_turn_on_remote_code(tmp_path):
     import shutil
 
     from neat.errors import ConfigError
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
     before = (tmp_path / "params.yaml").read_bytes()
