@@ -4,7 +4,9 @@
 - the benchmarks import from `neat.train` only the trainer they measure, never what `neat.encoding` provides;
 - a name is imported from the module that defines it, not from one that merely imports it (so
   `from neat.train import collate` cannot come back through a stray re-export);
-- no module reaches into another neat module's private names (`_x`).
+- no module reaches into another neat module's private names (`_x`), and no file of `neat/` or `flows/`
+  into another object's private members (`store._call`: a public interface instead);
+- the flows only orchestrate: they do not import evaluation or training (the gate is `neat.promotion`).
 """
 
 from __future__ import annotations
@@ -56,12 +58,26 @@ def defined_names(path: Path) -> set[str]:
     return names
 
 
+def private_members(path: Path) -> list[tuple[int, str]]:
+    """(line, expression) of every `x._name` whose `x` is not `self` or `cls`."""
+    return [(n.lineno, ast.unparse(n)) for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
+            and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"))]
+
+
 def violations(root: Path) -> list[str]:
     found = []
     for path in sources(root):
         rel = path.relative_to(root).as_posix()
+        if rel.startswith(("neat/", "flows/")):
+            found += [f"{rel}:{line}: uses the private member {expr}; give it a public interface"
+                      for line, expr in private_members(path)]
         for line, module, name in imports(path):
             where = f"{rel}:{line}"
+            if rel.startswith("flows/") and (module in ("neat.evaluate", "neat.train")
+                                             or (module == "neat" and name in ("evaluate", "train"))):
+                found.append(f"{where}: a flow imports {module if module != 'neat' else 'neat.' + name}; flows only "
+                             "orchestrate (call a stage or a library function such as neat.promotion)")
             if rel == "neat/evaluate.py" and (module == "neat.train" or (module, name) == ("neat", "train")):
                 found.append(f"{where}: evaluation imports the trainer (tokenise with neat.encoding)")
             if name is None:
@@ -111,6 +127,15 @@ def test_each_rule_catches_its_violation(tmp_path, text, wanted):
     (tmp_path / "benchmarks/b.py").write_text(text)
     found = violations(tmp_path)
     assert (found == []) if wanted is None else any(wanted in v for v in found), found
+
+
+def test_a_flow_evaluating_or_reaching_into_a_store_is_caught(tmp_path):
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows/pipeline.py").write_text("def gate(store):\n    from neat.evaluate import evaluate\n"
+                                                "    return store._call('x', evaluate)\n")
+    found = violations(tmp_path)
+    assert any("a flow imports neat.evaluate" in v for v in found), found
+    assert any("private member store._call" in v for v in found), found
 
 
 def test_evaluation_importing_the_trainer_is_caught(tmp_path):
