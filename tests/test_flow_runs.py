@@ -44,7 +44,8 @@ def events(env, prefix) -> list[dict]:
 def start_flow(env, tmp_path, code):
     script = tmp_path / "run_flow.py"
     script.write_text(textwrap.dedent(code))
-    return subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=venv_env(env),
+    # PYTHONPATH: the script imports this checkout's flows and neat, not an installed copy
+    return subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=venv_env({**env, "PYTHONPATH": str(ROOT)}),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
