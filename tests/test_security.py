@@ -137,7 +137,7 @@ def test_every_torch_load_uses_weights_only_and_nothing_unpickles():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
                 assert not {"pickle", "dill", "cloudpickle", "joblib"} & set(names), f"{path}: imports a pickler"
-    assert loads, "expected the optimizer/scheduler state loads in neat/train.py"
+    assert loads, "expected the optimizer/scheduler state loads in neat/training/checkpoint.py"
     assert all(ok for _, ok in loads), [where for where, ok in loads if not ok]
 
 
@@ -151,7 +151,7 @@ class _Exploit:
 
 def _short_run(tmp_path):
     from neat.expand import select_prompts
-    from neat.train import Trainer, load_trainable_policy
+    from neat.training.trainer import Trainer, load_trainable_policy
     from tests.test_train import make_params, synthetic_rows
 
     pairs, rows = synthetic_rows()
@@ -165,7 +165,7 @@ def _short_run(tmp_path):
 def test_checkpoints_are_safetensors_and_a_malicious_optimizer_pickle_is_refused(tmp_path):
     from neat.expand import select_prompts
     from neat.models import save_model
-    from neat.train import Trainer, load_trainable_policy
+    from neat.training.trainer import Trainer, load_trainable_policy
 
     params, pairs, rows, model, tokenizer = _short_run(tmp_path)
     state = params.out("train") / "state"
@@ -178,7 +178,7 @@ def test_checkpoints_are_safetensors_and_a_malicious_optimizer_pickle_is_refused
     torch.save({"state": _Exploit(marker)}, state / "optimizer.pt")
     model, tokenizer = load_trainable_policy(params)
     trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
-    from neat.train import TrainingError
+    from neat.errors import TrainingError
 
     with pytest.raises(TrainingError, match="checkpoint cannot be loaded safely \\(UnpicklingError\\)"):
         trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_="fp", resume=True)
