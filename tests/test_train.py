@@ -431,3 +431,46 @@ def test_origin_labels_order_candidates_by_how_they_were_made():
     assert by_origin.origins == by_reward.origins
     with pytest.raises(TrainingError, match="origin 'unsteered'"):
         groups_from_scored([dict(rows[0], origin="unsteered")], labels="origin")
+
+
+def test_sft_target_positive_distils_only_samples_that_beat_rejected():
+    """"positive": the best positive-steered sample where it outranks the rejected response; parts add up."""
+    import math
+
+    from neat.models import load_policy
+    from neat.training.objective import batch_counts, response_token_counts, sft_selection
+
+    pairs, rows = synthetic_rows(2)
+    rows = rows + [dict(rows[0], origin="positive", response="A sample.", reward=0.5),
+                   dict(rows[0], origin="positive", response="A better sample here.", reward=0.7)]
+    groups = groups_from_scored(rows)
+    _, tokenizer = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
+    batch = collate(tokenizer, groups, 96, 24, tokenizer.pad_token_id)
+    rewards = batch.rewards.clone()
+    rej = [k for k, o in enumerate(batch.origins[0]) if o == "rejected"][0]
+    pos = [k for k, o in enumerate(batch.origins[0]) if o == "positive"]
+    rewards[0, rej] = 0.6  # between the two positive samples
+    sel = sft_selection(batch, rewards, "positive")
+    assert sel[0].nonzero().flatten().tolist() == [pos[1]]  # the 0.7 sample: above rejected, best positive
+    assert not sel[1].any()  # prompt 1 has no positive sample: nothing to distil
+    rewards[0, rej] = 0.9  # now no positive sample beats the rejected response
+    assert not sft_selection(batch, rewards, "positive").any()
+    both = sft_selection(batch, batch.rewards, "chosen+positive")
+    assert [sorted(batch.origins[b][k] for k in both[b].nonzero().flatten().tolist()) for b in (0, 1)] == [
+        ["chosen", "positive"], ["chosen"]]
+    counts = response_token_counts(batch)
+    assert batch_counts(batch, "chosen+positive")[1] == float(counts[both].sum())
+    # the SFT term is the token mean over exactly the selected candidates
+    from neat.training.objective import step_loss
+    from neat.losses import LOSSES
+    from neat.config import TrainParams
+
+    model, _ = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
+    cfg = TrainParams(sft_target="chosen+positive", anchor_weight=0.0, rank_weight=0.0)
+    from neat.training.objective import batch_logps
+
+    with torch.no_grad():
+        _, sums, n = batch_logps(model, batch, cfg.logprob_chunk)
+        _, stats = step_loss(model, batch, cfg, LOSSES[cfg.loss])
+    expected = -float(sums[both].sum()) / float(n[both].sum())
+    assert math.isclose(stats["sft_loss"], expected, rel_tol=1e-5)

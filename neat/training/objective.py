@@ -18,7 +18,7 @@ from neat.encoding import PackedBatch
 from neat.errors import TrainingError
 from neat.expand import ORIGINS
 from neat.logprobs import length_normalised, response_logprobs
-from neat.losses import best_candidate_index, dpo_loss, sft_loss
+from neat.losses import best_candidate_index, dpo_loss
 
 def batch_logps(model, batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass over every candidate of the batch → (normalised logps, sums, counts), each [B, K].
@@ -53,13 +53,41 @@ def sft_mask(batch, target: str) -> torch.Tensor:
     if target == "best":
         return batch.mask
     wanted = ("positive", "negative") if target == "best_generated" else ("chosen",)
+    return torch.where(_origin_mask(batch, wanted).any(dim=1, keepdim=True), _origin_mask(batch, wanted), batch.mask)
+
+
+def _origin_mask(batch, wanted: tuple[str, ...]) -> torch.Tensor:
     picked = torch.zeros_like(batch.mask)
     for b, row in enumerate(batch.origins):
         for k, origin in enumerate(row):
             picked[b, k] = origin in wanted
-    picked &= batch.mask
-    has = picked.any(dim=1, keepdim=True)
-    return torch.where(has, picked, batch.mask)
+    return picked & batch.mask
+
+
+def sft_selection(batch, rewards: torch.Tensor, target: str) -> torch.Tensor:
+    """[B, K] bool: the candidates the SFT term imitates, by `train.sft_target`.
+
+    One part ("best", "best_generated", "chosen"): the highest-reward candidate of `sft_mask`, one per
+    prompt. "positive": the highest-reward positive-steered sample, and only where it outranks every
+    `rejected` response of its prompt (so a degenerate sample, ranked last, is never imitated) — the
+    positive steering prompt distilled into the policy without it. Parts joined by "+" add up (e.g.
+    "chosen+positive": the human-preferred response and the best positive sample of each prompt).
+    """
+    selected = torch.zeros(rewards.shape, dtype=torch.bool, device=rewards.device)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    for part in target.split("+"):
+        if part != "positive":
+            selected[rows, best_candidate_index(rewards, sft_mask(batch, part).to(rewards.device))] = True
+            continue
+        positive = _origin_mask(batch, ("positive",)).to(rewards.device)
+        rejected = _origin_mask(batch, ("rejected",)).to(rewards.device)
+        bar = torch.where(rejected, rewards, torch.full_like(rewards, -math.inf)).amax(dim=1, keepdim=True)
+        eligible = positive & (rewards > bar)
+        has = eligible.any(dim=1)
+        if bool(has.any()):
+            best = torch.where(eligible, rewards, torch.full_like(rewards, -math.inf)).argmax(dim=1)
+            selected[rows[has], best[has]] = True
+    return selected
 
 
 @contextlib.contextmanager
@@ -101,8 +129,7 @@ def response_token_counts(batch) -> torch.Tensor:
 def batch_counts(batch, sft_target: str = "best") -> tuple[float, float]:
     """What the loss terms average over: (prompts that count for the ranking loss, tokens of the
     best candidates for the SFT term)."""
-    best = best_candidate_index(batch.rewards, sft_mask(batch, sft_target))
-    n_sft = response_token_counts(batch).gather(1, best[:, None]).sum()
+    n_sft = response_token_counts(batch)[sft_selection(batch, batch.rewards, sft_target)].sum()
     return float(_counting_prompts(batch.rewards, batch.mask).sum()), float(n_sft)
 
 
@@ -140,11 +167,13 @@ def step_loss(model, batch, cfg, loss_fn, strategy=None, phantom: bool = False,
         rank = loss_fn(sums, rewards, mask, ref_logps=ref_sums, beta=cfg.dpo_beta)
     else:
         rank = loss_fn(logps, rewards, mask)
-    best = best_candidate_index(rewards, sft_mask(batch, cfg.sft_target).to(device))
-    sft = sft_loss(sums, counts, best)
+    selected = sft_selection(batch, rewards, cfg.sft_target)
+    zero = torch.zeros_like(sums)
+    # token mean over the selected candidates, as `sft_loss`; the others (maybe garbage) get no gradient
+    sft = -torch.where(selected, sums, zero).sum() / torch.where(selected, counts, 0).sum().clamp(min=1)
     counting = _counting_prompts(rewards, mask)
     n_rank = counting.sum().double()
-    n_sft = counts.gather(1, best[:, None]).sum().double()
+    n_sft = torch.where(selected, counts, 0).sum().double()
     anchor_sum = torch.zeros((), device=device)
     if cfg.anchor_weight > 0:
         sq = torch.where(mask, 0.5 * (logps - ref_logps) ** 2, torch.zeros_like(logps))
