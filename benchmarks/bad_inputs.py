@@ -87,7 +87,7 @@ class Ctx:
 def make_base(dest: Path) -> Path:
     """A valid tiny project: params.yaml with absolute paths and a previous run's outputs in out/."""
     from neat.cli import main
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "params.yaml", dest / "params.yaml")
@@ -910,7 +910,7 @@ def _run_cli(argv: list[str], env: dict) -> tuple[int | None, str, str, str | No
 def run_case(case: Case, base: Path, workdir: Path) -> Result:
     ctx = Ctx(workdir)
     shutil.copytree(base, workdir, dirs_exist_ok=True)
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     set_params_in_file(ctx.params, {"paths.out": str(ctx.out), "paths.checkpoints": str(workdir / "checkpoints")})
     argv = case.setup(ctx)

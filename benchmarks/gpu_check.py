@@ -26,7 +26,8 @@ from neat.config import validate_params  # noqa: E402
 from neat.data import read_preferences  # noqa: E402
 from neat.encoding import PromptCandidates, collate, collate_packed  # noqa: E402
 from neat.losses import LOSSES  # noqa: E402
-from neat.train import Trainer, batch_logps, step_loss  # noqa: E402
+from neat.training.objective import batch_logps, step_loss  # noqa: E402
+from neat.training.trainer import Trainer
 
 
 def groups(n: int) -> list[PromptCandidates]:

@@ -75,7 +75,7 @@ def worker(args) -> None:
     from safetensors.torch import save_file
 
     from neat.encoding import PromptCandidates
-    from neat.train import Trainer, load_trainable_policy, make_scheduler
+    from neat.training.trainer import Trainer, load_trainable_policy, make_scheduler
 
     run_dir = Path(args.run_dir)
     args.tmp = str(run_dir)
@@ -101,8 +101,8 @@ def worker(args) -> None:
     optim = [v for p in trainable for v in trainer.optimizer.state[p].values() if torch.is_tensor(v)]
     state = {"params_mb": _mb(model.parameters()), "grads_mb": _mb(p.grad for p in trainable if p.grad is not None),
              "optimizer_mb": _mb(optim)}
-    rank = trainer.dist.rank if trainer.dist else 0
-    out = {"rank": rank, "world_size": trainer.dist.world_size if trainer.dist else 1, "fsdp": trainer.fsdp,
+    rank = trainer.strategy.rank
+    out = {"rank": rank, "world_size": trainer.strategy.world_size, "fsdp": trainer.strategy.name == "fsdp",
            "threads": torch.get_num_threads(), "seconds": seconds, "candidates": candidates, "steps": args.steps,
            "final_loss": record["loss"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            **state, "train_state_mb": sum(state.values())}
@@ -111,7 +111,7 @@ def worker(args) -> None:
     if trainer.is_main:
         weights = {k: p.detach().contiguous() for k, p in policy.named_parameters()}
         save_file(weights, str(run_dir / "weights.safetensors"))
-    if trainer.dist is not None:
+    if trainer.strategy.world_size > 1:
         torch.distributed.destroy_process_group()
 
 
@@ -191,7 +191,7 @@ def main() -> None:
         args.out = args.tmp = args.out or tmp
         from safetensors.torch import load_file
 
-        from neat.train import load_trainable_policy
+        from neat.training.trainer import load_trainable_policy
 
         rows = [launch("single", "ddp", 1, args, argv)]
         single = load_file(str(Path(args.out) / "single" / "weights.safetensors"))

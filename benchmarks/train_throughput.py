@@ -103,7 +103,7 @@ def worker_ours(args) -> dict:
     import torch
 
     from neat.encoding import PromptCandidates, batch_tokens
-    from neat.train import Trainer, load_trainable_policy, make_scheduler
+    from neat.training.trainer import Trainer, load_trainable_policy, make_scheduler
 
     params = _params(args)
     model, tokenizer = load_trainable_policy(params)
@@ -144,7 +144,7 @@ def worker_trl(args) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from neat.encoding import render_prompt
-    from neat.train import load_trainable_policy
+    from neat.training.trainer import load_trainable_policy
 
     params = _params(args)
     model, tokenizer = load_trainable_policy(params)

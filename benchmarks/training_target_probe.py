@@ -32,7 +32,8 @@ from neat.judges import StringMatchJudge
 from neat.losses import LOSSES
 from neat.models import load_reward_model
 from neat.reward import score_texts
-from neat.train import load_trainable_policy, make_scheduler, step_loss
+from neat.training.objective import step_loss
+from neat.training.trainer import load_trainable_policy, make_scheduler
 
 
 def main() -> None:

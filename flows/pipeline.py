@@ -1,8 +1,11 @@
 """Prefect flows: the NEAT pipeline and scheduled retraining.
 
-Each task runs one stage entry point, in dvc.yaml's order: through DVC by default
-(`dvc repro --single-item <stage>`, so unchanged stages are reused from the DVC cache and dvc.lock
-records what ran), or in-process with `use_dvc=False`. The flows hold no pipeline logic of their own.
+Each task runs one stage of the manifest (neat/stages.py, which dvc.yaml is generated from), in its
+order: through DVC by default (`dvc repro --single-item <stage>`, so unchanged stages are reused from the
+DVC cache and dvc.lock records what ran), or in-process with `use_dvc=False`. The flows hold no pipeline
+logic of their own: the gate is `neat.promotion`, incoming data `neat.retrain`. A failed stage is retried
+unless its exit code (recorded by `neat` itself, see neat.failures.write_outcome) or its exception says
+the input is at fault.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.options import ParamOverrides
 from neat.codedeps import sync_dvc_yaml
 from neat.config import load_params
+from neat.failures import OUTCOME_ENV, is_bad_input, read_outcome
 from neat.io import write_text_atomic
-from neat.pipeline import PipelineStage, project_lock, revision, run, set_params_in_file, stage_order
+from neat.promotion import promote_if_better
 from neat.s3_errors import dvc_failure_message, redact
+from neat.stages import OUT, pipeline, uncached_outputs
+from neat.workspace import project_lock, revision, run, set_params_in_file
 
 # One run at a time: the deployments in prefect.yaml carry `concurrency_limit: {limit: 1, collision_strategy:
 # ENQUEUE}` and the work pool has `prefect work-pool set-concurrency-limit neat-pool 1`, so a second run waits
 # (AwaitingConcurrencySlot) instead of racing; the checkout's file lock guards runs started by hand.
-USER_ERROR_EXIT = 2  # `neat` exits 2 on a NeatError: bad input, retrying cannot help
 
 
 class StageFailed(RuntimeError):
@@ -45,8 +50,8 @@ def _retry_transient(task, task_run, state) -> bool:
         state.result()
     except StageFailed as exc:
         return exc.transient
-    except Exception:
-        return True
+    except Exception as exc:  # an in-process stage: bad input is not retried, as `neat`'s exit 2 is not
+        return not is_bad_input(error=exc)
     return False
 
 
@@ -85,25 +90,39 @@ def stream(cmd: list[str], cwd: str | os.PathLike, env: dict, on_line: Callable[
     return code, "\n".join(lines)
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_transient, task_run_name="{stage.dvc_name}")
-def run_stage(stage: PipelineStage, project_dir: str, use_dvc: bool = True) -> dict:
+def repro_stage(dvc_name: str, project_dir: str | os.PathLike, on_line: Callable[[str], None]) -> dict:
+    """`dvc repro --single-item <dvc_name>`, its output handed to `on_line` as it is printed. A failure is a
+    StageFailed, transient unless the `neat` command DVC ran exited with its bad-input code (read from the
+    outcome record `neat` writes, not from the output); a stage DVC did not run was reused from its cache."""
+    with tempfile.TemporaryDirectory(prefix="neat-outcome-") as tmp:
+        record = Path(tmp) / "outcome.json"
+        code, text = stream([_bin("dvc"), "repro", "--single-item", dvc_name], project_dir,
+                            _env() | {OUTCOME_ENV: str(record)}, on_line)
+        outcome = read_outcome(record)
+    if code != 0:
+        if outcome and outcome["exit_code"] != 0:  # the stage itself failed: its own one-line error
+            raise StageFailed(dvc_name, outcome["exit_code"], outcome["message"],
+                              transient=not is_bad_input(outcome["exit_code"]))
+        # DVC failed around the stage (lock, remote, missing input): its last error line, for the message only
+        tail = next((ln for ln in reversed(text.splitlines()) if "error" in ln.lower()), text[-300:])
+        raise StageFailed(dvc_name, code, tail.strip(), transient=True)
+    return {"stage": dvc_name, "reused_from_cache": outcome is None}
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_transient, task_run_name="{stage_name}")
+def pipeline_stage_task(stage_name: str, project_dir: str, use_dvc: bool = True) -> dict:
+    """One stage of the manifest, named as in dvc.yaml (e.g. `train_rm`)."""
     logger = get_run_logger()
     if use_dvc:
         # streamed: a 40-minute `train` shows its progress in the flow-run log while it runs
-        code, text = stream([_bin("dvc"), "repro", "--single-item", stage.dvc_name], project_dir, _env(), logger.info)
-        if code != 0:
-            user_error = f"exited with {USER_ERROR_EXIT}" in text or "neat: error:" in text
-            tail = next((ln for ln in reversed(text.splitlines()) if "error" in ln.lower()), text[-300:])
-            raise StageFailed(stage.dvc_name, code, tail.strip(), transient=not user_error)
-        skipped = "didn't change, skipping" in text
-        return {"stage": stage.dvc_name, "reused_from_cache": skipped}
-    from neat.stages import run_stage as run_in_process
+        return repro_stage(stage_name, project_dir, logger.info)
+    from neat.stages import by_dvc_name, run_stage
 
-    with inside(project_dir):
-        options = {"resume": True} if stage.neat_name == "train" else {}  # as dvc.yaml's `neat train --resume`
-        summary = run_in_process(stage.neat_name, load_params("params.yaml"), **options)
+    stage = by_dvc_name(stage_name)
+    with contextlib.chdir(project_dir):  # params.yaml paths are relative to the project
+        summary = run_stage(stage.name, load_params("params.yaml"), **stage.options)  # as dvc.yaml's cmd
     logger.info(json.dumps(summary, default=str)[:2000])
-    return {"stage": stage.dvc_name, "reused_from_cache": False}
+    return {"stage": stage_name, "reused_from_cache": False}
 
 
 def _publish_artifacts(project: Path, params) -> dict:
@@ -141,17 +160,8 @@ def _save_experiment(project: Path, name: Optional[str], logger) -> Optional[str
 
 
 def _uncached_outputs(project: Path, out_dir: str) -> list[Path]:
-    """The `cache: false` outputs of dvc.yaml (metrics, plots, report): `dvc checkout` cannot restore them."""
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    paths = []
-    for spec in stages.values():
-        for kind in ("outs", "metrics", "plots"):
-            for entry in spec.get(kind, []):
-                if isinstance(entry, dict):
-                    ((name, options),) = entry.items()
-                    if (options or {}).get("cache", True) is False and "${" not in name.replace("${paths.out}", ""):
-                        paths.append(project / name.replace("${paths.out}", out_dir))
-    return paths
+    """The `cache: false` outputs of the manifest (metrics, plots, report): `dvc checkout` cannot restore them."""
+    return [project / name.replace(OUT, out_dir) for name in uncached_outputs() if "${" not in name.replace(OUT, "")]
 
 
 @contextlib.contextmanager
@@ -222,13 +232,13 @@ def _run_pipeline(project: Path, overrides: Optional[dict[str, Any]], stages: Op
                     if "paths.data" in overrides:  # a hub: source is no file dep of dvc.yaml, a local file is
                         sync_dvc_yaml(dvc_yaml)
                 params = load_params(params_file)
-                order = stage_order(project)
+                order = [s.dvc_name for s in pipeline()]
                 if stages:
-                    unknown = set(stages) - {s.dvc_name for s in order}
+                    unknown = set(stages) - set(order)
                     if unknown:
-                        raise ValueError(f"unknown stage(s) {sorted(unknown)}; dvc.yaml has {[s.dvc_name for s in order]}")
-                    order = [s for s in order if s.dvc_name in stages]
-                results = [run_stage(stage, str(project), use_dvc) for stage in order]
+                        raise ValueError(f"unknown stage(s) {sorted(unknown)}; dvc.yaml has {order}")
+                    order = [name for name in order if name in stages]
+                results = [pipeline_stage_task(name, str(project), use_dvc) for name in order]
                 info = revision(project)
                 if use_dvc and (overrides or experiment_name):
                     info["dvc_experiment"] = _save_experiment(project, experiment_name, logger)
@@ -309,69 +319,6 @@ def _dotted(overrides: Optional[ParamOverrides]) -> Optional[dict[str, Any]]:
     if not isinstance(overrides, ParamOverrides):  # the flow's function called directly (`.fn`), not the flow
         overrides = ParamOverrides.model_validate(overrides)
     return overrides.dotted() or None
-
-
-@contextlib.contextmanager
-def inside(project_dir):
-    """Run in the project directory: params.yaml paths are relative to it."""
-    cwd = os.getcwd()
-    os.chdir(project_dir)
-    try:
-        yield
-    finally:
-        os.chdir(cwd)
-
-
-def promote_if_better(project: Path, params) -> dict:
-    """Publish `<out>/policy` as the registry's `candidate` and move `production` to it if the gate passes.
-
-    The gate checks `gate.metric` and every entry of `gate.metrics` (each with its direction and margin)
-    against production. The version carries a model card with this run's evaluation and the verdict."""
-    from neat import registry
-    from neat.modelcard import card_facts, render
-    from neat.models import checkpoint_id
-
-    if not params.registry.uri:
-        return {"promote": False, "reason": "registry.uri not set"}
-    out = project / params.paths.out
-    candidate = json.loads((out / "metrics" / "evaluate.json").read_text())
-    store = registry.open_store(params.registry)
-    pointer = registry.production(store)
-    ckpt = checkpoint_id(out / "policy")
-    if pointer and (store.get_json(f"versions/{pointer['version']}/info.json") or {}).get("checkpoint") == ckpt:
-        return {"promote": False, "reason": f"checkpoint {ckpt} is already production ({pointer['version']})"}
-    g, head = params.gate, None
-    if pointer and g.head_to_head:
-        # production re-evaluated beside the candidate, on this run's prompts, eval RM and judge: its stored
-        # metrics came from another run's evaluation and are not comparable once any of those changed
-        from neat.evaluate import evaluate
-
-        with inside(project):
-            production_dir = registry.fetch_policy(store, pointer["version"],
-                                                   Path(params.paths.checkpoints) / "registry")
-            work = Path(params.paths.checkpoints) / "gate"  # not versioned, not a DVC output
-            head = evaluate(params, policy_dir=Path(params.paths.out) / "policy", tag="candidate",
-                            base_policy=production_dir, out_dir=work, generation_cache=work / "cache",
-                            progress=False)
-        verdict = registry.multi_head_to_head_gate(g, head)
-    else:
-        verdict = registry.multi_gate(g, candidate, registry.production_metrics(store))
-    decision = {"promote": verdict.promote, "reason": verdict.reason}
-    lineage = {"checkpoint": ckpt, "gate": verdict.reason, **revision(project)}
-    version = registry.new_version()
-    card = render(card_facts(params, project, evaluation=candidate,
-                             extra={"gate": ("promoted: " if verdict.promote else "not promoted: ") + verdict.reason,
-                                    "version": version}))
-    version = registry.publish(store, out / "policy", candidate, out / "report", version=version, extra=lineage,
-                               card=card)
-    if head is not None:  # the evidence the decision rests on, beside the version
-        store.put_json(f"versions/{version}/gate_head_to_head.json", head)
-    registry.set_alias(store, "candidate", version)  # the challenger, promoted or not
-    decision["candidate"] = version
-    if verdict.promote:
-        registry.promote(store, version)
-        decision["version"] = version
-    return decision
 
 
 @flow(name="neat-retrain", log_prints=True, on_failure=[_on_bad_end], on_crashed=[_on_bad_end])

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from neat.failures import describe
+from neat.failures import describe, write_outcome
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES.values():
         stage_parser = sub.add_parser(stage.name, help=stage.help, description=stage.describe(),
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
-        if stage.name == "train":
+        if stage.resumable:
             stage_parser.add_argument("--resume", action="store_true",
                                       help="continue from the last checkpoint of the same inputs and params")
         if stage.name == "compare":
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollback = sub.add_parser("rollback", help="move the registry's production pointer back one version")
     _add_common(rollback)
+    promote = sub.add_parser(
+        "promote", help="publish <out>/policy as the registry's candidate; make it production if the gate passes",
+        description="Publish this checkout's evaluated policy (<out>/policy with metrics/evaluate.json) to the "
+                    "registry as the `candidate`, and move `production` to it if the gate (params `gate`) "
+                    "passes. The scheduled retraining flow runs the same after its pipeline run.")
+    _add_common(promote)
     status = sub.add_parser(
         "registry", help="show the production and candidate aliases (metrics, lineage), or move one",
         description="Show the registry's two aliases, `production` (the champion) and `candidate` (the latest "
@@ -79,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     _add_common(hub)
 
-    deps = sub.add_parser("dvc-deps", help="write each dvc.yaml stage's code deps from its import closure")
-    deps.add_argument("--check", action="store_true", help="only check: exit 1 if dvc.yaml differs from the code")
+    deps = sub.add_parser("dvc-yaml", aliases=["dvc-deps"],
+                          help="write dvc.yaml from the stage manifest (neat/stages.py) and each stage's imports")
+    deps.add_argument("--check", action="store_true",
+                      help="only check: exit 1 if dvc.yaml differs from what the manifest and the code generate")
     deps.add_argument("--dvc-yaml", default="dvc.yaml", help="the file to check or rewrite (default: dvc.yaml)")
     deps.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -114,17 +122,19 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _cmd_dvc_deps(args) -> int:
+def _cmd_dvc_yaml(args) -> int:
     from pathlib import Path
 
     from neat.codedeps import sync_dvc_yaml
 
     changes = sync_dvc_yaml(Path(args.dvc_yaml), write=not args.check)
     for stage, change in changes.items():
-        words = [f"+{d}" for d in change["add"]] + [f"-{d}" for d in change["remove"]]
+        words = [f"+{d}" for d in change.get("add", [])] + [f"-{d}" for d in change.get("remove", [])]
+        words += [f"~{field}" for field in change.get("fields", [])] + ([change["layout"]] if "layout" in change else [])
         print(f"{stage}: {' '.join(words)}")
     if args.check and changes:
-        print(f"{args.dvc_yaml}: code deps differ from the stages' imports; run `neat dvc-deps`", file=sys.stderr)
+        print(f"{args.dvc_yaml}: differs from the stage manifest and the stages' imports; run `neat dvc-yaml`",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -177,8 +187,8 @@ def dispatch(args) -> int:
 
     if args.command == "data":
         return _cmd_inspect(args)
-    if args.command == "dvc-deps":
-        return _cmd_dvc_deps(args)
+    if args.command in ("dvc-yaml", "dvc-deps"):
+        return _cmd_dvc_yaml(args)
     params = load_params(args.params, args.overrides)
     if args.command == "params":
         import yaml
@@ -190,11 +200,22 @@ def dispatch(args) -> int:
 
         from pathlib import Path
 
-        from neat.pipeline import stage_lock
+        from neat.workspace import stage_lock
 
         with stage_lock(Path(args.params).resolve().parent):  # it writes the registry: one writer per checkout
             pointer = registry.rollback(registry.open_store(params.registry))
         print(json.dumps(pointer, indent=2))
+        return 0
+    if args.command == "promote":
+        from pathlib import Path
+
+        from neat.promotion import promote_if_better
+        from neat.workspace import stage_lock
+
+        project = Path(args.params).resolve().parent
+        with stage_lock(project):  # it writes the registry: one writer per checkout
+            decision = promote_if_better(project, params)
+        print(json.dumps(decision, indent=2, default=str))
         return 0
     if args.command == "registry":
         return _cmd_registry(args, params)
@@ -207,7 +228,7 @@ def dispatch(args) -> int:
         from pathlib import Path
 
         from neat.output_sets import recover
-        from neat.pipeline import stage_lock
+        from neat.workspace import stage_lock
 
         with stage_lock(Path(args.params).resolve().parent):  # the checkout whose params.yaml this is
             recover(params.out())  # finish an output set a killed stage left half-committed
@@ -232,18 +253,22 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(args.log_level, quiet=args.quiet)
     try:
-        return dispatch(args)
-    except KeyboardInterrupt:
+        code = dispatch(args)
+    except KeyboardInterrupt as exc:
         _close_progress_bars()
         print("neat: interrupted", file=sys.stderr)
+        write_outcome(args.command, 130, exc, "interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - the top-level guard: every failure becomes one line
+        code, line = describe(exc, _where(args))
+        write_outcome(args.command, code, exc, line)
         if args.debug:
             raise
         _close_progress_bars()
-        code, line = describe(exc, _where(args))
         print(f"neat: error: {line}", file=sys.stderr)
         return code
+    write_outcome(args.command, code)
+    return code
 
 
 def _close_progress_bars() -> None:

@@ -1,4 +1,4 @@
-"""The code each DVC stage runs, computed from the code itself, and kept in dvc.yaml's `deps`.
+"""dvc.yaml, generated: the stage manifest (neat/stages.py) plus each stage's code, computed from the code itself.
 
 A stage's code dependencies are the static import closure of its entry point's module (neat.stages)
 plus neat/config.py (which builds the params object every stage receives): every `neat.*` module
@@ -7,27 +7,29 @@ function — followed transitively, with the packages' `__init__.py` files. The 
 (neat/cli.py, neat/stages.py) is left out on purpose: it picks the stage to run, not what it computes,
 so editing a help text does not retrain the model.
 
-`neat dvc-deps` rewrites the `neat/…` lines of each stage's `deps` in dvc.yaml from this closure;
-`neat dvc-deps --check` (and the test suite) fails when dvc.yaml lists less or more than the code
-imports, so a new import can never leave a stage's cached outputs looking up to date.
+`neat dvc-yaml` (alias `neat dvc-deps`) writes the whole of dvc.yaml from the manifest: each stage's cmd,
+its code deps (this closure) then its data deps, params, outs, metrics and plots. `neat dvc-yaml --check`
+(and the test suite) fails when dvc.yaml differs from what it would write, so neither a new import nor a
+hand edit can leave a stage's cached outputs looking up to date or the chain written twice.
 
-It also writes the data source dep, `${paths.data}`, of the stage that reads it, from the params.yaml
-beside dvc.yaml: a local file is a dep (DVC hashes it); a `hub:<dataset id>` has no file, so the stage
-depends on it through its params alone (`paths.data`, `data.hub_revision`).
+The data source dep, `${paths.data}`, of the stage that reads it depends on the params.yaml beside
+dvc.yaml: a local file is a dep (DVC hashes it); a `hub:<dataset id>` has no file, so the stage depends
+on it through its params alone (`paths.data`, `data.hub_revision`).
 """
 
 from __future__ import annotations
 
 import ast
-import re
+import json
 from pathlib import Path
 
 import yaml
 
+from neat.stages import DATA_SOURCE as DATA_DEP
+
 PACKAGE = "neat"
 ROOT = Path(__file__).resolve().parents[1]
 ALWAYS = ("neat.config",)  # every stage's params object is built and validated there
-DATA_DEP = "${paths.data}"
 
 
 def module_file(module: str, root: Path = ROOT) -> Path | None:
@@ -91,13 +93,14 @@ def stage_code_deps(neat_name: str, root: Path = ROOT) -> list[str]:
 
 # ---------------------------------------------------------------- dvc.yaml
 
-
-_CODE_DEP = re.compile(r"^(?P<indent>\s+)- (?P<path>neat/\S+\.py)\s*$")
-
-
-def _managed(dep: str) -> bool:
-    """A dep line `neat dvc-deps` writes: a code file or the data source."""
-    return dep == DATA_DEP or bool(_CODE_DEP.match(f"  - {dep}"))
+HEADER = """\
+# GENERATED from the stage manifest (neat/stages.py) by `neat dvc-yaml`: do not edit by hand, edit the
+# manifest and rerun it (a test checks this file equals what it writes). Each cmd is a `neat` stage entry
+# point; the Prefect flows (flows/) run the same entry points in this order. Paths come from params.yaml.
+# The neat/*.py deps of each stage are its code's import closure (neat/codedeps.py). prepare's data dep,
+# ${paths.data}, is written for a local file and left out for a `hub:<dataset id>` (tracked through the
+# params paths.data and data.hub_revision instead): rerun `neat dvc-yaml` after switching between the two.
+"""
 
 
 def data_source_is_hub(params_file: Path) -> bool:
@@ -111,53 +114,116 @@ def data_source_is_hub(params_file: Path) -> bool:
     return isinstance(data, str) and data.startswith("hub:")
 
 
-def sync_dvc_yaml(path: Path = ROOT / "dvc.yaml", root: Path = ROOT, write: bool = True) -> dict[str, dict]:
-    """Make each stage's `neat/*.py` deps exactly its code closure. Returns {stage: {"add": [...], "remove": [...]}}
-    for the stages that differed (empty: dvc.yaml was already complete); writes the file unless `write=False`.
+def stage_deps(stage, hub: bool = False, root: Path = ROOT) -> list[str]:
+    """A stage's deps as dvc.yaml lists them: its code closure, the data source (a local file), its data deps."""
+    deps = stage_code_deps(stage.name, root)
+    if stage.reads_data_source and not hub:
+        deps.append(DATA_DEP)
+    return deps + list(stage.deps)
 
-    Only the `neat/…py` lines of a stage's `deps` are replaced (placed first, sorted), then the data
-    source `${paths.data}` of the stage that reads it unless params.yaml (beside dvc.yaml) names a
-    `hub:` dataset; other data deps, params, outs and comments stay as they are.
-    """
-    from neat.stages import STAGES
 
-    text = path.read_text(encoding="utf-8")
-    stages = yaml.safe_load(text)["stages"]
-    hub = data_source_is_hub(path.parent / "params.yaml")
-    wanted: dict[str, list[str]] = {}
-    for name, spec in stages.items():
-        words = spec["cmd"].split()
-        wanted[name] = stage_code_deps(words[1], root)
-        if STAGES[words[1]].reads_data_source and not hub:
-            wanted[name].append(DATA_DEP)
-    lines = text.splitlines(keepends=True)
-    out: list[str] = []
+def dvc_stage(stage, hub: bool = False, root: Path = ROOT) -> dict:
+    """One stage of dvc.yaml, as `yaml.safe_load` reads it."""
+    from neat.stages import output_options, output_path
+
+    spec: dict = {"cmd": stage.cmd, "deps": stage_deps(stage, hub, root)}
+    if stage.params:
+        spec["params"] = list(stage.params)
+    for kind in ("outs", "metrics", "plots"):
+        entries = getattr(stage, kind)
+        if entries:
+            spec[kind] = [output_path(e) if not output_options(e) else {output_path(e): dict(output_options(e))}
+                          for e in entries]
+    return spec
+
+
+def dvc_yaml_tree(hub: bool = False, root: Path = ROOT) -> dict:
+    """dvc.yaml as a tree: the manifest's pipeline stages and its top-level plots."""
+    from neat.stages import TOP_LEVEL_PLOTS, pipeline
+
+    return {"stages": {s.dvc_name: dvc_stage(s, hub, root) for s in pipeline()}, "plots": TOP_LEVEL_PLOTS}
+
+
+def _scalar(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    plain = (isinstance(value, str) and ": " not in text and " #" not in text and not text.startswith(("[", "{"))
+             and yaml.safe_load(text) == text)
+    return text if plain or not isinstance(value, str) else json.dumps(text)
+
+
+def _block(node, indent: int, notes: dict) -> list[str]:
+    """Block-style YAML lines for a mapping or a list; lists of scalars under a mapping key stay in flow style
+    only where they are the values of a plot's `y` (one line per file, as DVC's docs write them)."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                lines += [f"{pad}{_scalar(key)}:", *_block(value, indent + 2, notes)]
+            elif isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value) and key not in (
+                    "deps", "params", "outs", "metrics", "plots"):
+                lines.append(f"{pad}{_scalar(key)}: [{', '.join(_scalar(v) for v in value)}]")
+            elif isinstance(value, list):
+                lines += [f"{pad}{_scalar(key)}:", *_block(value, indent + 2, notes)]
+            else:
+                lines.append(f"{pad}{_scalar(key)}: {_scalar(value)}")
+        return lines
+    for item in node:
+        if isinstance(item, dict):
+            ((key, value),) = item.items()
+            note = f"  # {notes[key]}" if key in notes else ""
+            lines += [f"{pad}- {_scalar(key)}:{note}", *_block(value, indent + 4, notes)]
+        else:
+            lines.append(f"{pad}- {_scalar(item)}")
+    return lines
+
+
+def render_dvc_yaml(hub: bool = False, root: Path = ROOT) -> str:
+    """The text of dvc.yaml, generated from the manifest (`hub`: the data source is a hub dataset)."""
+    from neat.stages import pipeline
+
+    tree = dvc_yaml_tree(hub, root)
+    notes = {k: v for s in pipeline() for k, v in s.notes.items()}
+    lines = [HEADER.rstrip("\n"), "stages:"]
+    for i, (name, spec) in enumerate(tree["stages"].items()):
+        lines += ([""] if i else []) + [f"  {name}:", *_block(spec, 4, notes)]
+    lines += ["", "# the training log, once, against the optimiser step (losses and the mean reward of each "
+                  "candidate origin)", "plots:", *_block(tree["plots"], 2, notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _differences(have: dict, wanted: dict) -> dict[str, dict]:
+    """{stage: {"add": [...], "remove": [...]}} for deps that differ, plus "fields" naming any other key
+    that differs; a stage only one side has is listed with "fields": ["<the stage>"]."""
     changes: dict[str, dict] = {}
-    stage = None
-    in_deps = False
-    for line in lines:
-        stripped = line.rstrip("\n")
-        m_stage = re.match(r"^  (\w[\w-]*):\s*$", stripped)
-        if m_stage and m_stage[1] in stages:
-            stage, in_deps = m_stage[1], False
-        elif stage and re.match(r"^    deps:\s*$", stripped):
-            in_deps = True
-            out.append(line)
-            out.extend(f"      - {dep}\n" for dep in wanted[stage])
-            have = [d for d in stages[stage].get("deps", []) if _managed(d)]
-            add, remove = sorted(set(wanted[stage]) - set(have)), sorted(set(have) - set(wanted[stage]))
-            if add or remove:
-                changes[stage] = {"add": add, "remove": remove}
+    have_stages, wanted_stages = (have or {}).get("stages") or {}, wanted["stages"]
+    for name in dict.fromkeys([*wanted_stages, *have_stages]):
+        a, b = have_stages.get(name), wanted_stages.get(name)
+        if a is None or b is None:
+            changes[name] = {"add": [], "remove": [], "fields": ["<the stage>"]}
             continue
-        elif in_deps and not stripped.startswith("      -"):
-            in_deps = False
-        if in_deps and stripped.startswith("      - ") and _managed(stripped[len("      - "):].strip()):
-            continue  # replaced by the computed list above
-        out.append(line)
-    for name in stages:
-        if "deps" not in stages[name]:
-            raise ValueError(f"{path}: stage '{name}' has no deps section; add one (its data inputs) first")
-    new_text = "".join(out)
-    if write and new_text != text:
-        path.write_text(new_text, encoding="utf-8")
+        deps_a, deps_b = a.get("deps") or [], b.get("deps") or []
+        add, remove = sorted(set(deps_b) - set(deps_a)), sorted(set(deps_a) - set(deps_b))
+        fields = [k for k in dict.fromkeys([*b, *a]) if k != "deps" and a.get(k) != b.get(k)]
+        if add or remove or fields:
+            changes[name] = {"add": add, "remove": remove} | ({"fields": fields} if fields else {})
+    if (have or {}).get("plots") != wanted.get("plots"):
+        changes["plots"] = {"add": [], "remove": [], "fields": ["plots"]}
+    return changes
+
+
+def sync_dvc_yaml(path: Path = ROOT / "dvc.yaml", root: Path = ROOT, write: bool = True) -> dict[str, dict]:
+    """Make `path` the dvc.yaml the manifest generates (for the params.yaml beside it). Returns
+    {stage: {"add": [...], "remove": [...]}} for the stages whose deps differed (with "fields" naming
+    any other key that differed), and {"dvc.yaml": {"layout": ...}} when only its text did (comments,
+    order): empty when the file was already the generated one. Writes it unless `write=False`."""
+    wanted_text = render_dvc_yaml(data_source_is_hub(path.parent / "params.yaml"), root)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    changes = _differences(yaml.safe_load(text) if text else {}, yaml.safe_load(wanted_text))
+    if not changes and text != wanted_text:
+        changes[path.name] = {"layout": "the text differs from the generated file (comments, order or format)"}
+    if write and text != wanted_text:
+        path.write_text(wanted_text, encoding="utf-8")
     return changes

@@ -23,7 +23,8 @@ The DPO variants train on DPO alone (`train.rank_weight: 1`, `sft_weight: 0`, `a
 `train.dpo_beta`, is their KL term) against the reference policy, the base with its LoRA adapters off,
 so they need `policy.lora.enabled`.
 
-Each variant runs the library stages (`expand`, `score`, `train`, `evaluate`) with a deep copy of
+Each variant runs the manifest's stages (neat/stages.py) after the shared ones — `expand`, `score`,
+`train`, then `evaluate` — with a deep copy of
 the params whose `paths.out` is `<out>/compare/<name>`; the prepared data is copied there, and the
 training and evaluation reward models of `<out>` are used as given (`reward.train: false`,
 `evaluate.train_reward_model: false`), so they are trained once. Missing upstream outputs
@@ -149,32 +150,41 @@ def _variant_key(v) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# The manifest's stages (neat/stages.py), split: those run once under `<out>` and shared by every variant,
+# and those each variant runs for itself, before `train` (then `evaluate`), in the manifest's order.
+SHARED_STAGES = ("prepare", "train-rm", "train-eval-rm")
+
+
+def variant_stages() -> list[str]:
+    """The stages a variant sampling its own candidates runs before `train`: expand, score."""
+    from neat.stages import stages_before
+
+    return [s.name for s in stages_before("train") if s.name not in SHARED_STAGES]
+
+
 def _ensure_upstream(params, progress: bool) -> dict:
     """Prepared data and both reward models under `<out>`, produced if missing; returns seconds per stage."""
-    from neat.data import prepare
-    from neat.evaluate import train_eval_rm
-    from neat.reward import train_rm
+    from neat.stages import pipeline
 
+    missing = {
+        "prepare": not params.out("data", "eval.jsonl").is_file(),
+        "train-rm": params.reward.train and not params.out("reward_model").is_dir(),
+        "train-eval-rm": params.evaluate.train_reward_model and not params.out("eval_reward_model").is_dir(),
+    }
+    options = {"train-eval-rm": {"progress": progress}}
     seconds = {}
-    steps = [
-        ("prepare", not params.out("data", "eval.jsonl").is_file(), lambda: prepare(params)),
-        ("train_rm", params.reward.train and not params.out("reward_model").is_dir(), lambda: train_rm(params)),
-        ("train_eval_rm", params.evaluate.train_reward_model and not params.out("eval_reward_model").is_dir(),
-         lambda: train_eval_rm(params, progress=progress)),
-    ]
-    for name, needed, run in steps:
-        if needed:
+    for stage in pipeline():
+        if stage.name in SHARED_STAGES and missing[stage.name]:
             start = time.perf_counter()
-            run()
-            seconds[name] = round(time.perf_counter() - start, 1)
+            stage.load()(params, **options.get(stage.name, {}))
+            seconds[stage.dvc_name] = round(time.perf_counter() - start, 1)
     return seconds
 
 
 def train_variant(v, name: str, progress: bool = True) -> dict:
     """Expand → score → train for one variant (SFT, DPO: dataset rows → train); skipped when up to date."""
-    from neat.expand import expand, write_candidates
-    from neat.reward import score
-    from neat.train import train
+    from neat.expand import write_candidates
+    from neat.stages import STAGES
 
     key = _variant_key(v)
     marker = v.out("variant.json")
@@ -186,12 +196,12 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
     if name in DATASET_ONLY:
         write_candidates(v.out("score", "candidates.parquet"), dataset_rows(v, name))
     else:
-        for stage, fn in (("expand", expand), ("score", score)):
+        for stage in variant_stages():
             start = time.perf_counter()
-            fn(v)
+            STAGES[stage].load()(v)
             seconds[stage] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    summary = train(v)
+    summary = STAGES["train"].load()(v)
     seconds["train"] = round(time.perf_counter() - start, 1)
     done = {"key": key, "name": name, "steps": summary.get("steps"), "seconds": seconds}
     write_json_atomic(marker, done)

@@ -150,9 +150,12 @@ class TrainParams(Section):
         0.1, ge=0, description="weight of the ranking loss; RRHF sums over candidate pairs, so with 6 candidates it "
                                "is up to 15 hinge terms against one SFT term")
     sft_weight: float = Field(1.0, ge=0)
-    sft_target: Literal["best", "best_generated", "chosen"] = Field(
+    sft_target: Literal["best", "best_generated", "chosen", "positive", "chosen+positive"] = Field(
         "chosen", description="SFT term on the best-reward candidate of any origin (best), of the policy's own samples "
-                            "only (best_generated), or on the dataset's chosen response, the human preference (chosen)")
+                            "only (best_generated), on the dataset's chosen response, the human preference (chosen), "
+                            "on the best positive-steered sample where it outranks the rejected response (positive: "
+                            "the steering prompt distilled into the policy), or on both chosen and that sample "
+                            "(chosen+positive)")
     degenerate: Literal["last", "exclude"] = Field(
         "last", description="candidates flagged degenerate (empty, short, repetitive): ranked below every other "
                             "candidate of their prompt, so the ranking loss pushes them down (last), or left out")

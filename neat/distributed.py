@@ -1,11 +1,12 @@
-"""Several training processes (DDP) under `accelerate launch` / `torchrun`.
+"""The process group of several training processes under `accelerate launch` / `torchrun`.
 
 The launchers set ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 ``init_from_env`` joins the process group (gloo on CPU, nccl on CUDA) and returns a `Group`, or
-None in a single process. The trainer keeps its global batch: each micro-batch of
-``train.batch_size`` prompts is split across the processes (prompt i goes to process
-``i % world_size``), and the losses are normalised by global counts (see `neat.train.step_loss`),
-so a run on W processes takes the same optimizer steps as a single process, up to float rounding.
+None in a single process. The trainer uses these helpers through its strategy
+(`neat.training.strategy`), and keeps its global batch: each micro-batch of ``train.batch_size``
+prompts is split across the processes (prompt i goes to process ``i % world_size``), and the
+losses are normalised by global counts (see `neat.training.objective.step_loss`), so a run on W
+processes takes the same optimizer steps as a single process, up to float rounding.
 
 ``train.parallel: fsdp`` shards the weights, gradients and optimizer state instead of replicating
 them (PyTorch FSDP2 `fully_shard`: one unit per transformer block, then the root, which holds the

@@ -1,6 +1,6 @@
 """A prompt and its candidate responses, from messages to the tensors a model runs over.
 
-Used alike by training (`neat.train`), evaluation (`neat.evaluate`) and the benchmarks, so none of
+Used alike by training (`neat.training`), evaluation (`neat.evaluate`) and the benchmarks, so none of
 them imports the trainer to tokenise:
 
 - `render_prompt`: the prompt text the policy sees (chat template, else plain turns);

@@ -33,3 +33,7 @@ class DataError(NeatError):
 
 class ModelError(NeatError):
     """A model reference cannot be resolved or loaded."""
+
+
+class TrainingError(NeatError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""

@@ -188,23 +188,23 @@ def train_eval_rm(params, progress: bool = True) -> dict:
     """Stage: the evaluation reward model, trained on the judge split → `<out>/eval_reward_model`.
 
     Uses `evaluate.reward_model` with seed `evaluate.reward_seed` and the `reward` section's epochs,
-    lr, batch size, max length and max pairs. Metrics (`<out>/metrics/eval_reward_model.json`):
-    pairwise accuracy on the eval split before and after training, pairs, loss, seconds. With
+    lr, batch size, max length and max pairs, through the same flow as the training reward model
+    (`neat.reward.fit_reward_model`). Metrics (`<out>/metrics/eval_reward_model.json`): pairwise
+    accuracy on the eval split before and after training, pairs, loss, seconds. With
     `evaluate.train_reward_model: false` nothing is trained: the metrics hold the accuracy of the
     model as given.
     """
     from neat.data import read_pairs
-    from neat.reward import pairwise_accuracy, train_bradley_terry
+    from neat.reward import fit_reward_model
 
     e, r = params.evaluate, params.reward
     start = time.perf_counter()
     eval_pairs = read_pairs(params.out("data", "eval.jsonl"))
-    common = dict(batch_size=r.batch_size, max_length=r.max_length, progress=progress)
     metrics: dict[str, Any] = {"model": e.reward_model, "trained": e.train_reward_model, "seed": e.reward_seed,
                                "eval_pairs": len(eval_pairs)}
+    pairs = None
     if not e.train_reward_model:
         model, tokenizer = load_eval_reward_model(params)
-        metrics["eval_accuracy"] = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
     else:
         judge_path = params.out("data", "judge.jsonl")
         pairs = read_pairs(judge_path)
@@ -213,19 +213,14 @@ def train_eval_rm(params, progress: bool = True) -> dict:
         if not pairs:
             raise DataError(f"{judge_path}: no pairs to train the evaluation reward model on "
                             "(raise data.judge_fraction, or set evaluate.train_reward_model: false)")
-        from neat.models import load_reward_model, save_model
+        from neat.models import load_reward_model
 
         model, tokenizer = load_reward_model(e.reward_model, cache_dir=params.paths.cache, device=r.device,
                                              dtype="float32", trust_remote_code=r.trust_remote_code,
                                              seed=e.reward_seed)
-        before = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
-        history = train_bradley_terry(model, tokenizer, pairs, epochs=r.epochs, lr=r.lr, seed=e.reward_seed,
-                                      **common)
-        after = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
-        save_model(model, tokenizer, params.out("eval_reward_model"))
-        metrics.update(eval_accuracy_before=before, eval_accuracy=after, judge_pairs=len(pairs), epochs=r.epochs,
-                       steps=history["steps"], train_loss_first=history["loss"][0],
-                       train_loss_last=history["loss"][-1], saved_to=str(params.out("eval_reward_model")))
+        metrics["judge_pairs"] = len(pairs)
+    metrics |= fit_reward_model(model, tokenizer, eval_pairs, pairs, r, seed=e.reward_seed,
+                                save_to=params.out("eval_reward_model"), progress=progress)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     metrics = json_safe(metrics)
     write_json_atomic(params.out("metrics", "eval_reward_model.json"), metrics)

@@ -62,3 +62,53 @@ def describe(exc: BaseException, where: str) -> tuple[int, str]:
         pass
     return INTERNAL_ERROR_EXIT, cap(f"{where}: internal error ({type(exc).__name__}: {exc}); "
                                     "rerun with --debug for the traceback and report it", 400)
+
+
+# ---------------------------------------------------------------- the outcome, for whoever started `neat`
+
+OUTCOME_ENV = "NEAT_OUTCOME_FILE"  # set by an orchestrator (the Prefect flows) that runs `neat` through DVC
+
+
+def write_outcome(command: str, exit_code: int, error: BaseException | None = None, line: str = "") -> None:
+    """Record how `neat <command>` ended in the file $NEAT_OUTCOME_FILE names (if set): its exit code and
+    the exception's type, so an orchestrator that runs it under `dvc repro` classifies a failure by them,
+    not by reading DVC's output. A failure recorded by one process of a multi-process launch is not
+    overwritten by another's success."""
+    import json
+    import os
+    from pathlib import Path
+
+    target = os.environ.get(OUTCOME_ENV)
+    if not target:
+        return
+    path = Path(target)
+    if exit_code == 0 and path.exists():
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("exit_code") != 0:
+                return
+        except (OSError, ValueError):
+            pass
+    record = {"command": command, "exit_code": exit_code, "error": type(error).__name__ if error else None,
+              "message": line}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_outcome(path) -> dict | None:
+    """The record `write_outcome` left at `path`, or None when no `neat` command ran (or it was killed)."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_bad_input(exit_code: int | None = None, error: BaseException | None = None) -> bool:
+    """Whether a failure is the input's fault (retrying cannot help): exit 2, or an exception `describe`
+    classifies so."""
+    if error is not None:
+        exit_code = describe(error, "")[0]
+    return exit_code == BAD_INPUT_EXIT

@@ -71,19 +71,44 @@ def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:
 def work_dir_for(checkpoints: str | os.PathLike, out: str | os.PathLike, stage: str) -> Path:
     """Where a stage keeps resumable work for the outputs under `out`: inside `paths.checkpoints`,
     never inside the DVC outputs (DVC deletes a stage's outputs before it reruns the stage).
-    Same layout as the training state (`neat.train.state_dir_for`)."""
+    The training state is `work_dir_for(..., "train")` (`neat.training.checkpoint.state_dir_for`)."""
     out = Path(out).resolve()
     key = hashlib.sha256(str(out).encode()).hexdigest()[:8]
     return Path(checkpoints) / f"{out.name}-{key}" / stage
+
+
+# ---------------------------------------------------------------- content hashes (16 hex of a sha256)
+
+
+def _feed(h, path: str | os.PathLike) -> None:
+    """Stream a file's bytes into the hash `h` (a multi-GB checkpoint is never read whole)."""
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
 
 
 def fingerprint_of(obj: Any, *files: str | os.PathLike) -> str:
     """A short hash of a JSON-able description plus the bytes of `files`: the identity of a piece of work."""
     h = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode())
     for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        _feed(h, f)
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A file's sha256, first 16 hex: what `sha256sum` prints, cut short."""
+    h = hashlib.sha256()
+    _feed(h, path)
+    return h.hexdigest()[:16]
+
+
+def files_digest(files: list[Path], root: Path) -> str:
+    """One hash over several files: each one's path relative to `root`, its size and its full content,
+    so two sets that differ anywhere (a renamed file, one LoRA-merged layer) differ here."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{Path(f).relative_to(root)}\0{Path(f).stat().st_size}\0".encode())
+        _feed(h, f)
     return h.hexdigest()[:16]
 
 

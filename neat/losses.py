@@ -231,5 +231,5 @@ def sft_loss(sum_logps: Tensor, n_tokens: Tensor, best_index: Tensor | None = No
 
 
 # `train.loss` → the ranking loss: `(logps, rewards, mask) -> scalar`. The trainer picks its entry once.
-# `dpo` takes summed log-probs and `ref_logps=`, `beta=` as well (see `neat.train.step_loss`).
+# `dpo` takes summed log-probs and `ref_logps=`, `beta=` as well (see `neat.training.objective.step_loss`).
 LOSSES = {"rrhf": rrhf_loss, "pro": pro_loss, "dpo": dpo_loss}

@@ -12,12 +12,13 @@ to the registry writes a fresh card into the version, with the evaluation and th
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from neat.io import file_digest
 
 CARD_NAME = "README.md"
 PARAM_SECTIONS = ("policy", "expand", "train")
@@ -39,13 +40,7 @@ EVAL_ROWS = (
 def file_fingerprint(path: str | Path) -> str | None:
     """sha256 (first 16 hex) of a data file's bytes; None for a hub dataset or a missing file."""
     path = Path(path)
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_digest(path) if path.is_file() else None
 
 
 def _read_json(path: Path) -> dict | None:
@@ -59,7 +54,7 @@ def _read_json(path: Path) -> dict | None:
 def card_facts(params, project: str | Path = ".", *, evaluation: dict | None = None,
                extra: dict | None = None) -> dict[str, Any]:
     """What a card says, gathered from params, the run's metrics and the checkout (paths relative to `project`)."""
-    from neat.pipeline import revision
+    from neat.workspace import revision
 
     project = Path(project)
     out = project / params.paths.out

@@ -43,7 +43,7 @@ from transformers import (
 )
 
 from neat.errors import ModelError
-from neat.io import atomic_path
+from neat.io import atomic_path, files_digest
 from neat.model_checks import check_config_sizes, check_gguf_header
 
 BUILTIN_PREFIX = "builtin:"
@@ -605,17 +605,6 @@ def save_model(model: Any, tokenizer: PreTrainedTokenizerBase | None, out_dir: P
 # --------------------------------------------------------------------------- ids
 
 
-def _hash_files(files: list[Path], root: Path) -> str:
-    """Full-content hash: two checkpoints that differ anywhere (e.g. one LoRA-merged layer) differ here."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(root)}\0{f.stat().st_size}\0".encode())
-        with f.open("rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
 def checkpoint_id(path_or_ref: str | os.PathLike, *, seed: int = 0) -> str:
     """A short stable id: a 16-hex hash for local files/dirs (names, sizes and full content of each
     top-level file), ``builtin:NAME`` (plus ``@seed{seed}`` when the weights depend on it), ``hub:ID``."""
@@ -625,14 +614,14 @@ def checkpoint_id(path_or_ref: str | os.PathLike, *, seed: int = 0) -> str:
         return f"{ref}@seed{int(seed)}" if name in _SEEDED_BUILTINS else ref
     path = Path(ref).expanduser()
     if path.is_file():
-        return _hash_files([path], path.parent)
+        return files_digest([path], path.parent)
     if path.is_dir():
         # the weights and configs; not the model card, whose lineage text changes with the checkout
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name not in (_MARKER, "README.md"))
         if not files:
             raise ModelError(f"model directory '{ref}' holds no model files (no config.json, no weights)")
-        return _hash_files(files, path)
+        return files_digest(files, path)
     if _looks_like_path(ref):
         raise ModelError(f"model path '{ref}' does not exist; check the path")
     return f"hub:{ref}"

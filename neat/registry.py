@@ -65,18 +65,40 @@ def inside(root: Path, relative: str) -> Path:
 
 
 class Store(Protocol):
-    def put_file(self, key: str, path: Path) -> None: ...
+    """Where versions and data live: a local folder (`LocalStore`) or an S3 prefix (`S3Store`). Keys are
+    relative to the store's root and never leave it (`check_key`); callers never branch on the kind."""
+
+    def put(self, key: str, path: Path) -> None:
+        """Upload the file `path` as `key` (replacing it)."""
+
+    def download(self, key: str, path: Path) -> None:
+        """Copy `key` into the file `path`; a RegistryError if it is missing."""
+
     def put_json(self, key: str, obj: dict) -> None: ...
     def get_json(self, key: str) -> dict | None: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def get_file(self, key: str, path: Path) -> None: ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, sorted."""
+
+    def newest(self, prefix: str = "", suffixes: tuple[str, ...] = ()) -> tuple[str, float] | None:
+        """(key, modification time in seconds since the epoch) of the most recently modified object under
+        `prefix` whose name ends with one of `suffixes` (any, if empty); ties go to the greater key. None if
+        there is none."""
+
+
+def _newest(found: list[tuple[str, float]], suffixes: tuple[str, ...]) -> tuple[str, float] | None:
+    candidates = [(mtime, key) for key, mtime in found if not suffixes or key.endswith(suffixes)]
+    if not candidates:
+        return None
+    mtime, key = max(candidates)
+    return key, mtime
 
 
 class LocalStore:
     def __init__(self, root: str):
         self.root = Path(root)
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put(self, key: str, path: Path) -> None:
         target = inside(self.root, key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
@@ -97,7 +119,7 @@ class LocalStore:
         except (ValueError, RecursionError):
             raise RegistryError(f"{path}: damaged registry file (not valid JSON)") from None
 
-    def get_file(self, key: str, path: Path) -> None:
+    def download(self, key: str, path: Path) -> None:
         source = inside(self.root, key)
         if not source.is_file():
             raise RegistryError(f"{self.root}: {key} is missing")
@@ -108,6 +130,11 @@ class LocalStore:
         if not base.exists():
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def newest(self, prefix: str = "", suffixes: tuple[str, ...] = ()) -> tuple[str, float] | None:
+        if not self.root.is_dir():
+            raise RegistryError(f"{self.root}: folder not found")
+        return _newest([(key, (self.root / key).stat().st_mtime) for key in self.list(prefix)], suffixes)
 
 
 class S3Store:
@@ -148,7 +175,7 @@ class S3Store:
             detail = known[1] if known else f"{code or type(exc).__name__}; check the bucket, the endpoint and the credentials"
             raise RegistryError(f"{self.uri}: {what} failed: {detail}") from None
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put(self, key: str, path: Path) -> None:
         self._call(f"upload of {key}", self.client.upload_file, str(path), self.bucket, self._key(key))
 
     def put_json(self, key: str, obj: dict) -> None:
@@ -156,7 +183,7 @@ class S3Store:
         self._call(f"write of {key}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body,
                    ContentType="application/json")
 
-    def get_file(self, key: str, path: Path) -> None:
+    def download(self, key: str, path: Path) -> None:
         self._call(f"download of {key}", self.client.download_file, self.bucket, self._key(key), str(path))
         if not Path(path).exists():
             raise RegistryError(f"{self.uri}: {key} is missing")
@@ -170,23 +197,32 @@ class S3Store:
         except (ValueError, RecursionError):
             raise RegistryError(f"{self.uri}/{key}: damaged registry file (not valid JSON)") from None
 
-    def list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
+    def _objects(self, prefix: str) -> list[tuple[str, float]]:
+        """(key relative to the store's prefix, modification time) of every object under `prefix`."""
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = self._call(f"listing of {prefix}", lambda: list(paginator.paginate(Bucket=self.bucket,
-                                                                                   Prefix=self._key(prefix))))
-        for page in pages or []:
-            for obj in page.get("Contents", []):
-                keys.append(obj["Key"][len(self._key("")):] if self.prefix else obj["Key"])
-        return sorted(keys)
+        pages = self._call(f"listing of {prefix or self.uri}",
+                           lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix))))
+        return [(obj["Key"][len(self._key("")):] if self.prefix else obj["Key"], obj["LastModified"].timestamp())
+                for page in pages or [] for obj in page.get("Contents", [])]
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(key for key, _ in self._objects(prefix))
+
+    def newest(self, prefix: str = "", suffixes: tuple[str, ...] = ()) -> tuple[str, float] | None:
+        return _newest(self._objects(prefix), suffixes)
+
+
+def store_at(uri: str, registry) -> Store:
+    """The store at `uri` (s3://bucket/prefix or a local folder), reached with `registry`'s endpoint and region."""
+    if uri.startswith("s3://"):
+        return S3Store(uri, registry.endpoint_url, registry.region)
+    return LocalStore(uri)
 
 
 def open_store(registry) -> Store:
     if not registry.uri:
         raise RegistryError("registry.uri is not set in params.yaml (s3://bucket/prefix or a local folder)")
-    if registry.uri.startswith("s3://"):
-        return S3Store(registry.uri, registry.endpoint_url, registry.region)
-    return LocalStore(registry.uri)
+    return store_at(registry.uri, registry)
 
 
 # ---------------------------------------------------------------- the gate
@@ -290,7 +326,7 @@ def _upload_dir(store: Store, prefix: str, folder: Path) -> int:
     count = 0
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            store.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path)
+            store.put(f"{prefix}/{path.relative_to(folder).as_posix()}", path)
             count += 1
     return count
 
@@ -331,7 +367,7 @@ def fetch_policy(store: Store, version: str, cache_root: Path) -> Path:
                 raise RegistryError(f"registry key {key[:120]!r} is not under {prefix}; refusing to use it")
             dest = inside(tmp, key[len(prefix):])
             dest.parent.mkdir(parents=True, exist_ok=True)
-            store.get_file(key, dest)
+            store.download(key, dest)
     return target
 
 
@@ -362,7 +398,7 @@ def publish(store: Store, policy_dir: Path, metrics: dict, report_dir: Path | No
         with tempfile.TemporaryDirectory(prefix="neat-card-") as tmp:
             path = Path(tmp) / "README.md"
             path.write_text(card, encoding="utf-8")
-            store.put_file(f"versions/{version}/policy/README.md", path)
+            store.put(f"versions/{version}/policy/README.md", path)
     if report_dir and Path(report_dir).exists():
         _upload_dir(store, f"versions/{version}/report", Path(report_dir))
     store.put_json(f"versions/{version}/metrics.json", metrics)

@@ -1,8 +1,8 @@
-"""New preference data for scheduled retraining: the newest file under `retrain.incoming`."""
+"""New preference data for scheduled retraining: the newest file under `retrain.incoming` (an S3 prefix or a
+local folder, both reached through neat.registry's `Store`)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from neat.data import read_preferences
@@ -12,35 +12,28 @@ DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
 INCOMING_DIR = Path("data/incoming")
 
 
-def _is_data(name: str) -> bool:
-    return name.endswith(DATA_SUFFIXES)
+def incoming_store(params, uri: str | None = None):
+    """The store (S3 prefix or local folder) holding incoming data: `retrain.incoming`, or `uri`."""
+    from neat.registry import store_at
+
+    return store_at(uri or params.retrain.incoming, params.registry)
 
 
 def newest_incoming(params) -> tuple[str, float] | None:
     """(location, modification time) of the newest data file in `retrain.incoming`, or None."""
+    from neat.registry import RegistryError
+
     where = params.retrain.incoming
     if not where:
         return None
-    if where.startswith("s3://"):
-        from neat.registry import S3Store
-
-        store = S3Store(where, params.registry.endpoint_url, params.registry.region)
-        pages = store._call("listing of incoming data",
-                            lambda: list(store.client.get_paginator("list_objects_v2").paginate(
-                                Bucket=store.bucket, Prefix=store._key(""))))
-        objects = [o for page in pages or [] for o in page.get("Contents", []) if _is_data(o["Key"])]
-        if not objects:
-            return None
-        best = max(objects, key=lambda o: (o["LastModified"], o["Key"]))
-        return f"s3://{store.bucket}/{best['Key']}", best["LastModified"].timestamp()
-    folder = Path(where)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: retrain.incoming folder not found")
-    files = [p for p in folder.iterdir() if p.is_file() and _is_data(p.name)]
-    if not files:
+    try:
+        found = incoming_store(params).newest("", DATA_SUFFIXES)
+    except RegistryError as exc:  # name the key the user set, whatever the store said
+        raise DataError(f"retrain.incoming: {exc}") from None
+    if found is None:
         return None
-    best = max(files, key=lambda p: (p.stat().st_mtime, p.name))
-    return str(best), best.stat().st_mtime
+    key, mtime = found
+    return f"{where.rstrip('/')}/{key}", mtime
 
 
 def fetch_incoming(params, project: str | Path = ".") -> str | None:
@@ -53,18 +46,12 @@ def fetch_incoming(params, project: str | Path = ".") -> str | None:
     if not found:
         return None
     location, _ = found
-    name = location.rsplit("/", 1)[-1]
+    folder, _, name = location.rpartition("/")
     rel = INCOMING_DIR / name
     target = Path(project) / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{name}.part")
-    if location.startswith("s3://"):
-        from neat.registry import S3Store
-
-        store = S3Store(location.rsplit("/", 1)[0], params.registry.endpoint_url, params.registry.region)
-        store._call(f"download of {location}", store.client.download_file, store.bucket, store._key(name), str(tmp))
-    else:
-        shutil.copyfile(location, tmp)
+    incoming_store(params, folder).download(name, tmp)
     if str(rel) == params.paths.data and target.exists() and _same_content(tmp, target):
         tmp.unlink()  # the newest file is the one already in use (same name, same bytes)
         return None

@@ -439,13 +439,36 @@ def _load(params, ref: str, dtype: str = "auto"):
                              trust_remote_code=r.trust_remote_code, seed=r.seed)
 
 
+def fit_reward_model(model, tokenizer, eval_pairs, train_pairs, cfg, *, seed: int, save_to,
+                     progress: bool = True) -> dict:
+    """The flow both reward-model stages share (`train_rm`, `evaluate.train_eval_rm`): eval-split
+    pairwise accuracy before, Bradley–Terry on `train_pairs` (`cfg`: the `reward` section's epochs,
+    lr, batch size, max length; `seed`), accuracy after, the model saved to `save_to`; returns the
+    metrics of it. `train_pairs=None`: nothing is trained or saved, only the accuracy of the model as given."""
+    common = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, progress=progress)
+    device = str(_device_of(model))
+    if train_pairs is None:
+        return {"eval_accuracy": pairwise_accuracy(model, tokenizer, eval_pairs, **common), "device": device}
+    from neat.models import save_model
+
+    before = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
+    history = train_bradley_terry(model, tokenizer, train_pairs, epochs=cfg.epochs, lr=cfg.lr, seed=seed, **common)
+    after = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
+    save_model(model, tokenizer, save_to)
+    return {"eval_accuracy_before": before, "eval_accuracy": after, "epochs": cfg.epochs, "steps": history["steps"],
+            "train_loss_first": history["loss"][0], "train_loss_last": history["loss"][-1],
+            "train_loss_by_epoch": history["epoch_loss"], "train_seconds": history["seconds"],
+            "saved_to": str(save_to), "device": device}
+
+
 def train_rm(params) -> dict:
     """Stage: train the reward model on the train split → `<out>/reward_model` (HF checkpoint).
 
     Metrics go to `<out>/metrics/reward_model.json`: eval-split pairwise accuracy (before and after
-    training), first/last training loss, pairs used, seconds. The first `reward.max_pairs` train
-    pairs (file order) are used. Training loads the model in float32. With `reward.train: false`
-    nothing is trained or saved: the metrics hold the eval accuracy of `reward.model` as given.
+    training), first/last training loss, pairs used, seconds (`fit_reward_model`). The first
+    `reward.max_pairs` train pairs (file order) are used. Training loads the model in float32. With
+    `reward.train: false` nothing is trained or saved: the metrics hold the eval accuracy of
+    `reward.model` as given.
     """
     from neat.data import read_pairs
     from neat.io import json_safe, write_json_atomic
@@ -453,31 +476,18 @@ def train_rm(params) -> dict:
     r = params.reward
     start = time.perf_counter()
     eval_pairs = read_pairs(params.out("data", "eval.jsonl"))
-    common = dict(batch_size=r.batch_size, max_length=r.max_length)
     metrics: dict[str, Any] = {"model": r.model, "trained": r.train, "eval_pairs": len(eval_pairs)}
-    if not r.train:
-        model, tokenizer = _load(params, r.model)
-        metrics["eval_accuracy"] = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
-    else:
+    train_pairs = None
+    if r.train:
         train_pairs = read_pairs(params.out("data", "train.jsonl"))
         if r.max_pairs:
             train_pairs = train_pairs[:r.max_pairs]
         if not train_pairs:
             raise DataError(f"{params.out('data', 'train.jsonl')}: no training pairs for the reward model")
-        model, tokenizer = _load(params, r.model, dtype="float32")
-        before = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
-        history = train_bradley_terry(model, tokenizer, train_pairs, epochs=r.epochs, lr=r.lr, seed=r.seed, **common)
-        after = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
-        from neat.models import save_model
-
-        save_model(model, tokenizer, params.out("reward_model"))
-        metrics.update(
-            eval_accuracy_before=before, eval_accuracy=after, train_pairs=len(train_pairs), epochs=r.epochs,
-            steps=history["steps"], train_loss_first=history["loss"][0], train_loss_last=history["loss"][-1],
-            train_loss_by_epoch=history["epoch_loss"], train_seconds=history["seconds"],
-            saved_to=str(params.out("reward_model")),
-        )
-    metrics["device"] = str(_device_of(model))
+        metrics["train_pairs"] = len(train_pairs)
+    model, tokenizer = _load(params, r.model, dtype="float32") if r.train else _load(params, r.model)
+    metrics |= fit_reward_model(model, tokenizer, eval_pairs, train_pairs, r, seed=r.seed,
+                                save_to=params.out("reward_model"))
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     metrics = json_safe(metrics)
     write_json_atomic(params.out("metrics", "reward_model.json"), metrics)

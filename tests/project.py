@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from neat.pipeline import set_params_in_file
+from neat.workspace import set_params_in_file
 from tests.conftest import ROOT
 
 TINY = {

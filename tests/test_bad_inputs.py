@@ -87,7 +87,7 @@ SUBPROCESS_CASES = ["data-truncated-gzip", "params-invalid-yaml", "params-unknow
 def test_bad_input_through_the_neat_command(case_id, base, tmp_path):
     import shutil
 
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     case = next(c for c in CASES if c.id == case_id)
     shutil.copytree(base, tmp_path, dirs_exist_ok=True)
@@ -113,7 +113,7 @@ def test_failing_stage_under_dvc_leaves_cache_and_lock_intact(tmp_path):
     and `dvc checkout` brings back the last good outputs."""
     import gzip
 
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     project = make_project(tmp_path / "project")
     env = venv_env()

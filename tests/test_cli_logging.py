@@ -12,7 +12,7 @@ import pytest
 
 from neat.cli import main
 from neat.io import ShardStore
-from neat.pipeline import set_params_in_file
+from neat.workspace import set_params_in_file
 from tests.conftest import ROOT
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from neat.expand import select_prompts
-from neat.train import Trainer, load_trainable_policy
+from neat.training.trainer import Trainer, load_trainable_policy
 from tests.conftest import ROOT
 from tests.project import free_port
 from tests.test_train import fake_scorer, make_params, synthetic_rows
@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(
     import torch
     from safetensors.torch import save_file
     from neat.expand import select_prompts
-    from neat.train import Trainer, load_trainable_policy
+    from neat.training.trainer import Trainer, load_trainable_policy
     from tests.test_distributed import worker_params
     from tests.test_train import fake_scorer, synthetic_rows
 
@@ -39,8 +39,8 @@ WORKER = textwrap.dedent(
     pairs, rows = synthetic_rows(spec["n"])
     model, tokenizer = load_trainable_policy(params)
     trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False, scorer=fake_scorer)
-    assert trainer.dist is not None and trainer.dist.world_size == 2 and trainer.fsdp == (spec["parallel"] == "fsdp")
-    if spec.get("nan_on_rank") is not None and trainer.dist.rank == spec["nan_on_rank"]:
+    assert trainer.strategy.world_size == 2 and trainer.strategy.name == spec["parallel"]
+    if spec.get("nan_on_rank") is not None and trainer.strategy.rank == spec["nan_on_rank"]:
         with torch.no_grad():  # this process alone computes a non-finite loss
             next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
     summary = trainer.run(rows, select_prompts(pairs, spec["n"]), pairs, fingerprint_="dist",
@@ -87,7 +87,7 @@ def single_process(tmp_path, spec: dict) -> Trainer:
     pairs, rows = synthetic_rows(spec["n"])
     model, tokenizer = load_trainable_policy(params)
     trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False, scorer=fake_scorer)
-    assert trainer.dist is None
+    assert trainer.strategy.name == "single"
     trainer.run(rows, select_prompts(pairs, spec["n"]), pairs, fingerprint_="dist")
     return trainer
 

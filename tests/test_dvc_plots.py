@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 
-from neat.train import LOG_COLUMNS
+from neat.training.records import LOG_COLUMNS
 from tests.conftest import ROOT
 from tests.project import venv_env
 

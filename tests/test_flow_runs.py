@@ -44,7 +44,8 @@ def events(env, prefix) -> list[dict]:
 def start_flow(env, tmp_path, code):
     script = tmp_path / "run_flow.py"
     script.write_text(textwrap.dedent(code))
-    return subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=venv_env(env),
+    # PYTHONPATH: the script imports this checkout's flows and neat, not an installed copy
+    return subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=venv_env({**env, "PYTHONPATH": str(ROOT)}),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -57,13 +58,12 @@ def test_stage_output_reaches_the_flow_run_log_while_the_stage_runs(server, tmp_
     proc = start_flow(server, tmp_path, f"""
         import flows.pipeline as fp
         from prefect import flow
-        from neat.pipeline import PipelineStage
 
         fp._bin = lambda name: {str(fake_dvc)!r}
 
         @flow(name="stream-check")
         def check():
-            return fp.run_stage(PipelineStage("train", "train", "neat train"), {str(tmp_path)!r})
+            return fp.pipeline_stage_task("train", {str(tmp_path)!r})
 
         print(check())
     """)

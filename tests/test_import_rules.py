@@ -1,10 +1,14 @@
 """Import rules of the layout (issue 14), read from the code's own imports (AST, lazy imports included).
 
-- evaluation does not import the trainer: it tokenises through `neat.encoding`, like training does;
-- the benchmarks import from `neat.train` only the trainer they measure, never what `neat.encoding` provides;
+- evaluation does not import the trainer (`neat.train`, `neat.training`): it tokenises through
+  `neat.encoding`, like training does;
+- the `train` stage module is thin and nothing below it imports it: the benchmarks take the trainer
+  they measure from the training library (`neat.training`), and the library never imports the stage;
 - a name is imported from the module that defines it, not from one that merely imports it (so
   `from neat.train import collate` cannot come back through a stray re-export);
-- no module reaches into another neat module's private names (`_x`).
+- no module reaches into another neat module's private names (`_x`), and no file of `neat/` or `flows/`
+  into another object's private members (`store._call`: a public interface instead);
+- the flows only orchestrate: they do not import evaluation or training (the gate is `neat.promotion`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ import pytest
 from tests.conftest import ROOT
 
 SCANNED = ("neat/**/*.py", "benchmarks/*.py", "flows/*.py", "scripts/*.py")
-# what the training benchmarks (throughput, multi-process, GPU check, training-target probe) measure
-TRAINER_NAMES = {"Trainer", "step_loss", "batch_logps", "load_trainable_policy", "make_scheduler"}
+
+
+def is_trainer(module: str, name: str | None) -> bool:
+    """`module` (and `name`, for `from neat import x`) names the train stage or the training library."""
+    full = f"{module}.{name}" if module == "neat" and name else module
+    return full == "neat.train" or full == "neat.training" or full.startswith("neat.training.")
+
+
+def is_train_stage(module: str, name: str | None) -> bool:
+    return module == "neat.train" or (module, name) == ("neat", "train")
 
 
 def sources(root: Path) -> list[Path]:
@@ -56,19 +68,34 @@ def defined_names(path: Path) -> set[str]:
     return names
 
 
+def private_members(path: Path) -> list[tuple[int, str]]:
+    """(line, expression) of every `x._name` whose `x` is not `self` or `cls`."""
+    return [(n.lineno, ast.unparse(n)) for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
+            and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"))]
+
+
 def violations(root: Path) -> list[str]:
     found = []
     for path in sources(root):
         rel = path.relative_to(root).as_posix()
+        if rel.startswith(("neat/", "flows/")):
+            found += [f"{rel}:{line}: uses the private member {expr}; give it a public interface"
+                      for line, expr in private_members(path)]
         for line, module, name in imports(path):
             where = f"{rel}:{line}"
-            if rel == "neat/evaluate.py" and (module == "neat.train" or (module, name) == ("neat", "train")):
+            if rel.startswith("flows/") and (module == "neat.evaluate" or (module, name) == ("neat", "evaluate")
+                                             or is_trainer(module, name)):
+                found.append(f"{where}: a flow imports {module if module != 'neat' else 'neat.' + name}; flows only "
+                             "orchestrate (call a stage or a library function such as neat.promotion)")
+            if rel == "neat/evaluate.py" and is_trainer(module, name):
                 found.append(f"{where}: evaluation imports the trainer (tokenise with neat.encoding)")
+            if rel.startswith("benchmarks/") and is_train_stage(module, name):
+                found.append(f"{where}: a benchmark imports the train stage; take the trainer from neat.training")
+            if rel.startswith("neat/training/") and is_train_stage(module, name):
+                found.append(f"{where}: the training library imports the train stage above it")
             if name is None:
                 continue
-            if rel.startswith("benchmarks/") and module == "neat.train" and name not in TRAINER_NAMES:
-                found.append(f"{where}: a benchmark imports {name} from neat.train; only the trainer it measures "
-                             f"({', '.join(sorted(TRAINER_NAMES))}) may come from there")
             if name.startswith("_") and not name.startswith("__"):
                 found.append(f"{where}: imports the private name {module}.{name}; give it a public name")
                 continue
@@ -88,17 +115,27 @@ def test_the_project_keeps_its_import_rules():
 
 def test_evaluation_and_benchmarks_tokenise_without_the_trainer():
     evaluate = {(m, n) for _, m, n in imports(ROOT / "neat/evaluate.py")}
-    assert not {x for x in evaluate if x[0] == "neat.train" or x == ("neat", "train")}
+    assert not {x for x in evaluate if is_trainer(*x)}
     assert ("neat.encoding", "collate") in evaluate and ("neat.encoding", "fit_turns") in evaluate
     for path in (ROOT / "benchmarks").glob("*.py"):
-        assert {n for _, m, n in imports(path) if m == "neat.train"} <= TRAINER_NAMES, path.name
+        assert not {x for _, *x in imports(path) if is_train_stage(*x)}, path.name
+
+
+def test_the_train_stage_is_thin_and_the_trainer_is_library():
+    """The stage reads, calls the library and writes: no class, no loss, no checkpoint code of its own."""
+    stage = ast.parse((ROOT / "neat/train.py").read_text(encoding="utf-8"))
+    assert not [n.name for n in stage.body if isinstance(n, ast.ClassDef)]
+    assert {"Trainer", "step_loss", "save_checkpoint", "load_checkpoint"}.isdisjoint(defined_names(ROOT / "neat/train.py"))
+    assert ("neat.training.trainer", "Trainer") in {(m, n) for _, m, n in imports(ROOT / "neat/train.py")}
 
 
 @pytest.mark.parametrize("text, wanted", [
-    ("from neat.train import Trainer\n", None),
-    ("def f():\n    from neat.train import collate\n", "a benchmark imports collate from neat.train"),
+    ("from neat.training.trainer import Trainer\n", None),
+    ("def f():\n    from neat.train import train\n", "a benchmark imports the train stage"),
+    ("from neat import train\n", "a benchmark imports the train stage"),
     ("from neat.models import _resolve\n", "private name neat.models._resolve"),
-    ("from neat.train import helper\n", "helper is imported from neat.train, which does not define it"),
+    ("from neat.training.trainer import helper\n",
+     "helper is imported from neat.training.trainer, which does not define it"),
 ])
 def test_each_rule_catches_its_violation(tmp_path, text, wanted):
     (tmp_path / "neat").mkdir()
@@ -106,15 +143,37 @@ def test_each_rule_catches_its_violation(tmp_path, text, wanted):
     (tmp_path / "neat/__init__.py").write_text("")
     (tmp_path / "neat/models.py").write_text("def _resolve():\n    pass\n")
     (tmp_path / "neat/encoding.py").write_text("def collate():\n    pass\n")
-    (tmp_path / "neat/train.py").write_text("from neat.encoding import collate\nfrom os import path as helper\n\n"
-                                            "class Trainer:\n    pass\n")
+    (tmp_path / "neat/training").mkdir()
+    (tmp_path / "neat/training/__init__.py").write_text("")
+    (tmp_path / "neat/training/trainer.py").write_text("from neat.encoding import collate\n"
+                                                       "from os import path as helper\n\nclass Trainer:\n    pass\n")
+    (tmp_path / "neat/train.py").write_text("def train():\n    pass\n")
     (tmp_path / "benchmarks/b.py").write_text(text)
     found = violations(tmp_path)
     assert (found == []) if wanted is None else any(wanted in v for v in found), found
 
 
-def test_evaluation_importing_the_trainer_is_caught(tmp_path):
-    (tmp_path / "neat").mkdir()
+def test_a_flow_evaluating_or_reaching_into_a_store_is_caught(tmp_path):
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows/pipeline.py").write_text("def gate(store):\n    from neat.evaluate import evaluate\n"
+                                                "    return store._call('x', evaluate)\n")
+    found = violations(tmp_path)
+    assert any("a flow imports neat.evaluate" in v for v in found), found
+    assert any("private member store._call" in v for v in found), found
+
+
+@pytest.mark.parametrize("text", ["def f():\n    from neat.train import fit_turns\n",
+                                  "from neat.training.objective import batch_logps\n"])
+def test_evaluation_importing_the_trainer_is_caught(tmp_path, text):
+    (tmp_path / "neat/training").mkdir(parents=True)
     (tmp_path / "neat/train.py").write_text("def fit_turns():\n    pass\n")
-    (tmp_path / "neat/evaluate.py").write_text("def f():\n    from neat.train import fit_turns\n")
+    (tmp_path / "neat/training/objective.py").write_text("def batch_logps():\n    pass\n")
+    (tmp_path / "neat/evaluate.py").write_text(text)
     assert any("evaluation imports the trainer" in v for v in violations(tmp_path))
+
+
+def test_the_training_library_importing_the_stage_is_caught(tmp_path):
+    (tmp_path / "neat/training").mkdir(parents=True)
+    (tmp_path / "neat/train.py").write_text("def dev_prompts():\n    pass\n")
+    (tmp_path / "neat/training/trainer.py").write_text("def f():\n    from neat.train import dev_prompts\n")
+    assert any("training library imports the train stage" in v for v in violations(tmp_path))

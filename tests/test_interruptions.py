@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from neat.cli import main
 from neat.config import load_params
-from neat.pipeline import set_params_in_file
+from neat.workspace import set_params_in_file
 from tests.conftest import ROOT
 from tests.project import TINY, venv_env
 
@@ -128,7 +128,7 @@ TRAIN_TRIALS = [2, 1, 1]  # kills per trial: 4 SIGKILLs over 3 trials
 
 
 def test_sigkill_training_then_resume_gives_identical_weights(scored, tmp_path):
-    from neat.train import state_dir_for
+    from neat.training.checkpoint import state_dir_for
 
     ref_params = project_copy(scored, tmp_path / "reference")
     ref = subprocess.run(["neat", "train", "--resume", "--params", str(ref_params)], env=venv_env(),
@@ -268,12 +268,12 @@ def test_scoring_crash_resumes_from_completed_shards(scored, tmp_path, monkeypat
 
 
 def test_nan_loss_exits_2_keeps_last_good_checkpoint_and_resume_finishes(scored, tmp_path, monkeypatch):
-    import neat.train
-    from neat.train import state_dir_for
+    import neat.training.trainer
+    from neat.training.checkpoint import state_dir_for
 
     params = project_copy(scored, tmp_path / "nan")
     state = state_dir_for(load_params(params))
-    original = neat.train.step_loss
+    original = neat.training.trainer.step_loss
     calls = {"n": 0}
 
     def poisoned(model, batch, cfg, *args, **kwargs):
@@ -282,7 +282,7 @@ def test_nan_loss_exits_2_keeps_last_good_checkpoint_and_resume_finishes(scored,
         return (loss * float("nan"), stats) if calls["n"] == 3 else (loss, stats)
 
     with monkeypatch.context() as m:
-        m.setattr(neat.train, "step_loss", poisoned)
+        m.setattr(neat.training.trainer, "step_loss", poisoned)
         code, _, err = cli(params, "train", "--resume")
     assert code == 2, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("neat: error:")]

@@ -11,7 +11,7 @@ import pytest
 
 from neat.data import percentiles
 from neat.errors import NeatError
-from neat.pipeline import LOCK_NAME, project_lock, stage_lock
+from neat.workspace import LOCK_NAME, project_lock, stage_lock
 
 
 def test_percentiles_interpolate_linearly():
@@ -23,7 +23,7 @@ def test_percentiles_interpolate_linearly():
 
 def test_checkout_lock_across_processes(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom neat.pipeline import project_lock\n"
+        "import sys, time\nfrom neat.workspace import project_lock\n"
         f"with project_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(60)\n")],
         stdout=subprocess.PIPE, text=True)
     try:

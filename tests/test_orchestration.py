@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neat.pipeline import stage_order
-from neat.stages import STAGES
 from tests.conftest import ROOT
 from tests.project import free_port, git, make_project, start_prefect_server, tree_digest, venv_env, stop_process
 
@@ -28,23 +26,6 @@ def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
-
-
-# ---------------------------------------------------------------- the graph, defined once
-
-
-def test_dvc_stages_are_the_neat_stage_entry_points_in_topological_order():
-    order = stage_order(ROOT)
-    assert sorted(s.neat_name for s in order) == sorted(n for n, s in STAGES.items() if s.in_pipeline)
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    produced: set[str] = set()
-    for stage in order:
-        for dep in spec[stage.dvc_name].get("deps", []):
-            if dep.startswith("${paths.out}"):
-                assert any(dep == out or dep.startswith(out + "/") for out in produced), (stage.dvc_name, dep)
-        for kind in ("outs", "metrics", "plots"):
-            for out in spec[stage.dvc_name].get(kind, []):
-                produced.add(out if isinstance(out, str) else next(iter(out)))
 
 
 # ---------------------------------------------------------------- DVC on a real project copy
@@ -82,7 +63,7 @@ def test_second_repro_does_nothing(project):
 
 
 def test_changing_a_parameter_reruns_only_dependent_stages(project):
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     set_params_in_file(project / "params.yaml", {"train.lr": 2e-4})
     out = sh(["dvc", "repro"], project).stdout
@@ -166,10 +147,10 @@ def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
 
 
 def test_retrain_gate_promotes_then_refuses_regression(project, tmp_path):
-    from flows.pipeline import promote_if_better
+    from neat.promotion import promote_if_better
     from neat import registry
     from neat.config import load_params
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     set_params_in_file(project / "params.yaml", {"registry.uri": str(tmp_path / "registry")})
     params = load_params(project / "params.yaml")
@@ -199,11 +180,11 @@ def test_head_to_head_gate_re_evaluates_production(project, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from flows.pipeline import promote_if_better
+    from neat.promotion import promote_if_better
     from neat import registry
     from neat.config import load_params
     from neat.models import checkpoint_id
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     set_params_in_file(project / "params.yaml", {"registry.uri": str(tmp_path / "registry"),
                                                  "gate.metric": "perplexity", "gate.higher_is_better": False})
@@ -252,10 +233,10 @@ def test_s3_registry_promotion_head_to_head_and_no_credential_in_it(project, s3_
     downloads production back from S3; no object in the bucket holds the secret key."""
     import boto3
 
-    from flows.pipeline import promote_if_better
+    from neat.promotion import promote_if_better
     from neat import registry
     from neat.config import load_params
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     for key, value in CREDS.items():
         monkeypatch.setenv(key, value)
@@ -288,7 +269,7 @@ def test_s3_registry_promotion_head_to_head_and_no_credential_in_it(project, s3_
 def test_new_incoming_data_is_checked_and_picked_up(project, tmp_path):
     from neat.config import load_params
     from neat.errors import DataError
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
     from neat.retrain import fetch_incoming
 
     incoming = tmp_path / "incoming"

@@ -24,7 +24,7 @@ DEMO = ROOT / "data" / "demo" / "hh_demo.jsonl"
 
 
 def _project(tmp_path: Path) -> Path:
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
     set_params_in_file(tmp_path / "params.yaml", {"paths.data": str(DEMO), "paths.out": str(tmp_path / "out"),
@@ -145,7 +145,7 @@ def test_a_second_stage_in_the_same_checkout_is_refused(tmp_path, capsys):
 
 def test_a_stage_run_by_a_flow_shares_the_flows_lock(tmp_path, capsys):
     """The flow holds the checkout lock while `dvc repro` runs `neat <stage>`: the stage runs under it."""
-    from neat.pipeline import project_lock
+    from neat.workspace import project_lock
 
     _project(tmp_path)
     with project_lock(tmp_path):

@@ -11,7 +11,9 @@ from neat.logprobs import response_logprobs
 from neat.losses import LOSSES
 from neat.packing import block_mask, model_mask, pack_rows, supports_packing
 from neat.encoding import batch_tokens, collate, collate_packed
-from neat.train import Trainer, batch_logps, groups_from_scored, load_trainable_policy, step_loss
+from neat.training.groups import groups_from_scored
+from neat.training.objective import batch_logps, step_loss
+from neat.training.trainer import Trainer, load_trainable_policy
 from neat.expand import select_prompts
 from tests.test_train import make_params, synthetic_rows
 

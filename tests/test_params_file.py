@@ -9,7 +9,7 @@ import pytest
 
 from neat.config import load_params
 from neat.errors import ConfigError
-from neat.pipeline import set_params_in_file
+from neat.workspace import set_params_in_file
 from tests.conftest import ROOT
 
 

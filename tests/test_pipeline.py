@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from neat.cli import main
+from neat.stages import stages_before
 from tests.conftest import ROOT
 
 
@@ -40,7 +41,7 @@ def run_cli(*args):
 def pipeline_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "out"
     sets = [x for o in tiny_overrides(out) for x in ("-S", o)]
-    for stage in ("prepare", "train-rm", "expand", "score", "train"):
+    for stage in [s.name for s in stages_before("train")] + ["train"]:
         run_cli(stage, *sets)
     return out
 

@@ -44,8 +44,8 @@ def test_every_stage_module_draws_through_neat_progress():
     import neat.evaluate  # noqa: F401 - imports its tqdm lazily; checked through the source below
     import neat.expand
     import neat.reward
-    import neat.train
+    import neat.training.trainer
     from tests.conftest import ROOT
 
-    assert neat.expand.tqdm is neat.reward.tqdm is neat.train.tqdm is tqdm
+    assert neat.expand.tqdm is neat.reward.tqdm is neat.training.trainer.tqdm is tqdm
     assert "from neat.progress import tqdm" in (ROOT / "neat" / "evaluate.py").read_text()

@@ -147,7 +147,7 @@ def test_store_keys_that_leave_the_prefix_are_refused(store, tmp_path, key):
     src = tmp_path / "payload"
     src.write_text("x")
     with pytest.raises(RegistryError, match="leaves its prefix"):
-        store.put_file(key, src)
+        store.put(key, src)
     with pytest.raises(RegistryError, match="leaves its prefix"):
         store.put_json(key, {"a": 1})
     with pytest.raises(RegistryError, match="leaves its prefix"):
@@ -208,7 +208,7 @@ def test_fetch_refuses_an_object_key_that_leaves_the_download_directory(tmp_path
         def list(self, prefix):
             return [f"{prefix}config.json", f"{prefix}../../../../escaped.txt"]
 
-        def get_file(self, key, path):
+        def download(self, key, path):
             Path(path).write_text("payload")
 
     from pathlib import Path
@@ -298,7 +298,7 @@ def test_gate_publishes_candidate_with_card_and_promotes_only_if_all_hold(tmp_pa
     evaluation and the verdict; `production` moves only when every gate metric holds."""
     import subprocess
 
-    from flows.pipeline import promote_if_better
+    from neat.promotion import promote_if_better
 
     project = tmp_path / "proj"
     out = project / "out"

@@ -21,7 +21,7 @@ def write_upstream(params):
     from neat.evaluate import evaluation_metrics, write_jsonl_atomic, write_rewards_plot_data
     from neat.expand import ORIGINS, write_candidates
     from neat.io import write_json_atomic
-    from neat.train import write_log
+    from neat.training.records import write_log
 
     rows = []
     for rnd, path in ((1, params.out("score", "candidates.parquet")),

@@ -133,5 +133,5 @@ def test_refused_upload_names_the_credentials(monkeypatch, tmp_path):
         monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
         store = registry.S3Store("s3://models/neat", None, "us-east-1")
         with pytest.raises(RegistryError) as info:
-            store.put_file("versions/v1/policy/f", tmp_path / "f")
+            store.put("versions/v1/policy/f", tmp_path / "f")
     assert HINT in str(info.value) and SECRET not in str(info.value)

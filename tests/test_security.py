@@ -66,7 +66,7 @@ def test_hub_models_load_without_remote_code_by_default(spies, tmp_path):
 def test_remote_code_only_when_params_turn_it_on(spies, tmp_path):
     """Through the stage: `policy.trust_remote_code: true` in params reaches from_pretrained; default does not."""
     from neat.cli import main
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     import shutil
 
@@ -104,7 +104,7 @@ def test_flow_overrides_cannot_turn_on_remote_code(tmp_path):
     import shutil
 
     from neat.errors import ConfigError
-    from neat.pipeline import set_params_in_file
+    from neat.workspace import set_params_in_file
 
     shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
     before = (tmp_path / "params.yaml").read_bytes()
@@ -137,7 +137,7 @@ def test_every_torch_load_uses_weights_only_and_nothing_unpickles():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
                 assert not {"pickle", "dill", "cloudpickle", "joblib"} & set(names), f"{path}: imports a pickler"
-    assert loads, "expected the optimizer/scheduler state loads in neat/train.py"
+    assert loads, "expected the optimizer/scheduler state loads in neat/training/checkpoint.py"
     assert all(ok for _, ok in loads), [where for where, ok in loads if not ok]
 
 
@@ -151,7 +151,7 @@ class _Exploit:
 
 def _short_run(tmp_path):
     from neat.expand import select_prompts
-    from neat.train import Trainer, load_trainable_policy
+    from neat.training.trainer import Trainer, load_trainable_policy
     from tests.test_train import make_params, synthetic_rows
 
     pairs, rows = synthetic_rows()
@@ -165,7 +165,7 @@ def _short_run(tmp_path):
 def test_checkpoints_are_safetensors_and_a_malicious_optimizer_pickle_is_refused(tmp_path):
     from neat.expand import select_prompts
     from neat.models import save_model
-    from neat.train import Trainer, load_trainable_policy
+    from neat.training.trainer import Trainer, load_trainable_policy
 
     params, pairs, rows, model, tokenizer = _short_run(tmp_path)
     state = params.out("train") / "state"
@@ -178,7 +178,7 @@ def test_checkpoints_are_safetensors_and_a_malicious_optimizer_pickle_is_refused
     torch.save({"state": _Exploit(marker)}, state / "optimizer.pt")
     model, tokenizer = load_trainable_policy(params)
     trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
-    from neat.train import TrainingError
+    from neat.errors import TrainingError
 
     with pytest.raises(TrainingError, match="checkpoint cannot be loaded safely \\(UnpicklingError\\)"):
         trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_="fp", resume=True)

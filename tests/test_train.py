@@ -10,7 +10,9 @@ from neat.data import read_preferences
 from neat.expand import select_prompts
 from neat.losses import LOSSES
 from neat.encoding import collate
-from neat.train import Trainer, groups_from_scored, load_trainable_policy, step_loss
+from neat.training.groups import groups_from_scored
+from neat.training.objective import step_loss
+from neat.training.trainer import Trainer, load_trainable_policy
 from tests.conftest import ROOT, former_defaults
 
 
@@ -114,7 +116,7 @@ def test_resume_ignores_checkpoint_of_other_inputs(tmp_path, caplog):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
-    from neat.train import TrainingError
+    from neat.errors import TrainingError
 
     pairs, rows = synthetic_rows()
     params = make_params(tmp_path, checkpoint_every=1, lr=1e-3)
@@ -151,7 +153,7 @@ def test_gradient_accumulation_equals_one_big_batch_with_uneven_micro_batches(tm
 
 def _logp_drift(model, tokenizer, rows, cfg):
     """Mean |normalised log-prob of the policy − of the reference (adapters off)| over the candidates."""
-    from neat.train import batch_logps, reference_policy
+    from neat.training.objective import batch_logps, reference_policy
 
     batch = collate(tokenizer, groups_from_scored(rows), cfg.max_prompt_tokens, cfg.max_response_tokens,
                     tokenizer.pad_token_id)
@@ -180,7 +182,7 @@ def test_anchor_keeps_the_policy_near_the_reference(tmp_path):
 
 
 def test_anchor_without_lora_is_refused(tmp_path):
-    from neat.train import TrainingError
+    from neat.errors import TrainingError
 
     pairs, rows = synthetic_rows()
     params = make_params(tmp_path, anchor_weight=1.0)
@@ -191,7 +193,7 @@ def test_anchor_without_lora_is_refused(tmp_path):
 
 
 def test_sft_target_best_generated_skips_dataset_responses():
-    from neat.train import sft_mask
+    from neat.training.objective import sft_mask
     from neat.losses import best_candidate_index
 
     pairs, rows = synthetic_rows(2)
@@ -274,7 +276,9 @@ def test_quality_flags_catch_word_loops():
 def test_schedule_warms_up_then_keeps_its_shape_across_a_checkpoint(tmp_path, schedule):
     import math
 
-    from neat.train import load_checkpoint, make_scheduler, save_checkpoint
+    from neat.training.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+    from neat.training.strategy import SingleProcess
+    from neat.training.trainer import make_scheduler
 
     def fresh():
         model = torch.nn.Linear(2, 1)
@@ -293,12 +297,15 @@ def test_schedule_warms_up_then_keeps_its_shape_across_a_checkpoint(tmp_path, sc
              "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p))}[schedule]
     model, optimizer, scheduler = fresh()
     lrs = steps(optimizer, scheduler, 6)
-    save_checkpoint(tmp_path / "state", model, optimizer, scheduler, {})
+    save_checkpoint(tmp_path / "state", trainable_state(model), optimizer.state_dict(), scheduler, {})
     lrs += steps(optimizer, scheduler, 6)
     assert lrs == pytest.approx([0.0, 0.25, 0.5, 0.75] + [decay((s - 4) / 8) for s in range(4, 12)])
 
     model, optimizer, scheduler = fresh()  # resumed: the schedule continues where the checkpoint left it
-    load_checkpoint(tmp_path / "state", model, optimizer, scheduler)
+    _, weights, optimizer_state = load_checkpoint(tmp_path / "state", scheduler)
+    strategy = SingleProcess()
+    strategy.wrap(model)
+    strategy.load_training_state(optimizer, weights, optimizer_state)
     assert steps(optimizer, scheduler, 6) == pytest.approx(lrs[6:])
 
 
@@ -356,7 +363,7 @@ def test_dpo_step_loss_uses_summed_logps_against_the_adapter_free_reference(tmp_
     import math
 
     from neat.losses import dpo_loss
-    from neat.train import batch_logps, reference_policy
+    from neat.training.objective import batch_logps, reference_policy
 
     params, model, _, batch = _dpo_setup(tmp_path, dpo_beta=0.5)
     model.eval()
@@ -379,7 +386,7 @@ def test_dpo_step_loss_uses_summed_logps_against_the_adapter_free_reference(tmp_
 
 
 def test_dpo_training_prefers_the_best_over_the_worst(tmp_path):
-    from neat.train import batch_logps
+    from neat.training.objective import batch_logps
 
     params, model, tokenizer, batch = _dpo_setup(tmp_path, lr=1e-2, epochs_per_round=3)
     pairs, rows = synthetic_rows(6)
@@ -398,7 +405,7 @@ def test_dpo_training_prefers_the_best_over_the_worst(tmp_path):
 
 
 def test_dpo_without_lora_is_refused(tmp_path):
-    from neat.train import TrainingError
+    from neat.errors import TrainingError
 
     pairs, rows = synthetic_rows()
     params = make_params(tmp_path, loss="dpo")
@@ -410,7 +417,7 @@ def test_dpo_without_lora_is_refused(tmp_path):
 
 def test_origin_labels_order_candidates_by_how_they_were_made():
     """train.pair_labels: origin (RLCD): positive above negative whatever the reward model said."""
-    from neat.train import TrainingError
+    from neat.errors import TrainingError
 
     prompt = [{"role": "user", "content": "q"}]
     rows = [{"prompt_id": "a", "prompt": prompt, "origin": o, "response": f"{o} {i}", "reward": r, "rank": 0}
@@ -424,3 +431,46 @@ def test_origin_labels_order_candidates_by_how_they_were_made():
     assert by_origin.origins == by_reward.origins
     with pytest.raises(TrainingError, match="origin 'unsteered'"):
         groups_from_scored([dict(rows[0], origin="unsteered")], labels="origin")
+
+
+def test_sft_target_positive_distils_only_samples_that_beat_rejected():
+    """"positive": the best positive-steered sample where it outranks the rejected response; parts add up."""
+    import math
+
+    from neat.models import load_policy
+    from neat.training.objective import batch_counts, response_token_counts, sft_selection
+
+    pairs, rows = synthetic_rows(2)
+    rows = rows + [dict(rows[0], origin="positive", response="A sample.", reward=0.5),
+                   dict(rows[0], origin="positive", response="A better sample here.", reward=0.7)]
+    groups = groups_from_scored(rows)
+    _, tokenizer = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
+    batch = collate(tokenizer, groups, 96, 24, tokenizer.pad_token_id)
+    rewards = batch.rewards.clone()
+    rej = [k for k, o in enumerate(batch.origins[0]) if o == "rejected"][0]
+    pos = [k for k, o in enumerate(batch.origins[0]) if o == "positive"]
+    rewards[0, rej] = 0.6  # between the two positive samples
+    sel = sft_selection(batch, rewards, "positive")
+    assert sel[0].nonzero().flatten().tolist() == [pos[1]]  # the 0.7 sample: above rejected, best positive
+    assert not sel[1].any()  # prompt 1 has no positive sample: nothing to distil
+    rewards[0, rej] = 0.9  # now no positive sample beats the rejected response
+    assert not sft_selection(batch, rewards, "positive").any()
+    both = sft_selection(batch, batch.rewards, "chosen+positive")
+    assert [sorted(batch.origins[b][k] for k in both[b].nonzero().flatten().tolist()) for b in (0, 1)] == [
+        ["chosen", "positive"], ["chosen"]]
+    counts = response_token_counts(batch)
+    assert batch_counts(batch, "chosen+positive")[1] == float(counts[both].sum())
+    # the SFT term is the token mean over exactly the selected candidates
+    from neat.training.objective import step_loss
+    from neat.losses import LOSSES
+    from neat.config import TrainParams
+
+    model, _ = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
+    cfg = TrainParams(sft_target="chosen+positive", anchor_weight=0.0, rank_weight=0.0)
+    from neat.training.objective import batch_logps
+
+    with torch.no_grad():
+        _, sums, n = batch_logps(model, batch, cfg.logprob_chunk)
+        _, stats = step_loss(model, batch, cfg, LOSSES[cfg.loss])
+    expected = -float(sums[both].sum()) / float(n[both].sum())
+    assert math.isclose(stats["sft_loss"], expected, rel_tol=1e-5)

@@ -362,7 +362,7 @@ def test_online_rounds_sample_through_an_engine_on_the_current_policy(fake_vllm,
     """`neat train` round 2 with generation.backend: vllm: an engine on a saved copy of the policy as
     trained in round 1, its samples in the round data, the copy removed afterwards."""
     from neat.expand import select_prompts
-    from neat.train import Trainer, load_trainable_policy
+    from neat.training.trainer import Trainer, load_trainable_policy
     from tests.test_train import fake_scorer, make_params, synthetic_rows
 
     params = make_params(tmp_path, rounds=2)

@@ -1,8 +1,8 @@
-"""Helpers shared by the orchestrators: stage order from dvc.yaml, param overrides, run lock, revision.
+"""The checkout a run works in: overrides written into its params.yaml, its one-run-at-a-time lock, and
+the revision (git commit, dvc.lock) a run's results came from.
 
-The stage graph is defined once, in dvc.yaml; each stage's cmd is `neat <stage>`. The Prefect flow
-reads the order from here, and runs each stage either through DVC (`dvc repro --single-item`, which
-skips stages whose inputs are unchanged and caches outputs) or in-process via `neat.stages`.
+Shared by `neat <stage>` (the lock), the Prefect flows and the promotion gate. The stage chain itself
+is not here: it is the manifest in neat/stages.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,28 +20,6 @@ import yaml
 from neat.config import load_params
 from neat.errors import ConfigError, NeatError
 from neat.io import write_text_atomic
-
-
-@dataclass(frozen=True)
-class PipelineStage:
-    dvc_name: str  # name in dvc.yaml
-    neat_name: str  # `neat <name>` entry point (neat.stages.STAGES)
-    cmd: str
-
-
-def stage_order(project: str | os.PathLike = ".") -> list[PipelineStage]:
-    """The stages of dvc.yaml in file order, which dvc.yaml keeps topological (tested)."""
-    path = Path(project) / "dvc.yaml"
-    if not path.exists():
-        raise ConfigError(f"{path}: not found; run from the project root or pass project_dir")
-    stages = yaml.safe_load(path.read_text())["stages"]
-    out = []
-    for name, spec in stages.items():
-        words = spec["cmd"].split()
-        if words[:1] != ["neat"] or len(words) < 2:
-            raise ConfigError(f"{path}: stage '{name}' cmd must be `neat <stage>`, got '{spec['cmd']}'")
-        out.append(PipelineStage(name, words[1], spec["cmd"]))
-    return out
 
 
 # ---------------------------------------------------------------- overrides written into params.yaml

@@ -1,0 +1,65 @@
+"""Scored candidate rows → the prompts the trainer ranks (`PromptCandidates`), and each round's order."""
+
+from __future__ import annotations
+
+import torch
+
+from neat.encoding import PromptCandidates
+from neat.errors import TrainingError
+
+# `train.pair_labels: origin`: the label that stands for the reward (RLCD: the steering decides, no reward model)
+ORIGIN_LABELS = {"positive": 1.0, "chosen": 1.0, "negative": 0.0, "rejected": 0.0}
+
+
+def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: str = "reward") -> list[PromptCandidates]:
+    """Ranked candidates grouped by prompt, in file order; unranked ones (NaN reward, degenerate) are left out.
+
+    `labels="origin"`: each candidate's reward is replaced by its origin's label (`ORIGIN_LABELS`:
+    positive-steered and chosen 1, negative-steered and rejected 0), so the losses order candidates by
+    how they were produced, whatever the reward model said (RLCD's pairs).
+
+    `degenerate="last"`: a candidate flagged degenerate (empty, short, repetitive) joins its prompt's
+    group with a reward 1 below the group's lowest, so the ranking loss pushes it under every other
+    candidate (a reward model that was never shown such text may score it high). A prompt with
+    nothing but degenerate candidates stays out.
+    """
+    groups: dict[str, PromptCandidates] = {}
+    worst: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("rank") is None:
+            if degenerate == "last" and row.get("degenerate", False):
+                worst.setdefault(row["prompt_id"], []).append(row)
+            continue
+        g = groups.setdefault(row["prompt_id"], PromptCandidates(row["prompt_id"], row["prompt"], [], [], []))
+        g.responses.append(row["response"])
+        g.rewards.append(_label(row, labels))
+        g.origins.append(row["origin"])
+    for prompt_id, extra in worst.items():
+        g = groups.get(prompt_id)
+        if g is None:
+            continue
+        floor = min(g.rewards) - 1.0
+        for row in extra:
+            g.responses.append(row["response"])
+            g.rewards.append(floor)
+            g.origins.append(row["origin"])
+    return list(groups.values())
+
+
+def _label(row: dict, labels: str) -> float:
+    if labels == "reward":
+        return float(row["reward"])
+    if row["origin"] not in ORIGIN_LABELS:
+        raise TrainingError(f"train.pair_labels: origin cannot label a candidate of origin '{row['origin']}' "
+                            f"(prompt {row['prompt_id']}); known: {', '.join(ORIGIN_LABELS)}")
+    return ORIGIN_LABELS[row["origin"]]
+
+
+
+def round_order(n: int, seed: int, round_: int, epochs: int) -> list[int]:
+    """The order the round visits its `n` prompts in: one seeded permutation per epoch, concatenated."""
+    order: list[int] = []
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + round_ * 101 + epoch)
+        order += torch.randperm(n, generator=gen).tolist()
+    return order

@@ -1,0 +1,317 @@
+"""The `Trainer`: online rounds of ranking-loss training on one policy.
+
+Round 1 trains on the scored candidates of the `expand` → `score` stages. Each later round
+re-samples positive and negative candidates from the current policy, re-scores them with the
+reward model and trains on them. Each optimizer step takes `grad_accum` micro-batches of
+`batch_size` prompts; the loss of a micro-batch is `neat.training.objective.step_loss` with the
+ranking loss chosen once (`self.loss_fn`). How the run is spread over processes is its strategy's
+(`neat.training.strategy`); the resumable state is `neat.training.checkpoint`'s. `resume=True`
+continues from the last checkpoint and reaches the same final weights as an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from neat.encoding import PromptCandidates, batch_tokens, collate, collate_packed, fit_turns
+from neat.errors import TrainingError
+from neat.expand import build_candidates, read_candidates, write_candidates
+from neat.io import write_json_atomic
+from neat.losses import LOSSES
+from neat.progress import tqdm
+from neat.training.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
+from neat.training.groups import groups_from_scored, round_order
+from neat.training.objective import batch_counts, step_loss
+from neat.training.records import online_summary, write_log
+from neat.training.strategy import strategy_for
+
+log = logging.getLogger(__name__)
+
+# train.schedule → transformers' schedule; `constant` keeps a warmup (transformers' plain `constant` has none)
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+def make_scheduler(optimizer, schedule: str, warmup: int, total: int):
+    """transformers' `get_scheduler`: the lr rises linearly from 0 over `warmup` steps, then stays
+    (constant) or decays to 0 at step `total` (linear, cosine). A LambdaLR: its state_dict is checkpointed."""
+    from transformers import get_scheduler
+
+    return get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def load_trainable_policy(params):
+    from neat.models import apply_lora, load_policy
+
+    model, tokenizer = load_policy(params.policy.model, cache_dir=params.paths.cache, device=params.policy.device,
+                                   dtype=params.policy.dtype, trust_remote_code=params.policy.trust_remote_code,
+                                   seed=params.seed)
+    lora = params.policy.lora
+    if lora.enabled:
+        # the adapters' random init depends on the seed alone (every process of a run gets the same),
+        # not on what ran before; the global RNG is left as it was
+        device = next(model.parameters()).device
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(params.seed)
+            model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                               target_modules=lora.target_modules)
+    if params.train.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tokenizer
+
+
+class Trainer:
+    """Holds the policy, the optimisation state and the round data of one training run."""
+
+    def __init__(self, params, model, tokenizer, *, out_dir: Path, scorer=None, progress: bool = True,
+                 state_dir: Path | None = None):
+        self.params, self.cfg = params, params.train
+        self.model, self.tokenizer = model, tokenizer
+        self.out_dir = Path(out_dir)
+        self.state_dir = Path(state_dir) if state_dir else self.out_dir / "state"
+        self.scorer = scorer  # callable(rows) -> rows with reward and rank, for rounds >= 2
+        self.progress = progress
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if not any(p.requires_grad for p in model.parameters()):
+            raise TrainingError("the policy has no trainable parameter (LoRA disabled and weights frozen?)")
+        self.log: list[dict] = []
+        self.loss_fn = LOSSES[self.cfg.loss]  # the ranking loss (RRHF, PRO or DPO), chosen once
+        # several processes (accelerate launch / torchrun): each takes a shard of every micro-batch, with
+        # the model replicated (DDP) or its weights, gradients and optimizer state sharded (FSDP)
+        from neat.packing import supports_packing
+
+        self.strategy = strategy_for(model, self.cfg.parallel)
+        self.forward_model = self.strategy.wrap(model)
+        # after wrapping: FSDP replaces the parameters with sharded ones
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.shared_prompt = self.cfg.shared_prompt and supports_packing(model)
+        self.autocast = bool(self.cfg.bf16_autocast) and next(model.parameters()).device.type == "cuda"
+
+    @property
+    def is_main(self) -> bool:
+        return self.strategy.is_main
+
+    def full_policy(self):
+        """Collective: the policy with full weights on the main process (None on the others).
+
+        Replicated runs return the training model itself; under FSDP the gathered weights go into a
+        fresh, unsharded copy (built with `load_trainable_policy`) for sampling and saving."""
+        return self.strategy.full_policy(lambda: load_trainable_policy(self.params)[0])
+
+    def save_state(self, info: dict) -> None:
+        """Collective: the resumable checkpoint, written by the main process."""
+        state = self.strategy.training_state(self.optimizer)
+        if state is not None:
+            weights, optimizer_state = state
+            save_checkpoint(self.state_dir, weights, optimizer_state, self.scheduler,
+                            info | self.strategy.checkpoint_info)
+
+    def load_state(self) -> dict:
+        """Every process restores the checkpoint (weights, optimizer, scheduler, RNG); returns its info."""
+        info, weights, optimizer_state = load_checkpoint(self.state_dir, self.scheduler)
+        self.strategy.load_training_state(self.optimizer, weights, optimizer_state)
+        return info
+
+    def collate(self, groups: list[PromptCandidates]):
+        fn = collate_packed if self.shared_prompt else collate
+        return fn(self.tokenizer, groups, self.cfg.max_prompt_tokens, self.cfg.max_response_tokens, self.pad_id)
+
+    def steps_per_round(self, n_groups: int) -> int:
+        """Optimizer steps of one round, as the loop takes them (epochs are concatenated, then batched)."""
+        batches = math.ceil(n_groups * self.cfg.epochs_per_round / self.cfg.batch_size)
+        return math.ceil(batches / self.cfg.grad_accum)
+
+    def round_rows(self, round_: int, first_rows: list[dict], groups_source, demo_pool, policy_id: str) -> list[dict]:
+        """Round 1: the scored expansion; later rounds: fresh samples from the current policy, scored."""
+        if round_ == 1:
+            return first_rows
+        # Sampled once per run and round, kept beside the resumable state (outside the DVC outputs, which
+        # DVC deletes before a rerun) and keyed by the run's fingerprint: a resumed run trains on exactly
+        # the same round data, and a run with other inputs or params never reuses it.
+        path = self.state_dir.with_name("rounds") / f"round_{round_}-{self.fingerprint}.parquet"
+        published = self.out_dir / "rounds" / f"round_{round_}.parquet"
+        if self.strategy.main_says(path.exists()):
+            rows = read_candidates(path)
+            if self.is_main and not published.exists():
+                write_candidates(published, rows)
+            return rows
+        policy = self.full_policy()
+        if not self.is_main:  # the main process samples and scores the round; the others read it
+            self.strategy.barrier()
+            return read_candidates(path)
+        with self._sampler(policy) as sampler:
+            rows, _ = build_candidates(
+                sampler, self.tokenizer, groups_source, demo_pool, self.params.expand, seed=self.params.seed,
+                policy_id=policy_id, round_=round_, progress=self.progress,
+                include_dataset=self.cfg.include_dataset_responses,
+            )
+        del policy, sampler
+        rows = self.scorer(rows)
+        write_candidates(path, rows)
+        write_candidates(published, rows)
+        self.strategy.barrier()
+        return rows
+
+    def probe(self, label: str, round_: int, dev_source) -> dict | None:
+        """Collective: the current policy answers the dev prompts unsteered (greedy); the training reward
+        model scores the answers. One point of the online curve (None on non-main processes)."""
+        from neat.diagnostics import mean_or_none, text_stats
+        from neat.generation import generate
+
+        policy = self.full_policy()
+        if not self.is_main:
+            self.strategy.barrier()
+            return None
+        groups = [g[0] for g in dev_source]
+        texts = [fit_turns(self.tokenizer, p.prompt, self.cfg.max_prompt_tokens)[0] for p in groups]
+        with self._sampler(policy) as sampler:
+            gens = generate(sampler, self.tokenizer, texts, max_new_tokens=self.params.expand.max_new_tokens,
+                            batch_size=self.params.expand.batch_size, seed=self.params.seed)
+        responses = [g[0].text for g in gens]
+        rows = [{"prompt_id": p.prompt_id, "prompt": p.prompt, "origin": "unsteered", "response": r}
+                for p, r in zip(groups, responses)]
+        rewards = [row["reward"] for row in self.scorer(rows)] if self.scorer else [None] * len(rows)
+        self.strategy.barrier()
+        return {"label": label, "round": round_, "reward_mean": mean_or_none(rewards), **text_stats(responses),
+                "answers": [{"prompt_id": p.prompt_id, "prompt": p.prompt, "response": r, "reward": w}
+                            for p, r, w in zip(groups, responses, rewards)]}
+
+    def _sampler(self, policy):
+        """What samples a round: the policy itself, or a vLLM engine on a saved copy of it."""
+        if self.params.generation.backend == "vllm":
+            from neat.vllm_backend import engine_for_trained_policy
+
+            return engine_for_trained_policy(policy, self.tokenizer, self.params,
+                                             self.state_dir.with_name("vllm-policy"))
+        return contextlib.nullcontext(policy)
+
+    def run(self, first_rows: list[dict], groups_source, demo_pool, *, fingerprint_: str, resume: bool = False,
+            stop_after_steps: int | None = None, dev_source=None) -> dict:
+        cfg = self.cfg
+        self.fingerprint = fingerprint_
+        self.rounds_log: list[dict] = []
+        # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
+        n_prompts = max(1, len(groups_from_scored(first_rows, self.cfg.degenerate, self.cfg.pair_labels)))
+        total = self.steps_per_round(n_prompts) * cfg.rounds
+        self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
+        start_round, position, step = 1, 0, 0
+        info = checkpoint_info(self.state_dir) if resume else None
+        if info is not None:
+            if self.strategy.main_says(info.get("fingerprint") == fingerprint_):
+                try:
+                    info = self.load_state()
+                except Exception as exc:  # a damaged or tampered checkpoint (torch.load refuses pickles)
+                    raise TrainingError(f"{self.state_dir}: checkpoint cannot be loaded safely "
+                                        f"({type(exc).__name__}); remove it to start over") from None
+                start_round, position, step = info["round"], info["position"], info["step"]
+                self.log = info["log"]
+                self.rounds_log = info.get("rounds_log", [])
+                if info.get("round_done"):
+                    start_round, position = start_round + 1, 0
+            else:
+                log.warning("neat train: checkpoint in %s is from other inputs/params; starting fresh", self.state_dir)
+        self.model.train()
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (self.progress and self.is_main))
+        for round_ in range(start_round, cfg.rounds + 1):
+            rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
+            if position == 0 and not any(r["round"] == round_ for r in self.rounds_log):
+                self.rounds_log.append(self._round_entry(round_, rows, dev_source))
+            groups = groups_from_scored(rows, self.cfg.degenerate, self.cfg.pair_labels)
+            if not groups:
+                raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
+            order = round_order(len(groups), self.params.seed, round_, cfg.epochs_per_round)
+            batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            while position < len(batches):
+                step_batches = batches[position : position + cfg.grad_accum]
+                record = self._optimizer_step([[groups[i] for i in b] for b in step_batches], round_, step)
+                position += len(step_batches)
+                step += 1
+                self.log.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", round=round_)
+                info = {"round": round_, "position": position, "step": step, "fingerprint": fingerprint_,
+                        "log": self.log, "rounds_log": self.rounds_log, "round_done": position >= len(batches)}
+                if info["round_done"] or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    self.save_state(info)
+                    if self.is_main:
+                        write_log(self.out_dir / "log.csv", self.log)
+                    self.strategy.barrier()
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    bar.close()
+                    return {"stopped_at_step": step}
+            position = 0
+        bar.close()
+        final = self.probe("final", cfg.rounds + 1, dev_source) if dev_source else None
+        if self.is_main:
+            write_log(self.out_dir / "log.csv", self.log)
+            online = self.rounds_log + ([{"round": cfg.rounds + 1, "dev": final}] if final else [])
+            write_json_atomic(self.out_dir / "online.json", online)
+        self.strategy.barrier()
+        return {"steps": step, "rounds": cfg.rounds, **online_summary(self.rounds_log, final)}
+
+    def _round_entry(self, round_: int, rows: list[dict], dev_source) -> dict:
+        """What the round trains on (reward by origin, P(positive > negative)) and, before it trains, the
+        policy's unsteered answers to the dev prompts."""
+        from neat.reward import separation
+
+        sep = separation(rows) if self.is_main else {}
+        entry = {"round": round_, "candidates": len(rows),
+                 "reward_by_origin": {o: v["mean"] for o, v in sep.get("by_origin", {}).items()},
+                 "p_positive_over_negative": sep.get("positive_over_negative", {}).get("p"),
+                 "p_chosen_over_rejected": sep.get("chosen_over_rejected", {}).get("p")}
+        if dev_source:
+            entry["dev"] = self.probe(f"before round {round_}", round_, dev_source)
+        return entry
+
+    def _optimizer_step(self, micro_batches: list[list[PromptCandidates]], round_: int, step: int) -> dict:
+        cfg = self.cfg
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        tokens = 0
+        batches = []
+        for groups in micro_batches:
+            # this process's prompts; one without any still runs one (weight 0) to take part in the collectives
+            groups, phantom = self.strategy.shard(groups)
+            batches.append((self.collate(groups), phantom))
+        # what the step's loss terms average over, across micro-batches and processes
+        local = torch.tensor([sum(batch_counts(b, cfg.sft_target)[j] for b, phantom in batches if not phantom) for j in (0, 1)],
+                             dtype=torch.float64)
+        norm = tuple(float(x) for x in self.strategy.all_sum(local))
+        for i, (batch, phantom) in enumerate(batches):
+            tokens += 0 if phantom else batch_tokens(batch)
+            last = i == len(batches) - 1
+            sync = self.strategy.gradient_sync(last)  # gradients synchronised after the last micro-batch only
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+            with sync:
+                with amp:
+                    loss, stats = step_loss(self.forward_model, batch, cfg, self.loss_fn, self.strategy, phantom,
+                                            norm=norm)
+                # stats["loss"] is the same on every process: all of them stop together
+                if not math.isfinite(stats["loss"]) or not bool(torch.isfinite(loss)):
+                    raise TrainingError(
+                        f"non-finite loss ({stats['loss']}) at round {round_}, step {step + 1}; stopped. The last "
+                        f"good checkpoint is kept in {self.state_dir} (lower train.lr or check the scored data)"
+                    )
+                self.strategy.backward(loss)
+            for key, value in stats.items():
+                share = key in ("loss", "rank_loss", "sft_loss")  # shares of the step's mean: they add up
+                totals[key] = totals.get(key, 0.0) + (value if share else value / len(batches))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = self.strategy.clip_grad_norm(trainable, cfg.max_grad_norm)
+        if self.strategy.world_size > 1:  # every process's tokens, not just this one's
+            tokens = int(self.strategy.all_sum(torch.tensor([float(tokens)], dtype=torch.float64))[0])
+        if not torch.isfinite(grad_norm):
+            raise TrainingError(f"non-finite gradient norm at round {round_}, step {step + 1}; stopped. "
+                                f"The last good checkpoint is kept in {self.state_dir}")
+        lr = self.scheduler.get_last_lr()[0]
+        self.strategy.optimizer_step(self.optimizer, self.scheduler)
+        return {"round": round_, "step": step + 1, "lr": lr, "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)} | totals
