@@ -72,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params, overrides=args.set)
-    use_engine(params.generation.engine)
+    use_engine(params.generation.engine, params.generation.batch_tokens)
     out = Path(params.paths.out)
     hh, xs = dev_sets(params, args.hh_start, args.hh_prompts, args.xstest_prompts or None)
     started = time.perf_counter()

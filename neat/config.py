@@ -127,7 +127,7 @@ class GenerationParams(Section):
                             "finished rows leave the batch), hf = transformers' generate; same greedy outputs and "
                             "sampling distribution, different samples for a seed")
     batch_tokens: int = Field(
-        8192, ge=0, description="lean engine: prompts per generation batch while rows x (longest prompt + "
+        0, ge=0, description="lean engine: prompts per generation batch while rows x (longest prompt + "
                                 "max_new_tokens) fits this budget (prompts sorted by length); 0 = the stage's batch_size")
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=0.95, description="share of GPU memory vLLM may take (training shares the GPU in online rounds)")
