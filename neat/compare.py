@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from neat.errors import ConfigError, DataError
-from neat.io import write_json_atomic, write_text_atomic
+from neat.io import file_digest, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,6 @@ def dataset_rows(params, name: str) -> list[dict]:
     return rows
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]:
-        h.update(f.name.encode())
-        h.update(f.read_bytes() if f.stat().st_size < (64 << 20) else str(f.stat().st_size).encode())
-    return h.hexdigest()[:16]
-
-
 def _variant_key(v) -> str:
     """What a variant's trained policy depends on: its params (but not where it writes) and its input data."""
     tree = v.model_dump(mode="json")
@@ -144,7 +136,7 @@ def _variant_key(v) -> str:
     tree.pop("gate")
     from neat.models import checkpoint_id
 
-    blob = json.dumps(tree, sort_keys=True) + _file_digest(v.out("data", "train.jsonl"))
+    blob = json.dumps(tree, sort_keys=True) + file_digest(v.out("data", "train.jsonl"))
     if v.train.rounds > 1 or v.expand.k_pos or v.expand.k_neg:  # the training reward model ranks candidates
         blob += checkpoint_id(v.reward.model, seed=v.reward.seed)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -8,15 +8,21 @@ Pure functions over tensors and texts, used by the trainer (per step and per rou
 * `text_stats`: mean length, the share of repetitive responses (`is_repetitive`), distinct-1/-2
   (distinct n-grams ÷ all n-grams, pooled over the responses).
 * `changed_share`: the fraction of prompts whose answer differs between two policies.
+* `separation`: how well rewards separate the candidate origins (P(positive > negative), P(chosen >
+  rejected) within a prompt), over the candidates that take part in ranking (`is_rankable`).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+import statistics
+from collections import defaultdict
+from typing import Iterable, Sequence
 
 import torch
+
+from neat.encoding import ORIGINS
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -80,3 +86,69 @@ def changed_share(before: Sequence[str], after: Sequence[str]) -> float | None:
 def mean_or_none(values) -> float | None:
     values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return sum(values) / len(values) if values else None
+
+
+# ---------------------------------------------------------------- reward separation by origin
+
+
+def compare_scores(a: float, b: float) -> float:
+    """1 if a > b, ½ if tied, 0 if a < b or either is NaN."""
+    if a > b:
+        return 1.0
+    if a == b:
+        return 0.5
+    return 0.0
+
+
+def is_rankable(row: dict) -> bool:
+    """A candidate takes part in ranking iff its reward is finite and it is not flagged degenerate."""
+    value = row.get("reward")
+    return value is not None and math.isfinite(value) and not row.get("degenerate", False)
+
+
+def _p_greater(groups: dict[str, dict[str, list[float]]], better: str, worse: str) -> dict:
+    """P(reward(better) > reward(worse)) over every better×worse pair within the same prompt (ties ½)."""
+    wins, n_pairs, n_prompts, margins = 0.0, 0, 0, 0.0
+    for by_origin in groups.values():
+        a, b = by_origin.get(better, []), by_origin.get(worse, [])
+        if not a or not b:
+            continue
+        n_prompts += 1
+        for x in a:
+            for y in b:
+                wins += compare_scores(x, y)
+                margins += x - y
+                n_pairs += 1
+    return {"p": wins / n_pairs if n_pairs else None, "pairs": n_pairs, "prompts": n_prompts,
+            "mean_margin": margins / n_pairs if n_pairs else None}
+
+
+def separation(rows: Iterable[dict]) -> dict:
+    """How well rewards separate the candidate origins, over ranked candidates only (see `is_rankable`).
+
+    `by_origin`: n, n_excluded (NaN/inf reward or degenerate), mean and population std of the reward.
+    `positive_over_negative` / `chosen_over_rejected`: p = P(reward(a) > reward(b)) over all a×b
+    pairs within the same prompt, ties counting ½ (pooled over pairs, not averaged per prompt), with
+    the number of pairs and prompts and the mean reward margin. Values are None when undefined.
+    """
+    rows = list(rows)
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        counts[row["origin"]] += 1
+        if is_rankable(row):
+            groups[row["prompt_id"]][row["origin"]].append(float(row["reward"]))
+    by_origin = {}
+    for origin in list(ORIGINS) + sorted(set(counts) - set(ORIGINS)):
+        values = [v for g in groups.values() for v in g.get(origin, [])]
+        by_origin[origin] = {
+            "n": len(values),
+            "n_excluded": counts[origin] - len(values),
+            "mean": statistics.fmean(values) if values else None,
+            "std": statistics.pstdev(values) if values else None,
+        }
+    return {
+        "by_origin": by_origin,
+        "positive_over_negative": _p_greater(groups, "positive", "negative"),
+        "chosen_over_rejected": _p_greater(groups, "chosen", "rejected"),
+    }

@@ -66,6 +66,9 @@ def encode_response(tokenizer, text: str, max_tokens: int) -> list[int]:
     return ids[:max_tokens]
 
 
+ORIGINS = ("chosen", "rejected", "positive", "negative")  # where a candidate response came from
+
+
 @dataclass
 class PromptCandidates:
     """One prompt and its candidate responses, with their rewards (higher is better) and origins."""

@@ -23,11 +23,10 @@ from pathlib import Path
 from neat.progress import tqdm
 
 from neat.data import PreferencePair, read_pairs
-from neat.encoding import render_prompt
+from neat.encoding import ORIGINS, render_prompt
 from neat.generation import generate, use_engine
 from neat.io import atomic_path
 
-ORIGINS = ("chosen", "rejected", "positive", "negative")
 CANDIDATE_COLUMNS = (
     "prompt_id", "prompt", "origin", "response", "steering_prompt", "n_demos", "generation",
     "seed", "policy_id", "round", "n_tokens", "flags", "degenerate",

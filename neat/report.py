@@ -88,7 +88,7 @@ def candidate_rewards(params) -> list[dict]:
 
 def origin_summary(rows: list[dict]) -> list[dict]:
     """Per (round, origin): n, mean, std, 10/50/90 % quantiles of the reward."""
-    from neat.expand import ORIGINS
+    from neat.encoding import ORIGINS
 
     groups: dict[tuple[int, str], list[float]] = {}
     for r in rows:
@@ -144,7 +144,7 @@ def plot_reward_by_origin(rows: list[dict], summary: list[dict], path: Path) -> 
 
 
 def plot_training(log: list[dict], path: Path) -> None:
-    from neat.expand import ORIGINS
+    from neat.encoding import ORIGINS
 
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))

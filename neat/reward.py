@@ -27,17 +27,16 @@ when done, so a killed run continues from the completed shards and ends with the
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from neat.progress import tqdm
 
+from neat.diagnostics import compare_scores, is_rankable, separation
 from neat.errors import DataError, ModelError
-from neat.expand import ORIGINS
 
 _SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
@@ -248,15 +247,6 @@ def train_bradley_terry(model, tokenizer, pairs, *, epochs: int, lr: float, batc
     return history
 
 
-def _compare(a: float, b: float) -> float:
-    """1 if a > b, ½ if tied, 0 if a < b or either is NaN."""
-    if a > b:
-        return 1.0
-    if a == b:
-        return 0.5
-    return 0.0
-
-
 def pairwise_accuracy(model, tokenizer, pairs, *, batch_size: int, max_length: int, progress: bool = True) -> float:
     """Fraction of pairs whose chosen response outscores the rejected one; ties count ½, a NaN score 0.
 
@@ -269,7 +259,7 @@ def pairwise_accuracy(model, tokenizer, pairs, *, batch_size: int, max_length: i
     scores = score_texts(model, tokenizer, prompts * 2, [c for _, c, _ in pairs] + [r for _, _, r in pairs],
                          batch_size=batch_size, max_length=max_length, progress=progress, desc="pairwise accuracy")
     n = len(pairs)
-    return sum(_compare(scores[i], scores[n + i]) for i in range(n)) / n
+    return sum(compare_scores(scores[i], scores[n + i]) for i in range(n)) / n
 
 
 # ---------------------------------------------------------------- candidates
@@ -280,12 +270,6 @@ def _reward_of(row: dict, number: int) -> float:
         raise ValueError(f"candidate row {number} has no 'reward' (score it first)")
     value = row["reward"]
     return math.nan if value is None else float(value)
-
-
-def is_rankable(row: dict) -> bool:
-    """A candidate takes part in ranking iff its reward is finite and it is not flagged degenerate."""
-    value = row.get("reward")
-    return value is not None and math.isfinite(value) and not row.get("degenerate", False)
 
 
 def rank_candidates(rows: list[dict]) -> list[dict]:
@@ -348,54 +332,6 @@ def score_fingerprint(params, source, ref: str) -> str:
     desc = {"stage": "score", "format": 1, "reward": params.reward.model_dump(mode="json"), "ref": ref,
             "ref_id": checkpoint_id(ref, seed=params.reward.seed)}
     return fingerprint_of(desc, source)
-
-
-def _p_greater(groups: dict[str, dict[str, list[float]]], better: str, worse: str) -> dict:
-    """P(reward(better) > reward(worse)) over every better×worse pair within the same prompt (ties ½)."""
-    wins, n_pairs, n_prompts, margins = 0.0, 0, 0, 0.0
-    for by_origin in groups.values():
-        a, b = by_origin.get(better, []), by_origin.get(worse, [])
-        if not a or not b:
-            continue
-        n_prompts += 1
-        for x in a:
-            for y in b:
-                wins += _compare(x, y)
-                margins += x - y
-                n_pairs += 1
-    return {"p": wins / n_pairs if n_pairs else None, "pairs": n_pairs, "prompts": n_prompts,
-            "mean_margin": margins / n_pairs if n_pairs else None}
-
-
-def separation(rows: Iterable[dict]) -> dict:
-    """How well rewards separate the candidate origins, over ranked candidates only (see `is_rankable`).
-
-    `by_origin`: n, n_excluded (NaN/inf reward or degenerate), mean and population std of the reward.
-    `positive_over_negative` / `chosen_over_rejected`: p = P(reward(a) > reward(b)) over all a×b
-    pairs within the same prompt, ties counting ½ (pooled over pairs, not averaged per prompt), with
-    the number of pairs and prompts and the mean reward margin. Values are None when undefined.
-    """
-    rows = list(rows)
-    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    counts: dict[str, int] = defaultdict(int)
-    for row in rows:
-        counts[row["origin"]] += 1
-        if is_rankable(row):
-            groups[row["prompt_id"]][row["origin"]].append(float(row["reward"]))
-    by_origin = {}
-    for origin in list(ORIGINS) + sorted(set(counts) - set(ORIGINS)):
-        values = [v for g in groups.values() for v in g.get(origin, [])]
-        by_origin[origin] = {
-            "n": len(values),
-            "n_excluded": counts[origin] - len(values),
-            "mean": statistics.fmean(values) if values else None,
-            "std": statistics.pstdev(values) if values else None,
-        }
-    return {
-        "by_origin": by_origin,
-        "positive_over_negative": _p_greater(groups, "positive", "negative"),
-        "chosen_over_rejected": _p_greater(groups, "chosen", "rejected"),
-    }
 
 
 def ranking_stats(rows: list[dict]) -> dict:

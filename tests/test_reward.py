@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from neat.config import validate_params
 from neat.data import PreferencePair, write_pairs
+from neat.diagnostics import separation
 from neat.errors import ModelError
 from neat.expand import read_candidates, write_candidates
 from neat.io import atomic_path
@@ -27,7 +28,6 @@ from neat.reward import (
     reward_input,
     score_candidates,
     score_texts,
-    separation,
     train_bradley_terry,
 )
 from tests.conftest import former_defaults

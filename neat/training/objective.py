@@ -16,7 +16,7 @@ import torch
 from neat.diagnostics import ranking_accuracy
 from neat.encoding import PackedBatch
 from neat.errors import TrainingError
-from neat.expand import ORIGINS
+from neat.encoding import ORIGINS
 from neat.logprobs import length_normalised, response_logprobs
 from neat.losses import best_candidate_index, dpo_loss
 

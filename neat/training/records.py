@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from neat.expand import ORIGINS
+from neat.encoding import ORIGINS
 from neat.io import atomic_path
 
 LOG_COLUMNS = (

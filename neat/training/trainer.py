@@ -259,7 +259,7 @@ class Trainer:
     def _round_entry(self, round_: int, rows: list[dict], dev_source) -> dict:
         """What the round trains on (reward by origin, P(positive > negative)) and, before it trains, the
         policy's unsteered answers to the dev prompts."""
-        from neat.reward import separation
+        from neat.diagnostics import separation
 
         sep = separation(rows) if self.is_main else {}
         entry = {"round": round_, "candidates": len(rows),
