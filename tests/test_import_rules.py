@@ -29,6 +29,11 @@ def is_trainer(module: str, name: str | None) -> bool:
     return full == "neat.train" or full == "neat.training" or full.startswith("neat.training.")
 
 
+# stage modules the training library must not lean on (it still samples its online rounds through
+# neat.expand: docs/architecture.md, "Still open")
+SCORING_STAGES = ("neat.reward", "neat.evaluate", "neat.report", "neat.data")
+
+
 def is_train_stage(module: str, name: str | None) -> bool:
     return module == "neat.train" or (module, name) == ("neat", "train")
 
@@ -94,6 +99,10 @@ def violations(root: Path) -> list[str]:
                 found.append(f"{where}: a benchmark imports the train stage; take the trainer from neat.training")
             if rel.startswith("neat/training/") and is_train_stage(module, name):
                 found.append(f"{where}: the training library imports the train stage above it")
+            if rel.startswith("neat/training/") and (module in SCORING_STAGES
+                                                     or (module == "neat" and f"neat.{name}" in SCORING_STAGES)):
+                found.append(f"{where}: the training library imports the stage {module}; take the piece from a "
+                             "library module (encoding, diagnostics)")
             if name is None:
                 continue
             if name.startswith("_") and not name.startswith("__"):
@@ -177,3 +186,10 @@ def test_the_training_library_importing_the_stage_is_caught(tmp_path):
     (tmp_path / "neat/train.py").write_text("def dev_prompts():\n    pass\n")
     (tmp_path / "neat/training/trainer.py").write_text("def f():\n    from neat.train import dev_prompts\n")
     assert any("training library imports the train stage" in v for v in violations(tmp_path))
+
+
+def test_the_training_library_importing_a_scoring_stage_is_caught(tmp_path):
+    (tmp_path / "neat/training").mkdir(parents=True)
+    (tmp_path / "neat/reward.py").write_text("def separation():\n    pass\n")
+    (tmp_path / "neat/training/trainer.py").write_text("def f():\n    from neat.reward import separation\n")
+    assert any("training library imports the stage neat.reward" in v for v in violations(tmp_path))
