@@ -62,3 +62,14 @@ def former_defaults(tree: dict, base: dict | None = None) -> dict:
         else:
             out[key] = value
     return out
+
+
+def make_test_params(tree: dict, **sections):
+    """Validated params for a test: `tree`, then each of `sections` merged into its section, over
+    `FORMER_DEFAULTS` (the one way the test modules build their params)."""
+    from neat.config import validate_params
+
+    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    for name, values in sections.items():
+        tree.setdefault(name, {}).update(values)
+    return validate_params(former_defaults(tree))

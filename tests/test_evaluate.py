@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from neat.config import validate_params
 from neat.data import prepare
 from neat.errors import DataError
-from tests.conftest import ROOT, former_defaults
+from tests.conftest import ROOT, make_test_params
 
 CACHE = str(ROOT / ".cache" / "neat")
 
@@ -28,9 +27,7 @@ def make_params(out, **sections):
         "evaluate": {"max_prompts": 4, "max_safety_prompts": 6, "max_new_tokens": 4, "n_samples": 1,
                      "batch_size": 4, "bootstrap": 100},
     }
-    for name, values in sections.items():
-        tree.setdefault(name, {}).update(values)
-    return validate_params(former_defaults(tree))
+    return make_test_params(tree, **sections)
 
 
 def fake_trained_policy(params):
@@ -219,7 +216,7 @@ def test_online_curve_is_scored_per_probe_in_order(tmp_path):
     from neat.evaluate import online_eval_rewards, read_online_curve
     from neat.io import write_json_atomic
 
-    params = validate_params(former_defaults({"paths": {"out": str(tmp_path / "out")}}))
+    params = make_test_params({"paths": {"out": str(tmp_path / "out")}})
     assert read_online_curve(params) == []
     answer = {"prompt_id": "d", "prompt": [{"role": "user", "content": "q"}], "response": "r"}
     online = [{"round": 1, "dev": {"answers": [answer, answer]}}, {"round": 2, "p_positive_over_negative": None},

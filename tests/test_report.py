@@ -7,13 +7,12 @@ import re
 
 import pytest
 
-from neat.config import validate_params
 from neat.errors import DataError
-from tests.conftest import former_defaults
+from tests.conftest import make_test_params
 
 
 def make_params(tmp_path):
-    return validate_params(former_defaults({"paths": {"out": str(tmp_path / "out")}, "evaluate": {"bootstrap": 100}}))
+    return make_test_params({"paths": {"out": str(tmp_path / "out")}, "evaluate": {"bootstrap": 100}})
 
 
 def write_upstream(params):

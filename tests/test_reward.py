@@ -15,7 +15,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from neat.config import validate_params
 from neat.data import PreferencePair, write_pairs
 from neat.diagnostics import separation
 from neat.errors import ModelError
@@ -30,7 +29,7 @@ from neat.reward import (
     score_texts,
     train_bradley_terry,
 )
-from tests.conftest import former_defaults
+from tests.conftest import make_test_params
 
 NAN = float("nan")
 FAST = dict(epochs=4, lr=2e-3, batch_size=8, max_length=48)
@@ -288,8 +287,8 @@ def fake_models(monkeypatch, tokenizer):
 
 
 def make_params(tmp_path, **reward):
-    return validate_params(former_defaults({"paths": {"out": str(tmp_path / "out"), "cache": str(tmp_path / "cache")},
-                            "reward": {"model": "tiny", "device": "cpu", **FAST, **reward}}))
+    return make_test_params({"paths": {"out": str(tmp_path / "out"), "cache": str(tmp_path / "cache")},
+                             "reward": {"model": "tiny", "device": "cpu", **FAST}}, reward=reward)
 
 
 def write_inputs(params, n_train=48, n_eval=16, n_prompts=6):
@@ -371,9 +370,9 @@ def test_builtin_minilm_end_to_end(tmp_path):
         pytest.skip("neat.models.load_reward_model not available yet")
     from neat.reward import score, train_rm
 
-    params = validate_params(former_defaults({"paths": {"out": str(tmp_path / "out"), "cache": str(tmp_path / "cache")},
+    params = make_test_params({"paths": {"out": str(tmp_path / "out"), "cache": str(tmp_path / "cache")},
                               "reward": {"model": "builtin:minilm", "device": "cpu", "epochs": 1, "lr": 1e-4,
-                                         "batch_size": 4, "max_length": 32, "max_pairs": 4}}))
+                                         "batch_size": 4, "max_length": 32, "max_pairs": 4}})
     write_inputs(params, n_train=8, n_eval=4, n_prompts=2)
     metrics = train_rm(params)
     assert metrics["trained"] is True and metrics["train_pairs"] == 4 and metrics["steps"] == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neat.config import validate_params
 from neat.data import read_preferences
 from neat.expand import select_prompts
 from neat.losses import LOSSES
@@ -13,19 +12,18 @@ from neat.encoding import collate
 from neat.training.groups import groups_from_scored
 from neat.training.objective import step_loss
 from neat.training.trainer import Trainer, load_trainable_policy
-from tests.conftest import ROOT, former_defaults
+from tests.conftest import ROOT, make_test_params
 
 
 def make_params(tmp_path, **train):
-    return validate_params(former_defaults({
+    return make_test_params({
         "seed": 0,
         "paths": {"out": str(tmp_path / "out")},
         "policy": {"model": "builtin:tiny-random", "device": "cpu", "lora": {"enabled": False}},
         "data": {"max_train_prompts": 6},
         "expand": {"k_pos": 1, "k_neg": 1, "max_new_tokens": 6, "n_demos": 1},
-        "train": {"rounds": 1, "batch_size": 2, "lr": 1e-3, "max_response_tokens": 24, "max_prompt_tokens": 96,
-                  **train},
-    }))
+        "train": {"rounds": 1, "batch_size": 2, "lr": 1e-3, "max_response_tokens": 24, "max_prompt_tokens": 96},
+    }, train=train)
 
 
 def synthetic_rows(n_prompts=6):
