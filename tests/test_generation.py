@@ -82,14 +82,9 @@ def test_sampling_reproducible_from_seed(tiny):
     assert all(len(gs) == 2 for gs in a)
 
 
-@pytest.mark.parametrize("temperature,top_p", [(0.9, 0.95), (0.7, 0.5), (1.0, 1.0)])
-def test_sampling_distribution_matches_hf(tiny, temperature, top_p):
-    """Teacher-forced on HF's own samples, the lean loop (one shared prefill, cache repeated k times)
-    sees the same processed next-token distribution as HF's generate at every position."""
-    model, tok, prompts = tiny
-    input_ids, attention = _left_padded(tok, prompts[:3])
-    width = input_ids.shape[1]
-    k, steps = 2, 10
+def _hf_samples_to_force(model, tok, input_ids, attention, temperature, top_p, k, steps):
+    """HF's samples (seeded) with their processed scores, and a `choose` that replays them while
+    recording the lean loop's processed logits in `seen`."""
     model.eval()
     torch.manual_seed(0)
     with torch.no_grad():
@@ -97,7 +92,7 @@ def test_sampling_distribution_matches_hf(tiny, temperature, top_p):
                              temperature=temperature, top_p=top_p, top_k=None, num_return_sequences=k,
                              pad_token_id=tok.pad_token_id, eos_token_id=None, output_scores=True,
                              return_dict_in_generate=True)
-    forced = out.sequences[:, width:]
+    forced = out.sequences[:, input_ids.shape[1]:]
     procs, seen = warpers(temperature, top_p), []
 
     def choose(logits, step):
@@ -106,15 +101,30 @@ def test_sampling_distribution_matches_hf(tiny, temperature, top_p):
         seen.append(logits)
         return forced[:, step]
 
-    with torch.no_grad():
-        tokens = lean_decode(model, input_ids, attention, max_new_tokens=steps, k=k, stop=set(), choose=choose)
-    assert tokens == forced.tolist()
-    assert len(seen) == len(out.scores) == steps
-    for ours, theirs in zip(seen, out.scores):
+    return out, forced, seen, choose
+
+
+def _assert_same_distributions(seen, scores):
+    for ours, theirs in zip(seen, scores):
         assert torch.equal(torch.isinf(ours), torch.isinf(theirs))  # the same top-p nucleus
         finite = ~torch.isinf(theirs)
         torch.testing.assert_close(torch.log_softmax(ours, -1)[finite], torch.log_softmax(theirs, -1)[finite],
                                    atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.9, 0.95), (0.7, 0.5), (1.0, 1.0)])
+def test_sampling_distribution_matches_hf(tiny, temperature, top_p):
+    """Teacher-forced on HF's own samples, the lean loop (one shared prefill, cache repeated k times)
+    sees the same processed next-token distribution as HF's generate at every position."""
+    model, tok, prompts = tiny
+    input_ids, attention = _left_padded(tok, prompts[:3])
+    k, steps = 2, 10
+    out, forced, seen, choose = _hf_samples_to_force(model, tok, input_ids, attention, temperature, top_p, k, steps)
+    with torch.no_grad():
+        tokens = lean_decode(model, input_ids, attention, max_new_tokens=steps, k=k, stop=set(), choose=choose)
+    assert tokens == forced.tolist()
+    assert len(seen) == len(out.scores) == steps
+    _assert_same_distributions(seen, out.scores)
 
 
 def test_greedy_identical_to_hf_with_token_budget(tiny):
@@ -150,33 +160,14 @@ def test_shared_prefix_distribution_matches_hf(tiny, temperature, top_p):
     shared = generation.shared_prefix_length(enc)
     assert shared >= generation.MIN_SHARED_PREFIX  # the chat template's system turn
     input_ids, attention = _left_padded(tok, prompts[:3])
-    width, k, steps = input_ids.shape[1], 2, 10
-    model.eval()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=steps, do_sample=True,
-                             temperature=temperature, top_p=top_p, top_k=None, num_return_sequences=k,
-                             pad_token_id=tok.pad_token_id, eos_token_id=None, output_scores=True,
-                             return_dict_in_generate=True)
-    forced = out.sequences[:, width:]
-    procs, seen = warpers(temperature, top_p), []
-
-    def choose(logits, step):
-        for proc in procs:
-            logits = proc(None, logits)
-        seen.append(logits)
-        return forced[:, step]
-
+    k, steps = 2, 10
+    out, forced, seen, choose = _hf_samples_to_force(model, tok, input_ids, attention, temperature, top_p, k, steps)
     rest_ids, rest_mask = generation._left_pad([e[shared:] for e in enc], tok.pad_token_id)
     with torch.no_grad():
         tokens = lean_decode(model, rest_ids, rest_mask, max_new_tokens=steps, k=k, stop=set(), choose=choose,
                              prefix=torch.tensor(enc[0][:shared]))
     assert tokens == forced.tolist()
-    for ours, theirs in zip(seen, out.scores):
-        assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
-        finite = ~torch.isinf(theirs)
-        torch.testing.assert_close(torch.log_softmax(ours, -1)[finite], torch.log_softmax(theirs, -1)[finite],
-                                   atol=1e-5, rtol=1e-5)
+    _assert_same_distributions(seen, out.scores)
 
 
 def test_engine_switch(tiny, monkeypatch):
