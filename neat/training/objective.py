@@ -53,7 +53,8 @@ def sft_mask(batch, target: str) -> torch.Tensor:
     if target == "best":
         return batch.mask
     wanted = ("positive", "negative") if target == "best_generated" else ("chosen",)
-    return torch.where(_origin_mask(batch, wanted).any(dim=1, keepdim=True), _origin_mask(batch, wanted), batch.mask)
+    picked = _origin_mask(batch, wanted)
+    return torch.where(picked.any(dim=1, keepdim=True), picked, batch.mask)
 
 
 def _origin_mask(batch, wanted: tuple[str, ...]) -> torch.Tensor:
@@ -81,11 +82,11 @@ def sft_selection(batch, rewards: torch.Tensor, target: str) -> torch.Tensor:
             continue
         positive = _origin_mask(batch, ("positive",)).to(rewards.device)
         rejected = _origin_mask(batch, ("rejected",)).to(rewards.device)
-        bar = torch.where(rejected, rewards, torch.full_like(rewards, -math.inf)).amax(dim=1, keepdim=True)
-        eligible = positive & (rewards > bar)
+        floor = torch.full_like(rewards, -math.inf)
+        eligible = positive & (rewards > torch.where(rejected, rewards, floor).amax(dim=1, keepdim=True))
         has = eligible.any(dim=1)
         if bool(has.any()):
-            best = torch.where(eligible, rewards, torch.full_like(rewards, -math.inf)).argmax(dim=1)
+            best = torch.where(eligible, rewards, floor).argmax(dim=1)
             selected[rows[has], best[has]] = True
     return selected
 
