@@ -40,6 +40,10 @@ class Paths(Section):
         "data/refusal_labels/heldout.jsonl",
         description="hand-labelled real completions the refusal judge is checked against at every evaluation "
                     "(judge_agreement in metrics/evaluate.json)")
+    benign_prompts: str = Field(
+        "data/benign/prompts.jsonl",
+        description="JSONL of {\"prompt\": ...}: benign requests trained on with the base policy's own answer "
+                    "(the first data.max_benign_prompts of them)")
     out: str = Field("outputs", description="every stage writes under this directory")
     cache: str = Field(".cache/neat", description="converted builtin models")
     checkpoints: str = Field(".neat/checkpoints", description="resumable training state (not versioned)")
@@ -55,6 +59,9 @@ class DataParams(Section):
     judge_fraction: float = Field(0.15, ge=0, lt=1, description="prompts reserved for the evaluation reward model")
     split_salt: str = "neat"
     max_train_prompts: Optional[int] = Field(32, ge=1, description="prompts the policy trains on per round (null = all)")
+    max_benign_prompts: int = Field(
+        0, ge=0, description="prompts of paths.benign_prompts the policy also trains on per round, answered by "
+                             "the base policy (0 = none)")
     max_row_chars: int = Field(200_000, ge=100, description="rows with more text than this are skipped as too_long")
 
     @model_validator(mode="after")

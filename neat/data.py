@@ -55,7 +55,7 @@ class PreferencePair:
     prompt_id: str
     prompt: list[dict]
     chosen: str
-    rejected: str
+    rejected: str | None  # None: a benign prompt with a helpful answer only (neat.benign)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from neat.progress import tqdm
 
-from neat.data import PreferencePair, read_pairs
+from neat.data import PreferencePair, read_pairs, write_pairs
 from neat.encoding import ORIGINS, render_prompt
 from neat.generation import generate, use_engine
 from neat.io import atomic_path
@@ -88,7 +88,7 @@ def candidate_rows_from_dataset(group: list[PreferencePair], round_: int) -> lis
     for pair in group:
         for origin in ("chosen", "rejected"):
             text = getattr(pair, origin)
-            if text in seen:
+            if text is None or text in seen:
                 continue
             seen.add(text)
             rows.append(dict(
@@ -232,6 +232,10 @@ def build_candidates(model, tokenizer, groups, demo_pool, cfg, *, seed, policy_i
     return rows, stats
 
 
+def use_benign(params) -> bool:
+    return params.data.max_benign_prompts > 0
+
+
 def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
     """Everything the expansion depends on: a shard saved under another fingerprint is never reused."""
     from neat.io import fingerprint_of
@@ -240,19 +244,24 @@ def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
             "policy_id": policy_id, "expand": params.expand.model_dump(mode="json"),
             "max_train_prompts": params.data.max_train_prompts,
             "include_dataset": params.train.include_dataset_responses}
+    extra = [train_path]
+    if use_benign(params):  # (absent otherwise: earlier fingerprints stay valid)
+        desc["max_benign_prompts"] = params.data.max_benign_prompts
+        extra.append(Path(params.paths.benign_prompts))
     if params.generation.backend != "hf":  # other samplers: other samples (hf keeps its earlier fingerprints)
         desc["backend"] = params.generation.backend
     if params.generation.engine != "hf":  # the lean CPU loop draws other samples from the same distribution
         desc["engine"] = params.generation.engine
         if params.generation.batch_tokens:  # other batches, other per-batch seeds
             desc["batch_tokens"] = params.generation.batch_tokens
-    return fingerprint_of(desc, train_path)
+    return fingerprint_of(desc, *extra)
 
 
 def expand(params) -> dict:
     """Stage: round-1 candidates from the base policy → `<out>/expand/candidates.parquet`."""
     import time
 
+    from neat.benign import benign_pairs, read_benign_prompts
     from neat.io import ShardStore, work_dir_for
     from neat.models import checkpoint_id, load_policy, load_tokenizer
 
@@ -265,6 +274,8 @@ def expand(params) -> dict:
     train_path = params.out("data", "train.jsonl")
     pairs = read_pairs(train_path)
     groups = select_prompts(pairs, params.data.max_train_prompts)
+    benign_prompts = read_benign_prompts(params.paths.benign_prompts)[:params.data.max_benign_prompts] \
+        if use_benign(params) else []
     policy_id = checkpoint_id(params.policy.model, seed=params.seed)  # builtin:tiny-random depends on it
     n_shards = len(shard_groups(groups, params.expand.shard_size))
     shards = ShardStore(work_dir_for(params.paths.checkpoints, params.paths.out, "expand"),
@@ -280,15 +291,21 @@ def expand(params) -> dict:
                                        seed=params.seed)
     start = time.perf_counter()
     try:
+        benign, benign_stats = benign_pairs(model, tokenizer, benign_prompts, max_new_tokens=params.expand.max_new_tokens,
+                                            max_prompt_tokens=params.expand.max_prompt_tokens,
+                                            batch_size=params.expand.batch_size, seed=params.seed)
+        groups += [[pair] for pair in benign]
         rows, stats = build_candidates(model, tokenizer, groups, pairs, params.expand, seed=params.seed,
                                        policy_id=policy_id, round_=1,
                                        include_dataset=params.train.include_dataset_responses, shards=shards)
     finally:
         if vllm:
             model.close()
+    stats |= benign_stats
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["tokens_per_second"] = round(stats["generated_tokens"] / max(stats["seconds"], 1e-9), 1)
     write_candidates(params.out("expand", "candidates.parquet"), rows)
+    write_pairs(params.out("expand", "benign.jsonl"), benign)  # the online rounds' benign prompts (train)
     from neat.io import write_json_atomic
 
     write_json_atomic(params.out("expand", "stats.json"), stats)

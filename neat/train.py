@@ -64,6 +64,7 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     first_rows = read_candidates(scored_path, SCORED_COLUMNS, "score")
     pairs = read_pairs(params.out("data", "train.jsonl"))
     groups_source = select_prompts(pairs, params.data.max_train_prompts)
+    groups_source += [[pair] for pair in read_pairs(params.out("expand", "benign.jsonl"))]
     model, tokenizer = load_trainable_policy(params)
     dev_source = dev_prompts(pairs, params)
     scorer = reward_scorer(params) if params.train.rounds > 1 or dev_source else None
