@@ -60,7 +60,7 @@ class DataParams(Section):
     split_salt: str = "neat"
     max_train_prompts: Optional[int] = Field(32, ge=1, description="prompts the policy trains on per round (null = all)")
     max_benign_prompts: int = Field(
-        0, ge=0, description="prompts of paths.benign_prompts the policy also trains on per round, answered by "
+        32, ge=0, description="prompts of paths.benign_prompts the policy also trains on per round, answered by "
                              "the base policy (0 = none)")
     max_row_chars: int = Field(200_000, ge=100, description="rows with more text than this are skipped as too_long")
 
@@ -142,7 +142,7 @@ class GenerationParams(Section):
 
 
 class TrainParams(Section):
-    rounds: int = Field(2, ge=1, le=100)
+    rounds: int = Field(3, ge=1, le=100)
     loss: Literal["rrhf", "pro", "dpo"] = Field(
         "rrhf", description="ranking loss: rrhf, pro, or dpo (each prompt's best-vs-worst candidate pair against the "
                             "reference policy, the model with its LoRA adapters off; needs policy.lora.enabled)")

@@ -43,11 +43,11 @@ def xstest_csv() -> Path:
 FORMER_DEFAULTS = {
     "paths": {"data": "data/demo/hh_demo.jsonl", "safety_prompts": "data/demo/safety_prompts.csv",
               "refusal_examples": "data/demo/refusal_examples.jsonl"},
-    "data": {"max_train_prompts": None},
+    "data": {"max_train_prompts": None, "max_benign_prompts": 0},
     "policy": {"lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "reward": {"epochs": 2, "lr": 5e-5, "max_length": 256},
     "expand": {"k_pos": 2, "k_neg": 2, "demo_origins": ["positive", "negative"], "max_new_tokens": 48},
-    "train": {"rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0, "lr": 1e-4},
+    "train": {"rounds": 2, "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0, "lr": 1e-4},
     "evaluate": {"max_prompts": 48, "max_safety_prompts": None, "max_new_tokens": 48},
     "gate": {"metrics": []},
 }

@@ -22,6 +22,7 @@ TINY = {
     "policy.model": "builtin:tiny-random",
     "policy.device": "cpu",
     "data.max_train_prompts": 4,
+    "data.max_benign_prompts": 0,
     "reward.max_pairs": 16,
     "reward.epochs": 1,
     "reward.max_length": 64,

@@ -19,6 +19,7 @@ def tiny_overrides(out):
         "policy.model=builtin:tiny-random",
         "policy.device=cpu",
         "data.max_train_prompts=6",
+        "data.max_benign_prompts=0",
         "reward.max_pairs=24",
         "reward.epochs=1",
         "reward.max_length=96",
