@@ -47,6 +47,7 @@ TINY = {  # tests/project.py's TINY, with a tiny reward model too (the battery n
     "reward.model": "builtin:tiny-random", "reward.max_pairs": 16, "reward.epochs": 1, "reward.max_length": 64,
     "reward.device": "cpu", "expand.k_pos": 1, "expand.k_neg": 1, "expand.max_new_tokens": 6,
     "train.rounds": 1, "train.batch_size": 2, "train.max_response_tokens": 24, "train.max_prompt_tokens": 96,
+    "data.max_benign_prompts": 0,
 }
 TEMP_MARKERS = (".tmp", ".old-", ".neat-commit-")
 
@@ -94,6 +95,7 @@ def make_base(dest: Path) -> Path:
     set_params_in_file(dest / "params.yaml", TINY | {
         "paths.data": str(DEMO), "paths.safety_prompts": str(ROOT / "data/demo/safety_prompts.csv"),
         "paths.refusal_examples": str(ROOT / "data/demo/refusal_examples.jsonl"),
+        "paths.benign_prompts": str(ROOT / "data/benign/prompts.jsonl"),
         "paths.out": str(dest / "out"), "paths.checkpoints": str(dest / "checkpoints"),
         "paths.cache": os.environ["NEAT_CACHE_DIR"],
     })
@@ -206,6 +208,11 @@ def _model(key: str, build: Callable[[Ctx], str], stage: str) -> Callable[[Ctx],
         extra = ["-S", "reward.train=false"] if key == "reward.model" and stage == "score" else []
         return [stage, "-S", f"{key}={build(ctx)}", *extra]
     return setup
+
+
+def _benign(build: Callable[[Ctx], object]) -> Callable[[Ctx], list[str]]:
+    """`neat expand` with two benign prompts taken from the file `build` makes."""
+    return lambda ctx: ["expand", "-S", f"paths.benign_prompts={build(ctx)}", "-S", "data.max_benign_prompts=2"]
 
 
 def _model_dir(files: dict[str, bytes | str]) -> Callable[[Ctx], str]:
@@ -325,6 +332,11 @@ CASES: list[Case] = [
     # ---- model references
     Case("policy-missing-path", "model", "policy.model=/no/such/model",
          _model("policy.model", lambda ctx: str(ctx.dir / "no" / "such" / "model"), "expand"), ("no/such/model", "does not exist")),
+    Case("benign-missing", "data", "paths.benign_prompts does not exist",
+         _benign(lambda ctx: ctx.dir / "no-benign.jsonl"), ("no-benign.jsonl", "not found", "paths.benign_prompts")),
+    Case("benign-no-prompt-field", "data", "a benign prompts row without its prompt",
+         _benign(lambda ctx: ctx.file("benign.jsonl", '{"prompt": "Why is the sky blue?"}\n{"text": "hi"}\n')),
+         ("benign.jsonl", "row 2", "prompt")),
     Case("policy-gguf-not-gguf", "model", "a .gguf file that is random bytes",
          _model("policy.model", lambda ctx: str(ctx.file("fake.gguf", os.urandom(256))), "expand"), ("fake.gguf", "not a gguf file")),
     Case("policy-dir-without-config", "model", "an empty directory",
