@@ -114,7 +114,7 @@ def dataset_rows(params, name: str) -> list[dict]:
     """Scored rows of the dataset's responses for the training prompts: `sft` the chosen ones only
     (reward 0, rank 0); `dpo` chosen (reward 1, rank 0) and rejected (reward 0, rank 1), the human label."""
     from neat.data import read_pairs
-    from neat.expand import candidate_rows_from_dataset, select_prompts
+    from neat.steering import candidate_rows_from_dataset, select_prompts
 
     origins = {"sft": {"chosen": (0.0, 0)}, "dpo": {"chosen": (1.0, 0), "rejected": (0.0, 1)}}[name]
     pairs = read_pairs(params.out("data", "train.jsonl"))
@@ -175,7 +175,7 @@ def _ensure_upstream(params, progress: bool) -> dict:
 
 def train_variant(v, name: str, progress: bool = True) -> dict:
     """Expand → score → train for one variant (SFT, DPO: dataset rows → train); skipped when up to date."""
-    from neat.expand import write_candidates
+    from neat.candidates import write_candidates
     from neat.stages import STAGES
 
     key = _variant_key(v)

@@ -69,7 +69,7 @@ def _float(value: str) -> float:
 
 def candidate_rewards(params) -> list[dict]:
     """(round, origin, reward) of every scored candidate with a finite reward: round 1 and later rounds."""
-    from neat.expand import read_candidates
+    from neat.candidates import read_candidates
 
     paths = [params.out("score", "candidates.parquet")]
     rounds_dir = params.out("train", "rounds")

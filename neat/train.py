@@ -14,9 +14,10 @@ import time
 
 import torch
 
+from neat.candidates import SCORED_COLUMNS, read_candidates
 from neat.data import read_pairs
-from neat.expand import SCORED_COLUMNS, read_candidates, select_prompts
 from neat.io import write_json_atomic
+from neat.steering import select_prompts
 from neat.training.checkpoint import fingerprint, state_dir_for
 from neat.training.trainer import Trainer, load_trainable_policy
 

@@ -4,6 +4,8 @@
   `neat.encoding`, like training does;
 - the `train` stage module is thin and nothing below it imports it: the benchmarks take the trainer
   they measure from the training library (`neat.training`), and the library never imports the stage;
+- the training library imports no other stage module either (`expand`, `reward`, ...): it samples
+  through `neat.steering` and reads and writes candidates through `neat.candidates`;
 - a name is imported from the module that defines it, not from one that merely imports it (so
   `from neat.train import collate` cannot come back through a stray re-export);
 - no module reaches into another neat module's private names (`_x`), and no file of `neat/` or `flows/`
@@ -29,9 +31,9 @@ def is_trainer(module: str, name: str | None) -> bool:
     return full == "neat.train" or full == "neat.training" or full.startswith("neat.training.")
 
 
-# stage modules the training library must not lean on (it still samples its online rounds through
-# neat.expand: docs/architecture.md, "Still open")
-SCORING_STAGES = ("neat.reward", "neat.evaluate", "neat.report", "neat.data")
+# stage modules the training library must not lean on besides `neat.train` (its online rounds sample
+# through neat.steering and read and write candidates through neat.candidates)
+OTHER_STAGES = ("neat.expand", "neat.reward", "neat.evaluate", "neat.report", "neat.data")
 
 
 def is_train_stage(module: str, name: str | None) -> bool:
@@ -99,10 +101,11 @@ def violations(root: Path) -> list[str]:
                 found.append(f"{where}: a benchmark imports the train stage; take the trainer from neat.training")
             if rel.startswith("neat/training/") and is_train_stage(module, name):
                 found.append(f"{where}: the training library imports the train stage above it")
-            if rel.startswith("neat/training/") and (module in SCORING_STAGES
-                                                     or (module == "neat" and f"neat.{name}" in SCORING_STAGES)):
-                found.append(f"{where}: the training library imports the stage {module}; take the piece from a "
-                             "library module (encoding, diagnostics)")
+            if rel.startswith("neat/training/") and (module in OTHER_STAGES
+                                                     or (module == "neat" and f"neat.{name}" in OTHER_STAGES)):
+                stage = module if module != "neat" else f"neat.{name}"
+                found.append(f"{where}: the training library imports the stage {stage}; take the piece from a "
+                             "library module (encoding, diagnostics, steering, candidates)")
             if name is None:
                 continue
             if name.startswith("_") and not name.startswith("__"):
@@ -188,8 +191,14 @@ def test_the_training_library_importing_the_stage_is_caught(tmp_path):
     assert any("training library imports the train stage" in v for v in violations(tmp_path))
 
 
-def test_the_training_library_importing_a_scoring_stage_is_caught(tmp_path):
+@pytest.mark.parametrize("text, stage", [
+    ("def f():\n    from neat.reward import separation\n", "neat.reward"),
+    ("from neat.expand import build_candidates\n", "neat.expand"),
+    ("from neat import expand\n", "neat.expand"),
+])
+def test_the_training_library_importing_another_stage_is_caught(tmp_path, text, stage):
     (tmp_path / "neat/training").mkdir(parents=True)
     (tmp_path / "neat/reward.py").write_text("def separation():\n    pass\n")
-    (tmp_path / "neat/training/trainer.py").write_text("def f():\n    from neat.reward import separation\n")
-    assert any("training library imports the stage neat.reward" in v for v in violations(tmp_path))
+    (tmp_path / "neat/expand.py").write_text("def build_candidates():\n    pass\n")
+    (tmp_path / "neat/training/trainer.py").write_text(text)
+    assert any(f"training library imports the stage {stage}" in v for v in violations(tmp_path))
