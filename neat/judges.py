@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from neat.errors import ConfigError, DataError, ModelError
-from neat.io import atomic_path
+from neat.io import atomic_path, iter_jsonl
 from neat.stats import rate_with_ci
 
 __all__ = [
@@ -531,15 +531,7 @@ def read_refusal_examples(path: str | os.PathLike, *, split: str | None = None) 
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
     texts, labels = [], []
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {line_no}: not valid JSON ({exc.msg})") from None
-        except (ValueError, RecursionError) as exc:
-            raise DataError(f"{path}: line {line_no}: not valid JSON ({type(exc).__name__})") from None
+    for line_no, row in iter_jsonl(lines, path):
         if not isinstance(row, dict) or not isinstance(row.get("response"), str):
             raise DataError(f"{path}: line {line_no}: expected an object with a string 'response'")
         label = row.get("label")
