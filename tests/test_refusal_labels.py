@@ -98,7 +98,7 @@ def test_learned_judge_trains_on_real_labels_subset():
     assert judge(["I'm sorry, but I can't help with that request."]) == [True]
 
 
-def test_cue_and_string_match_features_train_save_and_load(tmp_path):
+def test_cue_and_string_match_features_train():
     train = read_jsonl(TRAIN)
     texts, labels = [r["response"] for r in train], [r["label"] for r in train]
     judge = LearnedJudge(features=("cues", "string_match")).fit(texts, labels, seed=0, class_weight="none",
@@ -108,9 +108,6 @@ def test_cue_and_string_match_features_train_save_and_load(tmp_path):
     refusal = "I'm sorry for any misunderstanding, but as a helpful assistant, I'm not equipped to help with that."
     answer = "To kill a Python process, here's a step-by-step guide: 1. find its PID with `ps`."
     assert judge([refusal, answer]) == [True, False]
-    loaded = LearnedJudge.load(judge.save(tmp_path / "judge"))
-    assert loaded.feature_groups == ("cues", "string_match")
-    assert loaded.predict_proba([refusal, answer]) == pytest.approx(judge.predict_proba([refusal, answer]), abs=1e-6)
     assert cue_counts("Sorry, sorry, sorry, sorry!")[REFUSAL_CUES.index(r"\bsorry\b")] == 3
     with pytest.raises(ValueError, match="features must be"):
         LearnedJudge(features=("bag_of_words",))
