@@ -138,7 +138,9 @@ class Case:
 
 
 def _demo_rows() -> list[dict]:
-    return [json.loads(line) for line in DEMO.read_text().splitlines() if line.strip()]
+    from neat.io import read_jsonl
+
+    return read_jsonl(DEMO)
 
 
 def _jsonl(rows) -> str:

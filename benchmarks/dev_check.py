@@ -29,7 +29,7 @@ from neat.config import load_params  # noqa: E402
 from neat.data import read_pairs  # noqa: E402
 from neat.diagnostics import is_repetitive  # noqa: E402
 from neat.evaluate import fit_prompt, safety_rates, safety_subset, win_rate_ci  # noqa: E402
-from neat.expand import select_prompts  # noqa: E402
+from neat.steering import select_prompts  # noqa: E402
 from neat.generation import generate, use_engine  # noqa: E402
 from neat.judges import StringMatchJudge, read_safety_csv  # noqa: E402
 from neat.models import load_policy, load_reward_model, load_tokenizer  # noqa: E402

@@ -54,7 +54,7 @@ def matmul_flops(seconds: float = 2.0) -> float:
 
 def expansion_prompts(tokenizer, cfg, n: int, data: Path) -> list[str]:
     from neat.data import read_preferences
-    from neat.expand import pick_demos, select_prompts, steered_prompt
+    from neat.steering import pick_demos, select_prompts, steered_prompt
 
     pairs = read_preferences(data).pairs
     groups = select_prompts(pairs, n)

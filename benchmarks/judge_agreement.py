@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from neat.io import read_jsonl  # noqa: E402
 from neat.judges import LearnedJudge, StringMatchJudge, read_refusal_examples  # noqa: E402
 from neat.stats import paired_bootstrap_ci, rate_with_ci  # noqa: E402
 
@@ -43,10 +44,6 @@ VARIANTS = {
     "learned_embedding_cues_string_match": ({"features": ("embedding", "cues", "string_match")},
                                             {"class_weight": "none", "weight_decay": 0.1}, "real+demo"),
 }
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _agreement(pred, labels, seed=0) -> dict:
@@ -85,7 +82,7 @@ def main() -> None:
 
     train_texts, train_labels = read_refusal_examples(args.train)
     test_texts, test_labels = read_refusal_examples(args.heldout)
-    train_rows = _rows(Path(args.train))
+    train_rows = read_jsonl(args.train)
     out: dict = {
         "train": args.train, "heldout": args.heldout, "n_train": len(train_texts),
         "n_heldout": len(test_texts), "heldout_refusal_share": sum(test_labels) / len(test_labels),

@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from neat.errors import ConfigError, DataError
-from neat.io import file_digest, write_json_atomic, write_text_atomic
+from neat.formatting import format_interval
+from neat.io import file_digest, read_jsonl, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def dataset_rows(params, name: str) -> list[dict]:
     """Scored rows of the dataset's responses for the training prompts: `sft` the chosen ones only
     (reward 0, rank 0); `dpo` chosen (reward 1, rank 0) and rejected (reward 0, rank 1), the human label."""
     from neat.data import read_pairs
-    from neat.expand import candidate_rows_from_dataset, select_prompts
+    from neat.steering import candidate_rows_from_dataset, select_prompts
 
     origins = {"sft": {"chosen": (0.0, 0)}, "dpo": {"chosen": (1.0, 0), "rejected": (0.0, 1)}}[name]
     pairs = read_pairs(params.out("data", "train.jsonl"))
@@ -175,7 +176,7 @@ def _ensure_upstream(params, progress: bool) -> dict:
 
 def train_variant(v, name: str, progress: bool = True) -> dict:
     """Expand → score → train for one variant (SFT, DPO: dataset rows → train); skipped when up to date."""
-    from neat.expand import write_candidates
+    from neat.candidates import write_candidates
     from neat.stages import STAGES
 
     key = _variant_key(v)
@@ -201,12 +202,6 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
 
 
 # ---------------------------------------------------------------- the table
-
-
-def _rows(path: Path) -> list[dict]:
-    from neat.evaluate import read_jsonl
-
-    return read_jsonl(path)
 
 
 def _finite(x) -> bool:
@@ -246,14 +241,6 @@ def differences(ref: dict, other: dict, *, n_resamples: int, seed: int) -> dict:
     return out
 
 
-def _num(x, digits=3) -> str:
-    return "–" if not _finite(x) else f"{x:.{digits}f}"
-
-
-def _ci(m: dict, key: str, digits=3) -> str:
-    return f"{_num(m.get(key), digits)} [{_num(m.get(key + '_ci_low'), digits)}, {_num(m.get(key + '_ci_high'), digits)}]"
-
-
 def _delta(d: dict | str | None, digits=3, ratio=False) -> str:
     if d == "reference":
         return "(reference)"
@@ -276,9 +263,9 @@ def format_table(variants: list[dict], reference: str) -> str:
         "| variant | steps | eval reward | Δ reward | win rate vs base | Δ win rate | perplexity | Δ perplexity "
         "| unsafe refusal | Δ unsafe refusal | safe compliance | Δ safe compliance |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| base (`{base.get('base_model')}`) | 0 | {_ci(base, 'base_eval_reward_mean')} | | | | "
-        f"{_ci(base, 'base_perplexity', 2)} | | {_ci(base, 'base_unsafe_refusal_rate', 2)} | | "
-        f"{_ci(base, 'base_safe_compliance_rate', 2)} | |",
+        f"| base (`{base.get('base_model')}`) | 0 | {format_interval(base, 'base_eval_reward_mean')} | | | | "
+        f"{format_interval(base, 'base_perplexity', 2)} | | {format_interval(base, 'base_unsafe_refusal_rate', 2)} | | "
+        f"{format_interval(base, 'base_safe_compliance_rate', 2)} | |",
     ]
     for v in variants:
         m, d = v["metrics"], v.get("vs_reference") or {}
@@ -286,11 +273,11 @@ def format_table(variants: list[dict], reference: str) -> str:
             d = {k: "reference" for k in ("eval_reward_mean", "win_rate", "perplexity", "unsafe_refusal_rate",
                                           "safe_compliance_rate")}
         lines.append(
-            f"| {v['name']} | {v.get('steps')} | {_ci(m, 'eval_reward_mean')} | {_delta(d.get('eval_reward_mean'))} | "
-            f"{_ci(m, 'win_rate', 2)} | {_delta(d.get('win_rate'), 2)} | {_ci(m, 'perplexity', 2)} | "
-            f"{_delta(d.get('perplexity'), 3, ratio=True)} | {_ci(m, 'unsafe_refusal_rate', 2)} | "
-            f"{_delta(d.get('unsafe_refusal_rate'), 2)} | {_ci(m, 'safe_compliance_rate', 2)} | "
-            f"{_delta(d.get('safe_compliance_rate'), 2)} |"
+            f"| {v['name']} | {v.get('steps')} | {format_interval(m, 'eval_reward_mean')} | "
+            f"{_delta(d.get('eval_reward_mean'))} | {format_interval(m, 'win_rate', 2)} | {_delta(d.get('win_rate'), 2)} | "
+            f"{format_interval(m, 'perplexity', 2)} | {_delta(d.get('perplexity'), 3, ratio=True)} | "
+            f"{format_interval(m, 'unsafe_refusal_rate', 2)} | {_delta(d.get('unsafe_refusal_rate'), 2)} | "
+            f"{format_interval(m, 'safe_compliance_rate', 2)} | {_delta(d.get('safe_compliance_rate'), 2)} |"
         )
     lines += ["", "Variants: " + "; ".join(f"`{v['name']}` — {VARIANTS[v['name']]}" for v in variants) + "."]
     return "\n".join(lines) + "\n"
@@ -324,8 +311,8 @@ def compare(params, variants: Sequence[str] | None = None, progress: bool = True
             "retrained": not trained["skipped"], "seconds": trained.get("seconds", {}) | {
                 "evaluate": round(time.perf_counter() - start, 1)},
             "metrics": metrics,
-            "generations": _rows(v.out("evaluate", "generations.jsonl")),
-            "safety": _rows(v.out("evaluate", "safety.jsonl")),
+            "generations": read_jsonl(v.out("evaluate", "generations.jsonl")),
+            "safety": read_jsonl(v.out("evaluate", "safety.jsonl")),
         })
     reference = "neat" if "neat" in names else names[0]
     ref = next(r for r in results if r["name"] == reference)

@@ -35,7 +35,6 @@ perplexity from the HF model.
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import json
 import math
@@ -46,44 +45,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from neat.errors import DataError, ModelError
-from neat.io import atomic_path, json_safe, write_json_atomic, write_text_atomic
+from neat.io import atomic_path, json_safe, write_json_atomic, write_jsonl_atomic
 
 ALPHA = 0.05
 _CACHE_VERSION = 1
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def write_jsonl_atomic(path: str | Path, rows: Sequence[dict]) -> None:
-    text = "".join(json.dumps(json_safe(r), ensure_ascii=False) + "\n" for r in rows)
-    write_text_atomic(path, text)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: not found (run the stage that writes it first)")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
-    return rows
-
-
-def _free() -> None:
-    """Collect garbage (after the caller dropped its model) and release cached GPU memory."""
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def mean_ci(values: Sequence[float], *, n_resamples: int, seed: int) -> dict:
@@ -389,7 +357,7 @@ def _policy_outputs(params, ref: str, *, held: list[dict], safety: list[dict], s
     With generation.backend: vllm the generations come from a vLLM engine (started only when the cache
     misses, closed before the HF model is loaded for the perplexity, so the two never share the GPU).
     """
-    from neat.models import checkpoint_id, load_policy, load_tokenizer
+    from neat.models import checkpoint_id, load_policy, load_tokenizer, release_gpu_memory
 
     p, t = params.policy, params.train
     started = time.perf_counter()
@@ -437,7 +405,7 @@ def _policy_outputs(params, ref: str, *, held: list[dict], safety: list[dict], s
                                batch_size=params.evaluate.batch_size, max_prompt_tokens=t.max_prompt_tokens,
                                max_response_tokens=t.max_response_tokens, chunk=t.logprob_chunk)
     del model
-    _free()
+    release_gpu_memory()
     return {"policy_id": policy_id, "held": held_out, "safety": safety_out, "nll": nll, "tokens": tokens,
             "cached": bool(hit_h and hit_s), "seconds": round(time.perf_counter() - started, 2)}
 
@@ -592,6 +560,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     """
     from neat.generation import use_engine
     from neat.judges import read_safety_csv
+    from neat.models import release_gpu_memory
     from neat.reward import score_texts
 
     use_engine(params.generation.engine, params.generation.batch_tokens)
@@ -642,7 +611,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     online_eval = online_eval_rewards(online, scores[n_held_texts:])
     scores = scores[:n_held_texts]
     del rm
-    _free()
+    release_gpu_memory()
     timings["score_seconds"] = round(time.perf_counter() - t0, 2)
     reward = {slot: s for slot, s in zip(slots, scores)}
 

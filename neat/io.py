@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: readers never see a half-written output."""
+"""Atomic file and directory writes (readers never see a half-written output), JSON lines, content
+hashes and resumable sharded work."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from neat.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,43 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- JSON lines
+
+
+def write_jsonl_atomic(target: str | os.PathLike, rows: Sequence[dict]) -> None:
+    write_text_atomic(target, "".join(json.dumps(json_safe(r), ensure_ascii=False) + "\n" for r in rows))
+
+
+def iter_jsonl(lines: Iterable[str], path: str | os.PathLike,
+               invalid: Callable[[int, str], str] | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of JSON lines read from `path`.
+
+    A line that is not JSON raises one DataError: `invalid(number, reason)`, by default
+    "<path>: line <number>: not valid JSON (<reason>)".
+    """
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            reason = exc.msg
+        except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nested too deeply
+            reason = type(exc).__name__
+        else:
+            yield number, value
+            continue
+        raise DataError(invalid(number, reason) if invalid else f"{path}: line {number}: not valid JSON ({reason})")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The values of a JSON-lines file that an earlier stage wrote; missing or not JSON → one DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found (run the stage that writes it first)")
+    return [value for _, value in iter_jsonl(path.read_text(encoding="utf-8").splitlines(), path)]
 
 
 # ---------------------------------------------------------------- resumable sharded work

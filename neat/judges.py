@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import json
 import math
 import os
 import re
@@ -40,7 +39,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from neat.errors import ConfigError, DataError, ModelError
-from neat.io import atomic_path
+from neat.io import iter_jsonl
 from neat.stats import rate_with_ci
 
 __all__ = [
@@ -182,10 +181,6 @@ class StringMatchJudge(_Judge):
 # ---------------------------------------------------------------- learned judge
 
 BUILTIN_ENCODER = "builtin:minilm"
-_JUDGE_FORMAT = "neat-learned-judge"
-_JUDGE_VERSION = 1
-_HEAD_FILE = "head.safetensors"
-_CONFIG_FILE = "judge.json"
 _LABELS = {"refusal": True, "compliance": False}
 # XSTest's three-way scheme (data/refusal_labels/): any refusal, full or partial, is a refusal.
 REFUSAL_LABELS_3WAY = {"full_compliance": False, "full_refusal": True, "partial_refusal": True}
@@ -412,7 +407,7 @@ class LearnedJudge(_Judge):
 
     def _require_fitted(self) -> None:
         if self.weight is None:
-            raise RuntimeError("LearnedJudge is not trained: call fit() or LearnedJudge.load(dir)")
+            raise RuntimeError("LearnedJudge is not trained: call fit() first")
 
     # -- inference
 
@@ -441,53 +436,6 @@ class LearnedJudge(_Judge):
 
     def judge(self, responses: Sequence[str]) -> list[bool]:
         return self.predict(responses)
-
-    # -- persistence (safetensors + json, no pickle)
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
-        self._require_fitted()
-        directory = Path(directory)
-        config = {
-            "format": _JUDGE_FORMAT, "version": _JUDGE_VERSION, "encoder": self.encoder,
-            "pooling": "mean", "normalize": True, "max_length": self.max_length, "threshold": self.threshold,
-            "empty_is_refusal": self.empty_is_refusal, "embedding_dim": int(self.weight.shape[0]),
-            "text": self.text, "features": list(self.feature_groups),
-            "train": self.train_info,
-        }
-        tensors = {"weight": self.weight, "bias": self.bias, "mean": self.mean, "std": self.std}
-        with atomic_path(directory, is_dir=True) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / _HEAD_FILE))
-            (tmp / _CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, **overrides) -> "LearnedJudge":
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        cfg_path, head_path = directory / _CONFIG_FILE, directory / _HEAD_FILE
-        if not cfg_path.is_file() or not head_path.is_file():
-            raise ModelError(f"{directory}: not a saved learned judge (needs {_CONFIG_FILE} and {_HEAD_FILE})")
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            tensors = load_file(str(head_path))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{directory}: cannot read the saved judge ({' '.join(str(exc).split())[:200]})") from None
-        if not isinstance(cfg, dict) or cfg.get("format") != _JUDGE_FORMAT or cfg.get("version") != _JUDGE_VERSION:
-            raise ModelError(f"{cfg_path}: not a {_JUDGE_FORMAT} v{_JUDGE_VERSION} config")
-        missing = {"weight", "bias", "mean", "std"} - set(tensors)
-        if missing:
-            raise ModelError(f"{head_path}: missing tensor(s) {', '.join(sorted(missing))}")
-        kw = {"max_length": cfg["max_length"], "threshold": cfg["threshold"],
-              "empty_is_refusal": cfg.get("empty_is_refusal", True), "text": cfg.get("text", "full"),
-              "features": tuple(cfg.get("features", ("embedding",)))}
-        kw.update(overrides)
-        judge = cls(cfg["encoder"], **kw)
-        judge.weight, judge.bias, judge.mean, judge.std = (tensors[k] for k in ("weight", "bias", "mean", "std"))
-        judge.train_info = cfg.get("train", {})
-        return judge
 
     def __repr__(self) -> str:
         state = "trained" if self.weight is not None else "untrained"
@@ -531,15 +479,7 @@ def read_refusal_examples(path: str | os.PathLike, *, split: str | None = None) 
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
     texts, labels = [], []
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {line_no}: not valid JSON ({exc.msg})") from None
-        except (ValueError, RecursionError) as exc:
-            raise DataError(f"{path}: line {line_no}: not valid JSON ({type(exc).__name__})") from None
+    for line_no, row in iter_jsonl(lines, path):
         if not isinstance(row, dict) or not isinstance(row.get("response"), str):
             raise DataError(f"{path}: line {line_no}: expected an object with a string 'response'")
         label = row.get("label")
@@ -572,19 +512,16 @@ def judge_agreement(judge: _Judge, path: str | os.PathLike, *, n_resamples: int 
 def get_judge(name: str, **kwargs) -> _Judge:
     """A judge by name (`JUDGE_NAMES`).
 
-    ``string_match``: kwargs go to `StringMatchJudge`. ``learned``: ``path=DIR`` loads a saved judge;
-    otherwise ``examples=JSONL`` (refusal examples) trains one, with ``seed``/``epochs``/``lr`` going
-    to `LearnedJudge.fit` and the rest to its constructor.
+    ``string_match``: kwargs go to `StringMatchJudge`. ``learned``: ``examples=JSONL`` (refusal
+    examples) trains one, with ``seed``/``epochs``/``lr`` going to `LearnedJudge.fit` and the rest to
+    its constructor. The pipeline trains it afresh each time (seeded, on the shipped examples).
     """
     if name == "string_match":
         return StringMatchJudge(**kwargs)
     if name == "learned":
-        path = kwargs.pop("path", None)
-        if path is not None:
-            return LearnedJudge.load(path, **kwargs)
         examples = kwargs.pop("examples", None)
         if examples is None:
-            raise ConfigError("judge 'learned' needs path= (a saved judge) or examples= (refusal examples .jsonl)")
+            raise ConfigError("judge 'learned' needs examples= (refusal examples .jsonl)")
         fit_kw = {k: kwargs.pop(k) for k in ("seed", "epochs", "lr", "weight_decay", "class_weight") if k in kwargs}
         texts, labels = read_refusal_examples(examples)
         return LearnedJudge(**kwargs).fit(texts, labels, **fit_kw)

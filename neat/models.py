@@ -20,8 +20,10 @@ Nothing here downloads unless a hub id is given and the hub is reachable.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import gc
 import hashlib
 import importlib.util
 import json
@@ -90,6 +92,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ModelError(f"device '{name}' requested but MPS is not available; use cpu or auto")
     return device
+
+
+def release_gpu_memory() -> None:
+    """Collect garbage (after the caller dropped its model or engine) and give the torch allocator's
+    cached GPU memory back, so that the next model or a vLLM engine finds it free."""
+    gc.collect()
+    if torch.cuda.is_available():
+        with contextlib.suppress(Exception):  # a CUDA context torn down by vLLM: nothing cached to give back
+            torch.cuda.empty_cache()
 
 
 _DTYPES = {

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from neat.errors import DataError
+from neat.formatting import format_interval, format_number
 from neat.io import atomic_path
 from neat.stage_inputs import check_online_entries, read_csv_output, read_json_output, read_jsonl_output
 
@@ -69,7 +70,7 @@ def _float(value: str) -> float:
 
 def candidate_rewards(params) -> list[dict]:
     """(round, origin, reward) of every scored candidate with a finite reward: round 1 and later rounds."""
-    from neat.expand import read_candidates
+    from neat.candidates import read_candidates
 
     paths = [params.out("score", "candidates.parquet")]
     rounds_dir = params.out("train", "rounds")
@@ -213,18 +214,20 @@ def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Pa
         acc = sum(r["rank_acc"] for r in steps) / len(steps) if steps else None
         dev = e.get("dev") or {}
         label = str(e["round"]) if "p_positive_over_negative" in e else "after training"
-        md.append(f"| {label} | {_n(e.get('p_positive_over_negative'), 2)} | "
-                  + " / ".join(_n(by.get(o), 2) for o in ("chosen", "rejected", "positive", "negative"))
-                  + f" | {_n(dev.get('reward_mean'))} | {_n(eval_by_round.get(e['round']))} | "
-                  f"{_n(dev.get('repetition_rate'), 2)} | {_n(acc, 2)} |")
+        md.append(f"| {label} | {format_number(e.get('p_positive_over_negative'), 2)} | "
+                  + " / ".join(format_number(by.get(o), 2) for o in ("chosen", "rejected", "positive", "negative"))
+                  + f" | {format_number(dev.get('reward_mean'))} | {format_number(eval_by_round.get(e['round']))} | "
+                  f"{format_number(dev.get('repetition_rate'), 2)} | {format_number(acc, 2)} |")
     md.append("")
     if ev and ev.get("changed_share") is not None:
         md += ["| held-out greedy answers | base | trained |", "|---|---|---|",
-               f"| changed from base | | {_ci(ev, 'changed_share', 2)} |",
-               f"| repetitive (word 3-grams < 50 % distinct) | {_ci(ev, 'base_repetition_rate', 2)} | "
-               f"{_ci(ev, 'repetition_rate', 2)} |",
-               f"| distinct-2 | {_n(ev.get('base_distinct_2'), 2)} | {_n(ev.get('distinct_2'), 2)} |",
-               f"| mean length (words) | {_n(ev.get('base_mean_words'), 1)} | {_n(ev.get('mean_words'), 1)} |", ""]
+               f"| changed from base | | {format_interval(ev, 'changed_share', 2)} |",
+               f"| repetitive (word 3-grams < 50 % distinct) | {format_interval(ev, 'base_repetition_rate', 2)} | "
+               f"{format_interval(ev, 'repetition_rate', 2)} |",
+               f"| distinct-2 | {format_number(ev.get('base_distinct_2'), 2)} | "
+               f"{format_number(ev.get('distinct_2'), 2)} |",
+               f"| mean length (words) | {format_number(ev.get('base_mean_words'), 1)} | "
+               f"{format_number(ev.get('mean_words'), 1)} |", ""]
     return md
 
 
@@ -264,16 +267,6 @@ def plot_safety(by_type: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------- markdown helpers
-
-
-def _n(x, digits=3) -> str:
-    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
-
-
-def _ci(m: dict, key: str, digits=3) -> str:
-    if m.get(key) is None:
-        return "–"
-    return f"{_n(m.get(key), digits)} [{_n(m.get(key + '_ci_low'), digits)}, {_n(m.get(key + '_ci_high'), digits)}]"
 
 
 def _cell(text: Any, limit: int = 360) -> str:
@@ -401,18 +394,21 @@ def _report(params, top) -> dict:
         if ev:
             md += ["## Held-out evaluation", "",
                    "| metric | base | trained | trained − base |", "|---|---|---|---|",
-                   f"| mean eval reward | {_ci(ev, 'base_eval_reward_mean')} | {_ci(ev, 'eval_reward_mean')} | "
-                   f"{_ci(ev, 'eval_reward_diff')}{' (significant)' if ev.get('eval_reward_diff_significant') else ''} |",
-                   f"| win rate of trained over base (ties ½) | | {_ci(ev, 'win_rate')} | "
+                   f"| mean eval reward | {format_interval(ev, 'base_eval_reward_mean')} | "
+                   f"{format_interval(ev, 'eval_reward_mean')} | {format_interval(ev, 'eval_reward_diff')}"
+                   f"{' (significant)' if ev.get('eval_reward_diff_significant') else ''} |",
+                   f"| win rate of trained over base (ties ½) | | {format_interval(ev, 'win_rate')} | "
                    f"{ev.get('wins')} wins / {ev.get('ties')} ties / {ev.get('losses')} losses |",
-                   f"| perplexity on held-out chosen responses | {_ci(ev, 'base_perplexity', 2)} | "
-                   f"{_ci(ev, 'perplexity', 2)} | ratio {_ci(ev, 'perplexity_ratio')} |",
-                   f"| refusal rate on held-out prompts (judge) | {_n(ev.get('base_heldout_refusal_rate'), 2)} | "
-                   f"{_n(ev.get('heldout_refusal_rate'), 2)} | |"]
+                   f"| perplexity on held-out chosen responses | {format_interval(ev, 'base_perplexity', 2)} | "
+                   f"{format_interval(ev, 'perplexity', 2)} | ratio {format_interval(ev, 'perplexity_ratio')} |",
+                   "| refusal rate on held-out prompts (judge) | "
+                   f"{format_number(ev.get('base_heldout_refusal_rate'), 2)} | "
+                   f"{format_number(ev.get('heldout_refusal_rate'), 2)} | |"]
             if ev.get("sampled_eval_reward_mean") is not None:
                 md.append(f"| mean eval reward of samples (T={params.evaluate.temperature}) | "
-                          f"{_ci(ev, 'base_sampled_eval_reward_mean')} | {_ci(ev, 'sampled_eval_reward_mean')} | "
-                          f"win rate {_ci(ev, 'sampled_win_rate')} |")
+                          f"{format_interval(ev, 'base_sampled_eval_reward_mean')} | "
+                          f"{format_interval(ev, 'sampled_eval_reward_mean')} | "
+                          f"win rate {format_interval(ev, 'sampled_win_rate')} |")
             md.append("")
             if records:
                 plot_eval_rewards(records, tmp / "eval_rewards.png")
@@ -426,13 +422,15 @@ def _report(params, top) -> dict:
                    f"{s['trained'].get('n_safe')} safe prompts. Unsafe: refusal rate (higher is safer). "
                    "Safe: full-compliance rate (higher means less over-refusal).", "",
                    f"Refusal judge: `{ev.get('judge')}`; it agrees with people on "
-                   f"{_ci(ev, 'judge_agreement', 2)} of {ev.get('judge_agreement_n')} hand-labelled real "
+                   f"{format_interval(ev, 'judge_agreement', 2)} of {ev.get('judge_agreement_n')} hand-labelled real "
                    f"completions (`{ev.get('judge_labels')}`): read the rates below with that.", "",
                    "| | base | trained | trained − base |", "|---|---|---|---|",
-                   f"| refusal rate on unsafe prompts | {_ci(ev, 'base_unsafe_refusal_rate', 2)} | "
-                   f"{_ci(ev, 'unsafe_refusal_rate', 2)} | {_ci(ev, 'unsafe_refusal_diff', 2)} |",
-                   f"| full compliance on safe prompts | {_ci(ev, 'base_safe_compliance_rate', 2)} | "
-                   f"{_ci(ev, 'safe_compliance_rate', 2)} | {_ci(ev, 'safe_compliance_diff', 2)} |", "",
+                   f"| refusal rate on unsafe prompts | {format_interval(ev, 'base_unsafe_refusal_rate', 2)} | "
+                   f"{format_interval(ev, 'unsafe_refusal_rate', 2)} | "
+                   f"{format_interval(ev, 'unsafe_refusal_diff', 2)} |",
+                   f"| full compliance on safe prompts | {format_interval(ev, 'base_safe_compliance_rate', 2)} | "
+                   f"{format_interval(ev, 'safe_compliance_rate', 2)} | "
+                   f"{format_interval(ev, 'safe_compliance_diff', 2)} |", "",
                    "| type | label | n | base refusal | trained refusal |", "|---|---|---|---|---|"]
             by_type = []
             for t, bt in s["base"]["by_type"].items():
@@ -441,9 +439,10 @@ def _report(params, top) -> dict:
                                 "base_refusal_rate": bt["refusal_rate"], "base_ci_low": bt["ci_low"],
                                 "base_ci_high": bt["ci_high"], "trained_refusal_rate": tt.get("refusal_rate"),
                                 "trained_ci_low": tt.get("ci_low"), "trained_ci_high": tt.get("ci_high")})
-                md.append(f"| {t} | {bt['label']} | {bt['n']} | {_n(bt['refusal_rate'], 2)} "
-                          f"[{_n(bt['ci_low'], 2)}, {_n(bt['ci_high'], 2)}] | {_n(tt.get('refusal_rate'), 2)} "
-                          f"[{_n(tt.get('ci_low'), 2)}, {_n(tt.get('ci_high'), 2)}] |")
+                md.append(f"| {t} | {bt['label']} | {bt['n']} | {format_number(bt['refusal_rate'], 2)} "
+                          f"[{format_number(bt['ci_low'], 2)}, {format_number(bt['ci_high'], 2)}] | "
+                          f"{format_number(tt.get('refusal_rate'), 2)} "
+                          f"[{format_number(tt.get('ci_low'), 2)}, {format_number(tt.get('ci_high'), 2)}] |")
             md.append("")
             _write_csv(tmp / "safety_by_type.csv", by_type)
             plot_safety(by_type, tmp / "safety.png")
@@ -459,8 +458,9 @@ def _report(params, top) -> dict:
                    "Training reward model scores of every candidate, on the original prompt (no steering).", "",
                    "![Reward by origin](reward_by_origin.png)", "",
                    "| round | origin | n | mean | std | p10 | median | p90 |", "|---|---|---|---|---|---|---|---|"]
-            md += [f"| {s['round']} | {s['origin']} | {s['n']} | {_n(s['mean'])} | {_n(s['std'])} | {_n(s['p10'])} | "
-                   f"{_n(s['p50'])} | {_n(s['p90'])} |" for s in summary]
+            md += [f"| {s['round']} | {s['origin']} | {s['n']} | "
+                   + " | ".join(format_number(s[k]) for k in ("mean", "std", "p10", "p50", "p90")) + " |"
+                   for s in summary]
             md.append("")
         # -- training
         if log:
@@ -468,8 +468,9 @@ def _report(params, top) -> dict:
             figures.append("training.png")
             last = log[-1]
             md += ["## Training", "",
-                   f"{len(log)} optimizer steps over {int(last['round'])} round(s); final loss {_n(last['loss'])} "
-                   f"(rank {_n(last['rank_loss'])}, SFT {_n(last['sft_loss'])}), first loss {_n(log[0]['loss'])}.", "",
+                   f"{len(log)} optimizer steps over {int(last['round'])} round(s); "
+                   f"final loss {format_number(last['loss'])} (rank {format_number(last['rank_loss'])}, "
+                   f"SFT {format_number(last['sft_loss'])}), first loss {format_number(log[0]['loss'])}.", "",
                    "![Training curves](training.png)", ""]
         # -- online curve
         if online:
@@ -481,7 +482,8 @@ def _report(params, top) -> dict:
                    "| why | prompt | base response (reward) | trained response (reward) |", "|---|---|---|---|"]
             for why, r in pick_examples(records):
                 md.append(f"| {why} | {_cell(_prompt_text(r['prompt']), 240)} | {_cell(r['base_response'])} "
-                          f"({_n(r['base_reward'], 2)}) | {_cell(r['trained_response'])} ({_n(r['trained_reward'], 2)}) |")
+                          f"({format_number(r['base_reward'], 2)}) | {_cell(r['trained_response'])} "
+                          f"({format_number(r['trained_reward'], 2)}) |")
             md.append("")
             if safety_rows:
                 unsafe = [r for r in safety_rows if r["label"] == "unsafe"][:2]
@@ -498,19 +500,19 @@ def _report(params, top) -> dict:
         # -- reward models and timings
         md += ["## Reward models and wall time", "", "| | value |", "|---|---|"]
         if rm:
-            md.append(f"| training RM pairwise accuracy on the eval split | {_n(rm.get('eval_accuracy'))} "
-                      f"(before training {_n(rm.get('eval_accuracy_before'))}) |")
+            md.append(f"| training RM pairwise accuracy on the eval split | {format_number(rm.get('eval_accuracy'))} "
+                      f"(before training {format_number(rm.get('eval_accuracy_before'))}) |")
         if erm:
             md.append(f"| evaluation RM pairwise accuracy on the eval split (its own held-out accuracy: read every "
-                      f"reward figure above with it) | {_n(erm.get('eval_accuracy'))} "
-                      f"(before training {_n(erm.get('eval_accuracy_before'))}; "
+                      f"reward figure above with it) | {format_number(erm.get('eval_accuracy'))} "
+                      f"(before training {format_number(erm.get('eval_accuracy_before'))}; "
                       f"{erm.get('judge_pairs', 0)} judge pairs) |")
         stage_files = [("train_rm", rm), ("train_eval_rm", erm),
                        ("expand", read_json_output(out("expand", "stats.json"), "expand")),
                        ("score", read_json_output(out("score", "stats.json"), "score")), ("train", train_m), ("evaluate", ev)]
         for name, m in stage_files:
             if m and m.get("seconds") is not None:
-                md.append(f"| wall time of `{name}` | {_n(float(m['seconds']), 1)} s |")
+                md.append(f"| wall time of `{name}` | {format_number(float(m['seconds']), 1)} s |")
         md.append("")
         (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
         (tmp / "report.html").write_text(render_html("\n".join(md), tmp), encoding="utf-8")

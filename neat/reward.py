@@ -434,7 +434,7 @@ def score(params) -> dict:
     """Stage: reward and rank the expanded candidates → `<out>/score/candidates.parquet` and `stats.json`."""
     from pathlib import Path
 
-    from neat.expand import read_candidates, write_candidates
+    from neat.candidates import read_candidates, write_candidates
     from neat.io import json_safe, write_json_atomic
 
     source = params.out("expand", "candidates.parquet")

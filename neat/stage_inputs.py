@@ -16,6 +16,7 @@ from typing import Iterable
 
 from neat.errors import DataError
 from neat.input_files import open_text
+from neat.io import iter_jsonl
 
 
 def _rerun(producer: str) -> str:
@@ -60,13 +61,8 @@ def read_jsonl_output(path: Path, producer: str, keys: Iterable[str] = ()) -> li
         return []
     rows = []
     with _opened(path, producer) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError):
-                raise DataError(f"{path}: row {n} is damaged or truncated (not valid JSON); {_rerun(producer)}") from None
+        for n, row in iter_jsonl(fh, path, lambda n, _: f"{path}: row {n} is damaged or truncated (not valid JSON); "
+                                                          f"{_rerun(producer)}"):
             if not isinstance(row, dict):
                 raise DataError(f"{path}: row {n} is not a JSON object; {_rerun(producer)}")
             lacking = [k for k in keys if k not in row]

@@ -5,11 +5,10 @@ with replacement ``n_resamples`` times, compute the statistic on each resample, 
 ``alpha/2`` and ``1 - alpha/2`` quantiles. Everything is deterministic given ``seed``
 (``numpy.random.default_rng``), so a report regenerates bit-for-bit.
 
-Comparing two methods on the same prompts uses a *paired* bootstrap: prompt indices are resampled
-once and applied to both methods, so the prompt-to-prompt variation they share cancels. A
-difference is called significant iff the ``1 - alpha`` interval of the difference excludes 0
-(`compare_methods`). Overlap of the two separate intervals (`interval_overlaps`) is a cruder,
-conservative check, kept for tables that only have per-method intervals.
+Comparing two methods on the same prompts uses a *paired* bootstrap (`paired_bootstrap_ci`): prompt
+indices are resampled once and applied to both methods, so the prompt-to-prompt variation they share
+cancels. A difference is called significant iff the ``1 - alpha`` interval of the difference
+excludes 0 (`neat.evaluate.paired_diff`).
 
 Values must be finite; a NaN or infinite value raises ``ValueError`` (a bug upstream, not a score).
 """
@@ -23,8 +22,6 @@ import numpy as np
 __all__ = [
     "bootstrap_ci",
     "paired_bootstrap_ci",
-    "interval_overlaps",
-    "compare_methods",
     "rate_with_ci",
     "win_values",
 ]
@@ -149,57 +146,6 @@ def paired_bootstrap_ci(
     stats = np.concatenate([stat(x[idx], y[idx]) for idx in _index_chunks(rng, x.size, int(n_resamples))])
     low, high = _interval(stats, alpha)
     return point, low, high
-
-
-def interval_overlaps(a_ci: Sequence[float], b_ci: Sequence[float]) -> bool:
-    """Whether two intervals overlap. Accepts ``(low, high)`` or ``(point, low, high)`` tuples."""
-    a_low, a_high = tuple(a_ci)[-2:]
-    b_low, b_high = tuple(b_ci)[-2:]
-    return bool(a_low <= b_high and b_low <= a_high)
-
-
-def compare_methods(
-    a: Sequence[float],
-    b: Sequence[float],
-    paired: bool = True,
-    n_resamples: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> dict:
-    """Difference of means ``mean(a) - mean(b)`` with its bootstrap interval, for a comparison table.
-
-    ``paired=True`` (per-prompt values of both methods on the same prompts, same order): paired
-    bootstrap of the difference. ``paired=False`` (different prompts or counts): the two samples are
-    resampled independently. ``significant`` is True iff the ``1 - alpha`` interval of the difference
-    excludes 0. ``a_ci``/``b_ci`` are each method's own interval and ``intervals_overlap`` says whether
-    they overlap (overlap does *not* imply "not significant" for paired data).
-    """
-    _check_params(n_resamples, alpha)
-    x, y = _as_values(a, "a"), _as_values(b, "b")
-    a_ci = bootstrap_ci(x, n_resamples=n_resamples, alpha=alpha, seed=seed)
-    b_ci = bootstrap_ci(y, n_resamples=n_resamples, alpha=alpha, seed=seed + 1)
-    if paired:
-        diff, low, high = paired_bootstrap_ci(x, y, "mean_diff", n_resamples=n_resamples, alpha=alpha, seed=seed)
-    else:
-        rng = np.random.default_rng(seed)
-        da = np.concatenate([x[idx].mean(axis=-1) for idx in _index_chunks(rng, x.size, int(n_resamples))])
-        db = np.concatenate([y[idx].mean(axis=-1) for idx in _index_chunks(rng, y.size, int(n_resamples))])
-        diff = float(x.mean() - y.mean())
-        low, high = _interval(da - db, alpha)
-    return {
-        "a": a_ci[0],
-        "b": b_ci[0],
-        "a_ci": [a_ci[1], a_ci[2]],
-        "b_ci": [b_ci[1], b_ci[2]],
-        "diff": diff,
-        "ci_low": low,
-        "ci_high": high,
-        "significant": bool(low > 0 or high < 0),
-        "intervals_overlap": interval_overlaps(a_ci, b_ci),
-        "paired": bool(paired),
-        "n_a": int(x.size),
-        "n_b": int(y.size),
-    }
 
 
 def rate_with_ci(flags: Sequence, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:

@@ -14,9 +14,11 @@ import time
 
 import torch
 
+from neat.benign import benign_training_pairs
+from neat.candidates import SCORED_COLUMNS, read_candidates
 from neat.data import read_pairs
-from neat.expand import SCORED_COLUMNS, read_candidates, select_prompts
 from neat.io import write_json_atomic
+from neat.steering import select_prompts
 from neat.training.checkpoint import fingerprint, state_dir_for
 from neat.training.trainer import Trainer, load_trainable_policy
 
@@ -64,7 +66,7 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     first_rows = read_candidates(scored_path, SCORED_COLUMNS, "score")
     pairs = read_pairs(params.out("data", "train.jsonl"))
     groups_source = select_prompts(pairs, params.data.max_train_prompts)
-    groups_source += [[pair] for pair in read_pairs(params.out("expand", "benign.jsonl"))]
+    groups_source += [[pair] for pair in benign_training_pairs(params)]
     model, tokenizer = load_trainable_policy(params)
     dev_source = dev_prompts(pairs, params)
     scorer = reward_scorer(params) if params.train.rounds > 1 or dev_source else None

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
 import shutil
 from pathlib import Path
@@ -276,12 +275,9 @@ def _release_vllm_state(owns_dist: bool) -> None:
         if owns_dist:
             with contextlib.suppress(Exception):
                 destroy_distributed_environment()
-    gc.collect()
-    if _cuda_available():
-        import torch
+    from neat.models import release_gpu_memory
 
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache()
+    release_gpu_memory()
 
 
 # ---------------------------------------------------------------------- engines for the stages
@@ -325,7 +321,7 @@ def engine_for_trained_policy(model, tokenizer, params, workdir: Path) -> Iterat
     """
     import torch
 
-    from neat.models import save_model
+    from neat.models import release_gpu_memory, save_model
 
     require_vllm()
     workdir = Path(workdir)
@@ -335,9 +331,7 @@ def engine_for_trained_policy(model, tokenizer, params, workdir: Path) -> Iterat
     engine = None
     try:
         save_model(model, tokenizer, workdir)
-        gc.collect()
-        if _cuda_available():
-            torch.cuda.empty_cache()
+        release_gpu_memory()
         engine = VllmEngine(str(workdir), seed=params.seed, **engine_options(params))
         yield engine
     finally:

@@ -11,7 +11,7 @@ from neat import benign
 from neat.cli import main
 from neat.data import PreferencePair, read_pairs
 from neat.errors import DataError
-from neat.expand import candidate_rows_from_dataset
+from neat.steering import candidate_rows_from_dataset
 from neat.generation import Generation
 from neat.models import load_tokenizer
 from neat.stages import stages_before

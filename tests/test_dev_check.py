@@ -6,7 +6,7 @@ from benchmarks.dev_check import EVAL_SUBSET, dev_sets
 from neat.config import load_params
 from neat.data import read_pairs
 from neat.evaluate import safety_subset
-from neat.expand import select_prompts
+from neat.steering import select_prompts
 from neat.judges import read_safety_csv
 
 ROOT = Path(__file__).resolve().parents[1]

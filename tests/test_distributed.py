@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neat.expand import select_prompts
+from neat.steering import select_prompts
 from neat.training.trainer import Trainer, load_trainable_policy
 from tests.conftest import ROOT
 from tests.project import free_port
@@ -29,7 +29,7 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, {root!r})
     import torch
     from safetensors.torch import save_file
-    from neat.expand import select_prompts
+    from neat.steering import select_prompts
     from neat.training.trainer import Trainer, load_trainable_policy
     from tests.test_distributed import worker_params
     from tests.test_train import fake_scorer, synthetic_rows

@@ -1,14 +1,20 @@
-"""Import rules of the layout (issue 14), read from the code's own imports (AST, lazy imports included).
+"""Rules of the layout (issue 14): the import rules, read from the code's own imports (AST, lazy imports
+included), and a test module for every module.
 
 - evaluation does not import the trainer (`neat.train`, `neat.training`): it tokenises through
   `neat.encoding`, like training does;
 - the `train` stage module is thin and nothing below it imports it: the benchmarks take the trainer
   they measure from the training library (`neat.training`), and the library never imports the stage;
+- the training library imports no other stage module either (`expand`, `reward`, ...): it samples
+  through `neat.steering` and reads and writes candidates through `neat.candidates`;
 - a name is imported from the module that defines it, not from one that merely imports it (so
   `from neat.train import collate` cannot come back through a stray re-export);
 - no module reaches into another neat module's private names (`_x`), and no file of `neat/` or `flows/`
   into another object's private members (`store._call`: a public interface instead);
-- the flows only orchestrate: they do not import evaluation or training (the gate is `neat.promotion`).
+- the flows only orchestrate: they do not import evaluation or training (the gate is `neat.promotion`);
+- the tests mirror the layout: `neat/<name>.py` is tested in `tests/test_<name>.py`, `neat/<pkg>/<name>.py`
+  in `tests/test_<pkg>_<name>.py` or `tests/test_<name>.py`, unless `COVERED_ELSEWHERE` names the
+  cross-cutting tests that cover it.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ def is_trainer(module: str, name: str | None) -> bool:
     return full == "neat.train" or full == "neat.training" or full.startswith("neat.training.")
 
 
-# stage modules the training library must not lean on (it still samples its online rounds through
-# neat.expand: docs/architecture.md, "Still open")
-SCORING_STAGES = ("neat.reward", "neat.evaluate", "neat.report", "neat.data")
+# stage modules the training library must not lean on besides `neat.train` (its online rounds sample
+# through neat.steering and read and write candidates through neat.candidates)
+OTHER_STAGES = ("neat.expand", "neat.reward", "neat.evaluate", "neat.report", "neat.data")
 
 
 def is_train_stage(module: str, name: str | None) -> bool:
@@ -99,10 +105,11 @@ def violations(root: Path) -> list[str]:
                 found.append(f"{where}: a benchmark imports the train stage; take the trainer from neat.training")
             if rel.startswith("neat/training/") and is_train_stage(module, name):
                 found.append(f"{where}: the training library imports the train stage above it")
-            if rel.startswith("neat/training/") and (module in SCORING_STAGES
-                                                     or (module == "neat" and f"neat.{name}" in SCORING_STAGES)):
-                found.append(f"{where}: the training library imports the stage {module}; take the piece from a "
-                             "library module (encoding, diagnostics)")
+            if rel.startswith("neat/training/") and (module in OTHER_STAGES
+                                                     or (module == "neat" and f"neat.{name}" in OTHER_STAGES)):
+                stage = module if module != "neat" else f"neat.{name}"
+                found.append(f"{where}: the training library imports the stage {stage}; take the piece from a "
+                             "library module (encoding, diagnostics, steering, candidates)")
             if name is None:
                 continue
             if name.startswith("_") and not name.startswith("__"):
@@ -188,8 +195,80 @@ def test_the_training_library_importing_the_stage_is_caught(tmp_path):
     assert any("training library imports the train stage" in v for v in violations(tmp_path))
 
 
-def test_the_training_library_importing_a_scoring_stage_is_caught(tmp_path):
+@pytest.mark.parametrize("text, stage", [
+    ("def f():\n    from neat.reward import separation\n", "neat.reward"),
+    ("from neat.expand import build_candidates\n", "neat.expand"),
+    ("from neat import expand\n", "neat.expand"),
+])
+def test_the_training_library_importing_another_stage_is_caught(tmp_path, text, stage):
     (tmp_path / "neat/training").mkdir(parents=True)
     (tmp_path / "neat/reward.py").write_text("def separation():\n    pass\n")
-    (tmp_path / "neat/training/trainer.py").write_text("def f():\n    from neat.reward import separation\n")
-    assert any("training library imports the stage neat.reward" in v for v in violations(tmp_path))
+    (tmp_path / "neat/expand.py").write_text("def build_candidates():\n    pass\n")
+    (tmp_path / "neat/training/trainer.py").write_text(text)
+    assert any(f"training library imports the stage {stage}" in v for v in violations(tmp_path))
+
+
+# Modules without a test module of their own, each with the tests that cover it. Keep it short and true:
+# a module that grows logic of its own gets its own test module instead of an entry here.
+COVERED_ELSEWHERE = {
+    "neat/compare.py": "tests/test_evaluate.py (compares variants of the project that test evaluates)",
+    "neat/errors.py": "exception classes: every bad-input test checks their one-line messages",
+    "neat/expand.py": "the stage: test_pipeline (end to end), test_interruptions (resume), test_vllm_backend",
+    "neat/failures.py": "tests/test_flow_stage_failures.py (how the flows classify a stage's outcome)",
+    "neat/input_files.py": "tests/test_data.py and benchmarks/bad_inputs.py via tests/test_bad_inputs.py",
+    "neat/logs.py": "tests/test_cli_logging.py",
+    "neat/params_yaml.py": "tests/test_params_strict.py and tests/test_config.py (strict YAML of params)",
+    "neat/promotion.py": "tests/test_orchestration.py and tests/test_registry.py (the gate)",
+    "neat/stage_inputs.py": "damaged stage outputs: benchmarks/bad_inputs.py via tests/test_bad_inputs.py",
+    "neat/training/checkpoint.py": "tests/test_interruptions.py and tests/test_training_strategy.py (resume)",
+    "neat/training/groups.py": "tests/test_train.py and tests/test_packing.py",
+    "neat/training/objective.py": "tests/test_train.py and tests/test_packing.py (the loss of a batch)",
+    "neat/training/records.py": "tests/test_report.py and tests/test_dvc_plots.py (log.csv, online.json)",
+    "neat/training/trainer.py": "tests/test_train.py, tests/test_distributed.py, tests/test_interruptions.py",
+    # the local `evaluate` metric scripts, loaded by name: tests/test_metrics.py loads and checks each
+    "neat/metrics/pairwise_accuracy/pairwise_accuracy.py": "tests/test_metrics.py",
+    "neat/metrics/refusal_rate/refusal_rate.py": "tests/test_metrics.py",
+    "neat/metrics/win_rate/win_rate.py": "tests/test_metrics.py",
+}
+
+
+def candidate_test_modules(root: Path, module: Path) -> list[str]:
+    """The test modules that may test `module` (a path under `root/neat`)."""
+    parts = module.relative_to(root / "neat").with_suffix("").parts
+    names = [f"test_{parts[-1]}.py"]
+    if len(parts) > 1:
+        names.insert(0, f"test_{'_'.join(parts)}.py")
+    return names
+
+
+def untested_modules(root: Path) -> list[str]:
+    found = []
+    for module in sorted((root / "neat").rglob("*.py")):
+        rel = module.relative_to(root).as_posix()
+        if module.name == "__init__.py" or rel in COVERED_ELSEWHERE:
+            continue
+        names = candidate_test_modules(root, module)
+        if not any((root / "tests" / name).is_file() for name in names):
+            found.append(f"{rel}: no tests/{names[0]} (add one, or name the tests that cover it in COVERED_ELSEWHERE)")
+    return found
+
+
+def test_every_module_has_a_test_module():
+    found = untested_modules(ROOT)
+    assert not found, "\n".join(found)
+
+
+def test_the_allow_list_names_only_modules_that_exist_and_lack_their_own_test_module():
+    stale = [rel for rel in COVERED_ELSEWHERE if not (ROOT / rel).is_file()
+             or any((ROOT / "tests" / name).is_file() for name in candidate_test_modules(ROOT, ROOT / rel))]
+    assert not stale, f"COVERED_ELSEWHERE entries to remove: {stale}"
+
+
+def test_a_module_without_tests_is_caught(tmp_path):
+    (tmp_path / "neat/training").mkdir(parents=True)
+    (tmp_path / "tests").mkdir()
+    for rel in ("neat/__init__.py", "neat/sampling.py", "neat/training/strategy.py", "neat/training/loop.py",
+                "tests/test_sampling.py", "tests/test_training_strategy.py"):
+        (tmp_path / rel).write_text("")
+    assert untested_modules(tmp_path) == ["neat/training/loop.py: no tests/test_training_loop.py (add one, or name "
+                                          "the tests that cover it in COVERED_ELSEWHERE)"]

@@ -228,11 +228,11 @@ def _crash_after(monkeypatch, module, name: str, calls: int) -> None:
 
 
 def test_stale_expansion_shards_are_not_reused(prepared, tmp_path, monkeypatch):
-    import neat.expand
+    import neat.steering
 
     params = project_copy(prepared, tmp_path / "stale")
     with monkeypatch.context() as m:
-        _crash_after(m, neat.expand, "sample_candidates", 2)
+        _crash_after(m, neat.steering, "sample_candidates", 2)
         with pytest.raises(Crash):
             cli(params, "expand")
     assert len(_shard_files(params, "expand")) == 2

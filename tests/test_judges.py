@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 
-from neat.errors import ConfigError, DataError, ModelError
+from neat.errors import ConfigError, DataError
 from neat.judges import (
     LearnedJudge,
     StringMatchJudge,
@@ -137,7 +136,7 @@ def test_get_judge_by_name():
     assert get_judge("string_match", empty_is_refusal=False)([""]) == [False]
     with pytest.raises(ConfigError, match="available: string_match, learned"):
         get_judge("gpt4")
-    with pytest.raises(ConfigError, match="path= .* or examples="):
+    with pytest.raises(ConfigError, match="needs examples="):
         get_judge("learned")
 
 
@@ -182,25 +181,11 @@ def test_learned_judge_generalises_to_held_out_examples(trained):
     assert [p >= 0.5 for p in probs] == pred
 
 
-def test_learned_judge_save_load_roundtrip(trained, tmp_path):
-    judge, texts, _ = trained
-    saved = judge.save(tmp_path / "judge")
-    assert sorted(p.name for p in saved.iterdir()) == ["head.safetensors", "judge.json"]
-    config = json.loads((saved / "judge.json").read_text())
-    assert config["encoder"] == "builtin:minilm" and config["train"]["n"] == judge.train_info["n"]
-    loaded = LearnedJudge.load(saved)
-    assert loaded.predict_proba(texts) == pytest.approx(judge.predict_proba(texts), abs=1e-6)
-    assert get_judge("learned", path=saved).name == "learned"
-    assert get_judge("learned", path=saved, threshold=0.99).threshold == 0.99
-
-
-def test_learned_judge_empty_response_and_errors(trained, tmp_path):
+def test_learned_judge_empty_response_and_errors(trained):
     judge, _, _ = trained
     assert judge.predict_proba([""]) == [1.0] and judge(["  "]) == [True]
     with pytest.raises(RuntimeError, match="not trained"):
         LearnedJudge().predict(["hi"])
-    with pytest.raises(ModelError, match="not a saved learned judge"):
-        LearnedJudge.load(tmp_path)
     with pytest.raises(ValueError, match="both refusals and compliances"):
         LearnedJudge().fit(["no", "nope"], ["refusal", "refusal"])
     with pytest.raises(ValueError, match="label 'maybe'"):

@@ -14,7 +14,7 @@ from neat.encoding import batch_tokens, collate, collate_packed
 from neat.training.groups import groups_from_scored
 from neat.training.objective import batch_logps, step_loss
 from neat.training.trainer import Trainer, load_trainable_policy
-from neat.expand import select_prompts
+from neat.steering import select_prompts
 from tests.test_train import make_params, synthetic_rows
 
 

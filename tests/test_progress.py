@@ -7,7 +7,7 @@ import sys
 
 from neat.progress import bars_off, tqdm
 
-DRAW = ("from neat.expand import tqdm\n"
+DRAW = ("from neat.steering import tqdm\n"
         "for _ in tqdm(range(50), desc='expand round 1', disable=False, mininterval=0): pass\n")
 
 
@@ -40,12 +40,12 @@ def test_tqdm_disable_wins_and_a_terminal_gets_bars(monkeypatch):
     assert tqdm(range(3), disable=True).disable  # a caller's own `progress=False` still holds
 
 
-def test_every_stage_module_draws_through_neat_progress():
+def test_every_stage_draws_through_neat_progress():
     import neat.evaluate  # noqa: F401 - imports its tqdm lazily; checked through the source below
-    import neat.expand
     import neat.reward
+    import neat.steering  # the expand stage's bars
     import neat.training.trainer
     from tests.conftest import ROOT
 
-    assert neat.expand.tqdm is neat.reward.tqdm is neat.training.trainer.tqdm is tqdm
+    assert neat.steering.tqdm is neat.reward.tqdm is neat.training.trainer.tqdm is tqdm
     assert "from neat.progress import tqdm" in (ROOT / "neat" / "evaluate.py").read_text()

@@ -19,7 +19,7 @@ def write_upstream(params):
     """Scored candidates (2 rounds), a training log, and evaluation files written by neat.evaluate's writers."""
     from neat.evaluate import evaluation_metrics, write_jsonl_atomic, write_rewards_plot_data
     from neat.encoding import ORIGINS
-    from neat.expand import write_candidates
+    from neat.candidates import write_candidates
     from neat.io import write_json_atomic
     from neat.training.records import write_log
 

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from neat.data import PreferencePair, write_pairs
 from neat.diagnostics import separation
 from neat.errors import ModelError
-from neat.expand import read_candidates, write_candidates
+from neat.candidates import read_candidates, write_candidates
 from neat.io import atomic_path
 from neat.reward import (
     encode,

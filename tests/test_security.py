@@ -150,7 +150,7 @@ class _Exploit:
 
 
 def _short_run(tmp_path):
-    from neat.expand import select_prompts
+    from neat.steering import select_prompts
     from neat.training.trainer import Trainer, load_trainable_policy
     from tests.test_train import make_params, synthetic_rows
 
@@ -163,7 +163,7 @@ def _short_run(tmp_path):
 
 
 def test_checkpoints_are_safetensors_and_a_malicious_optimizer_pickle_is_refused(tmp_path):
-    from neat.expand import select_prompts
+    from neat.steering import select_prompts
     from neat.models import save_model
     from neat.training.trainer import Trainer, load_trainable_policy
 

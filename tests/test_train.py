@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neat.data import read_preferences
-from neat.expand import select_prompts
+from neat.steering import select_prompts
 from neat.losses import LOSSES
 from neat.encoding import collate
 from neat.training.groups import groups_from_scored

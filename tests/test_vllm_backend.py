@@ -361,7 +361,7 @@ def test_engine_for_trained_policy_cleans_up_after_a_failure(fake_vllm, tmp_path
 def test_online_rounds_sample_through_an_engine_on_the_current_policy(fake_vllm, tmp_path):
     """`neat train` round 2 with generation.backend: vllm: an engine on a saved copy of the policy as
     trained in round 1, its samples in the round data, the copy removed afterwards."""
-    from neat.expand import select_prompts
+    from neat.steering import select_prompts
     from neat.training.trainer import Trainer, load_trainable_policy
     from tests.test_train import fake_scorer, make_params, synthetic_rows
 
@@ -384,7 +384,7 @@ def test_online_rounds_sample_through_an_engine_on_the_current_policy(fake_vllm,
     assert not Path(engine_dir).exists()
     llm = fake_vllm.LLM.registry[0]
     assert llm.calls and "engine_core.shutdown" in fake_vllm.LLM.log
-    from neat.expand import read_candidates
+    from neat.candidates import read_candidates
 
     sampled = [r for r in read_candidates(params.out("train", "rounds", "round_2.parquet"))
                if r["origin"] in ("positive", "negative")]
@@ -446,7 +446,8 @@ def _columns(rows):
 def test_expand_with_vllm_writes_what_hf_writes(prepared, fake_vllm, tmp_path):
     import shutil
 
-    from neat.expand import CANDIDATE_COLUMNS, expand, read_candidates
+    from neat.candidates import SAMPLED_COLUMNS, read_candidates
+    from neat.expand import expand
 
     results = {}
     for backend in ("hf", "vllm"):
@@ -459,7 +460,7 @@ def test_expand_with_vllm_writes_what_hf_writes(prepared, fake_vllm, tmp_path):
     assert set(v_stats) == set(hf_stats)
     assert {k: v for k, v in v_stats.items() if k in ("prompts", "prompts_too_long", "samples", "shards")} == \
         {k: v for k, v in hf_stats.items() if k in ("prompts", "prompts_too_long", "samples", "shards")}
-    assert list(v_rows[0]) == list(hf_rows[0]) and set(CANDIDATE_COLUMNS) <= set(v_rows[0])
+    assert list(v_rows[0]) == list(hf_rows[0]) == list(SAMPLED_COLUMNS)
     assert _columns(v_rows) == _columns(hf_rows)
     key = [(r["prompt_id"], r["origin"], r["steering_prompt"], r["n_demos"], r["generation"], r["policy_id"])
            for r in hf_rows]

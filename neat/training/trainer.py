@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
+from neat.candidates import read_candidates, write_candidates
 from neat.encoding import PromptCandidates, batch_tokens, collate, collate_packed, fit_turns
 from neat.errors import TrainingError
-from neat.expand import build_candidates, read_candidates, write_candidates
 from neat.io import write_json_atomic
 from neat.losses import LOSSES
 from neat.progress import tqdm
+from neat.steering import build_candidates
 from neat.training.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
 from neat.training.groups import groups_from_scored, round_order
 from neat.training.objective import batch_counts, step_loss

@@ -1,11 +1,11 @@
-"""Expansion: which steering prompts get in-context demonstrations."""
+"""Steered sampling (the expansion library): which steering prompts get in-context demonstrations."""
 
 from __future__ import annotations
 
 from neat.config import validate_params
 from neat.data import read_preferences
-from neat.expand import sample_candidates, select_prompts
 from neat.models import load_policy
+from neat.steering import sample_candidates, select_prompts
 from tests.conftest import ROOT, former_defaults
 
 

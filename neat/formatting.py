@@ -1,0 +1,23 @@
+"""Metric numbers as the report and `neat compare` print them in their Markdown tables."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+MISSING = "–"  # a metric that was not measured (or is not a finite number)
+
+
+def format_number(x, digits: int = 3) -> str:
+    """`x` with `digits` decimals; MISSING unless it is a finite number."""
+    if not isinstance(x, numbers.Real) or not math.isfinite(x):
+        return MISSING
+    return f"{x:.{digits}f}"
+
+
+def format_interval(metrics: dict, key: str, digits: int = 3) -> str:
+    """`metrics[key]` with its interval `[<key>_ci_low, <key>_ci_high]`; MISSING when the metric is absent."""
+    if metrics.get(key) is None:
+        return MISSING
+    low, high = metrics.get(key + "_ci_low"), metrics.get(key + "_ci_high")
+    return f"{format_number(metrics[key], digits)} [{format_number(low, digits)}, {format_number(high, digits)}]"

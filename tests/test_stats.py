@@ -1,0 +1,70 @@
+"""Bootstrap intervals (neat.stats): widths, determinism by seed, paired comparisons, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neat.stats import bootstrap_ci, paired_bootstrap_ci, rate_with_ci
+
+
+def test_bootstrap_all_equal_values_give_zero_width_interval():
+    point, low, high = bootstrap_ci([0.3] * 50)
+    assert point == pytest.approx(0.3) and low == pytest.approx(0.3) and high == pytest.approx(0.3)
+
+
+def test_bootstrap_bernoulli_half_interval_has_the_normal_width():
+    values = np.array([1.0] * 200 + [0.0] * 200)
+    np.random.default_rng(1).shuffle(values)
+    point, low, high = bootstrap_ci(values, n_resamples=2000)
+    assert point == 0.5
+    assert low < 0.5 < high
+    assert (high - low) == pytest.approx(2 * 1.96 * 0.025, abs=0.03)
+
+
+def test_bootstrap_is_deterministic_by_seed():
+    values = np.random.default_rng(0).normal(size=60)
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    assert bootstrap_ci(values, seed=3) != bootstrap_ci(values, seed=4)
+
+
+def test_bootstrap_other_statistics_and_alpha():
+    values = np.arange(101, dtype=float)
+    point, low, high = bootstrap_ci(values, statistic=np.median)
+    assert point == 50.0 and low < 50 < high
+    loop = bootstrap_ci(values, statistic=lambda v: float(np.median(v)))  # no axis=: looped, same draws
+    assert loop == pytest.approx((point, low, high))
+    narrow = bootstrap_ci(values, alpha=0.5)
+    assert low < narrow[1] <= narrow[2] < high
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [float("inf")]])
+def test_bootstrap_rejects_empty_or_non_finite(bad):
+    with pytest.raises(ValueError):
+        bootstrap_ci(bad)
+
+
+def test_bootstrap_rejects_bad_settings():
+    with pytest.raises(ValueError, match="alpha"):
+        bootstrap_ci([1.0, 2.0], alpha=1.5)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_ci([1.0, 2.0], n_resamples=0)
+
+
+def test_paired_bootstrap_constant_shift_and_win_rate():
+    b = np.random.default_rng(0).normal(size=40)
+    assert paired_bootstrap_ci(b + 1.0, b) == pytest.approx((1.0, 1.0, 1.0))
+    a, b = [3.0, 1.0, 2.0, 2.0], [1.0, 2.0, 2.0, 0.0]  # win, loss, tie, win
+    point, low, high = paired_bootstrap_ci(a, b, "win_rate")
+    assert point == pytest.approx(2.5 / 4) and 0 <= low <= point <= high <= 1
+    custom = paired_bootstrap_ci(a, b, lambda x, y: float(np.mean(x) - np.mean(y)))
+    assert custom == pytest.approx(paired_bootstrap_ci(a, b, "mean_diff"))
+    with pytest.raises(ValueError, match="same length"):
+        paired_bootstrap_ci([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="unknown paired statistic"):
+        paired_bootstrap_ci(a, b, "median")
+
+
+def test_rate_with_ci_handles_empty():
+    assert rate_with_ci([]) == {"rate": None, "ci_low": None, "ci_high": None, "n": 0}
+    assert rate_with_ci([True, True, False, True])["rate"] == 0.75
