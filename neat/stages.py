@@ -89,7 +89,7 @@ GENERATION = ("generation.backend", "generation.engine")
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
-        Stage("prepare", "neat.data:prepare", "read preference data, check rows, split train/eval/judge",
+        Stage("prepare", "neat.prepare:prepare", "read preference data, check rows, split train/eval/judge",
               reads_data_source=True,
               params=("paths.data", "data"),
               outs=(out("data/train.jsonl"), out("data/eval.jsonl"), out("data/judge.jsonl")),

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_xstest_dev_rows_lie_outside_both_evaluation_subsets_and_hh_dev_outside_training(tmp_path):
-    from neat.data import prepare
+    from neat.prepare import prepare
 
     params = load_params(ROOT / "params.yaml", overrides=[f"paths.out={tmp_path}",
                                                           f"paths.data={ROOT / 'data/demo/hh_demo.jsonl'}"])

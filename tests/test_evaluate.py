@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from neat.data import prepare
+from neat.prepare import prepare
 from neat.errors import DataError
 from tests.conftest import ROOT, make_test_params
 

@@ -12,7 +12,7 @@ import yaml
 
 from neat.codedeps import DATA_DEP, sync_dvc_yaml
 from neat.config import load_params
-from neat.data import prepare
+from neat.prepare import prepare
 from tests.conftest import ROOT
 from tests.project import make_project, venv_env
 

@@ -37,7 +37,7 @@ def is_trainer(module: str, name: str | None) -> bool:
 
 # stage modules the training library must not lean on besides `neat.train` (its online rounds sample
 # through neat.steering and read and write candidates through neat.candidates)
-OTHER_STAGES = ("neat.expand", "neat.reward", "neat.evaluate", "neat.report", "neat.data")
+OTHER_STAGES = ("neat.expand", "neat.reward", "neat.evaluate", "neat.report", "neat.prepare")
 
 
 def is_train_stage(module: str, name: str | None) -> bool:
@@ -218,6 +218,7 @@ COVERED_ELSEWHERE = {
     "neat/input_files.py": "tests/test_data.py and benchmarks/bad_inputs.py via tests/test_bad_inputs.py",
     "neat/logs.py": "tests/test_cli_logging.py",
     "neat/params_yaml.py": "tests/test_params_strict.py and tests/test_config.py (strict YAML of params)",
+    "neat/prepare.py": "the stage: tests/test_pipeline.py (end to end), tests/test_hub_data.py, tests/test_bad_inputs.py",
     "neat/promotion.py": "tests/test_orchestration.py and tests/test_registry.py (the gate)",
     "neat/stage_inputs.py": "damaged stage outputs: benchmarks/bad_inputs.py via tests/test_bad_inputs.py",
     "neat/training/checkpoint.py": "tests/test_interruptions.py and tests/test_training_strategy.py (resume)",

@@ -432,7 +432,7 @@ def stage_params(tmp_path, **sections):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from neat.data import prepare
+    from neat.prepare import prepare
 
     root = tmp_path_factory.mktemp("vllm-stages")
     prepare(stage_params(root))
