@@ -144,8 +144,9 @@ def format_table(variants: list[dict], reference: str) -> str:
         f"{base.get('safety', {}).get('base', {}).get('n', 0)} safety prompts. Δ: paired bootstrap of the difference "
         f"to `{reference}` (perplexity: ratio), each variant's per-prompt values averaged over its seeds; *inside* = "
         "the interval contains 0 (×1 for the ratio), i.e. not distinguishable at this sample size; **outside** = a "
-        "difference at the 95 % level. A variant with several seeds: first the mean over its seeds (each seed's "
-        "value in brackets), then each seed with its own interval. Wall time: training and evaluation, minutes.",
+        "difference at the 95 % level. A variant with several seeds: first the mean over its seeds (then each "
+        "seed's value), then each seed with its own interval. Wall time: training and evaluation, minutes (per "
+        "seed; the mean row: their mean).",
         "",
         "| variant | seed | steps | eval reward | Δ reward | win rate vs base | Δ win rate | perplexity | Δ perplexity "
         "| unsafe refusal | Δ unsafe refusal | safe compliance | Δ safe compliance | wall time |",
