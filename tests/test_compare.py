@@ -265,6 +265,7 @@ def test_two_seeds_of_neat_and_sft_at_equal_budget_resumed_seed_by_seed(prepared
     from neat.report import report
 
     params = _fresh(prepared, tmp_path, train={"rounds": 2}, compare={"variants": {"neat": [0, 1], "sft": [0]}})
+    params.policy.lora.enabled = True  # as in the run of every variant: far faster to train and save
     summary = compare(params, progress=False)
     saved = json.loads(params.out("compare", "compare.json").read_text())
     assert [v["name"] for v in saved["variants"]] == ["neat", "sft"] == [v["name"] for v in summary["variants"]]
