@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
             stage_parser.add_argument("--resume", action="store_true",
                                       help="continue from the last checkpoint of the same inputs and params")
         if stage.name == "compare":
-            stage_parser.add_argument("--variants", default=None, help="comma-separated subset of: neat,rrhf,sft,neat_pro,dpo,online_dpo,rlcd (default neat,rrhf,sft)")
+            stage_parser.add_argument(
+                "--variants", default=None,
+                help="comma-separated variants to run (of neat,rrhf,sft,neat_pro,dpo,online_dpo,rlcd), each with "
+                     "its seeds in compare.variants or else `seed` (default: the keys of compare.variants)")
+        if stage.foreach:
+            stage_parser.add_argument(stage.foreach[1], required=True, metavar="NAME",
+                                      help=f"the key of `{stage.foreach[0]}` to run (one DVC stage instance each)")
         _add_common(stage_parser)
 
     rollback = sub.add_parser("rollback", help="move the registry's production pointer back one version")
@@ -86,10 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(hub)
 
     deps = sub.add_parser("dvc-yaml", aliases=["dvc-deps"],
-                          help="write dvc.yaml from the stage manifest (neat/stages.py) and each stage's imports")
+                          help="write dvc.yaml and compare/dvc.yaml from the stage manifest (neat/stages.py) and "
+                               "each stage's imports")
     deps.add_argument("--check", action="store_true",
-                      help="only check: exit 1 if dvc.yaml differs from what the manifest and the code generate")
-    deps.add_argument("--dvc-yaml", default="dvc.yaml", help="the file to check or rewrite (default: dvc.yaml)")
+                      help="only check: exit 1 if either file differs from what the manifest and the code generate")
+    deps.add_argument("--dvc-yaml", default="dvc.yaml",
+                      help="the pipeline's file to check or rewrite, compare/dvc.yaml beside it (default: dvc.yaml)")
     deps.add_argument("--debug", action="store_true", help="show tracebacks")
 
     show = sub.add_parser("params", help="print the validated parameters (with overrides applied)")
@@ -125,16 +133,16 @@ def _cmd_inspect(args) -> int:
 def _cmd_dvc_yaml(args) -> int:
     from pathlib import Path
 
-    from neat.codedeps import sync_dvc_yaml
+    from neat.codedeps import sync_all
 
-    changes = sync_dvc_yaml(Path(args.dvc_yaml), write=not args.check)
+    changes = sync_all(Path(args.dvc_yaml), write=not args.check)
     for stage, change in changes.items():
         words = [f"+{d}" for d in change.get("add", [])] + [f"-{d}" for d in change.get("remove", [])]
         words += [f"~{field}" for field in change.get("fields", [])] + ([change["layout"]] if "layout" in change else [])
         print(f"{stage}: {' '.join(words)}")
     if args.check and changes:
-        print(f"{args.dvc_yaml}: differs from the stage manifest and the stages' imports; run `neat dvc-yaml`",
-              file=sys.stderr)
+        print(f"{args.dvc_yaml} or compare/dvc.yaml beside it: differs from the stage manifest and the stages' "
+              "imports; run `neat dvc-yaml`", file=sys.stderr)
         return 1
     return 0
 
@@ -225,6 +233,8 @@ def dispatch(args) -> int:
         options = {"resume": True} if getattr(args, "resume", False) else {}
         if getattr(args, "variants", None):
             options["variants"] = args.variants.split(",")
+        if getattr(args, "variant", None):
+            options["variant"] = args.variant
         from pathlib import Path
 
         from neat.output_sets import recover

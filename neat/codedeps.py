@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from neat.stages import COMPARE_DVC_YAML, DVC_YAML
 from neat.stages import DATA_SOURCE as DATA_DEP
 
 PACKAGE = "neat"
@@ -102,6 +103,15 @@ HEADER = """\
 # params paths.data and data.hub_revision instead): rerun `neat dvc-yaml` after switching between the two.
 """
 
+COMPARE_HEADER = """\
+# GENERATED from the stage manifest (neat/stages.py) by `neat dvc-yaml`, like ../dvc.yaml: do not edit by hand.
+# The comparison of variants (`neat compare` runs the same entry points): one compare_variant instance per key
+# of `compare.variants` in params.yaml (each trains and evaluates that variant once per seed), then the
+# table. Kept out of ../dvc.yaml so that `dvc repro` and `make all` do not train every variant; run it with
+#   dvc repro compare/dvc.yaml       (or `dvc exp run compare/dvc.yaml`; `dvc stage list compare/dvc.yaml`)
+# Paths and params are the project's (params.yaml one folder up): each stage runs there (wdir).
+"""
+
 
 def data_source_is_hub(params_file: Path) -> bool:
     """Whether `paths.data` in `params_file` (absent: the schema's default, a local file) is a hub dataset."""
@@ -122,11 +132,17 @@ def stage_deps(stage, hub: bool = False, root: Path = ROOT) -> list[str]:
     return deps + list(stage.deps)
 
 
+def _up(dvc_file: str) -> str:
+    """From the folder of `dvc_file` back to the project root: `..` per level ('' at the root)."""
+    return "/".join([".."] * (len(Path(dvc_file).parts) - 1))
+
+
 def dvc_stage(stage, hub: bool = False, root: Path = ROOT) -> dict:
-    """One stage of dvc.yaml, as `yaml.safe_load` reads it."""
+    """One stage of its dvc.yaml, as `yaml.safe_load` reads it (a `foreach` stage: {foreach:, do: the stage})."""
     from neat.stages import output_options, output_path
 
-    spec: dict = {"cmd": stage.cmd, "deps": stage_deps(stage, hub, root)}
+    spec: dict = {"wdir": _up(stage.dvc_file)} if _up(stage.dvc_file) else {}
+    spec |= {"cmd": stage.cmd, "deps": stage_deps(stage, hub, root)}
     if stage.params:
         spec["params"] = list(stage.params)
     for kind in ("outs", "metrics", "plots"):
@@ -134,14 +150,20 @@ def dvc_stage(stage, hub: bool = False, root: Path = ROOT) -> dict:
         if entries:
             spec[kind] = [output_path(e) if not output_options(e) else {output_path(e): dict(output_options(e))}
                           for e in entries]
+    if stage.foreach:
+        return {"foreach": "${" + stage.foreach[0] + "}", "do": spec}
     return spec
 
 
-def dvc_yaml_tree(hub: bool = False, root: Path = ROOT) -> dict:
-    """dvc.yaml as a tree: the manifest's pipeline stages and its top-level plots."""
-    from neat.stages import TOP_LEVEL_PLOTS, pipeline
+def dvc_yaml_tree(hub: bool = False, root: Path = ROOT, dvc_file: str = DVC_YAML) -> dict:
+    """`dvc_file` (DVC_YAML or COMPARE_DVC_YAML) as a tree: its stages of the manifest, with the pipeline's
+    top-level plots, or the comparison's `vars` (the project's params.yaml, for `${...}` in a subfolder)."""
+    from neat.stages import TOP_LEVEL_PLOTS, dvc_file_stages
 
-    return {"stages": {s.dvc_name: dvc_stage(s, hub, root) for s in pipeline()}, "plots": TOP_LEVEL_PLOTS}
+    stages = {s.dvc_name: dvc_stage(s, hub, root) for s in dvc_file_stages(dvc_file)}
+    if dvc_file == DVC_YAML:
+        return {"stages": stages, "plots": TOP_LEVEL_PLOTS}
+    return {"vars": [f"{_up(dvc_file)}/params.yaml"], "stages": stages}
 
 
 def _scalar(value) -> str:
@@ -180,17 +202,21 @@ def _block(node, indent: int, notes: dict) -> list[str]:
     return lines
 
 
-def render_dvc_yaml(hub: bool = False, root: Path = ROOT) -> str:
-    """The text of dvc.yaml, generated from the manifest (`hub`: the data source is a hub dataset)."""
-    from neat.stages import pipeline
+def render_dvc_yaml(hub: bool = False, root: Path = ROOT, dvc_file: str = DVC_YAML) -> str:
+    """The text of `dvc_file`, generated from the manifest (`hub`: the data source is a hub dataset)."""
+    from neat.stages import dvc_file_stages
 
-    tree = dvc_yaml_tree(hub, root)
-    notes = {k: v for s in pipeline() for k, v in s.notes.items()}
-    lines = [HEADER.rstrip("\n"), "stages:"]
+    tree = dvc_yaml_tree(hub, root, dvc_file)
+    notes = {k: v for s in dvc_file_stages(dvc_file) for k, v in s.notes.items()}
+    lines = [(HEADER if dvc_file == DVC_YAML else COMPARE_HEADER).rstrip("\n")]
+    if "vars" in tree:
+        lines += ["vars:", *_block(tree["vars"], 2, notes)]
+    lines += ["stages:"]
     for i, (name, spec) in enumerate(tree["stages"].items()):
         lines += ([""] if i else []) + [f"  {name}:", *_block(spec, 4, notes)]
-    lines += ["", "# the training log, once, against the optimiser step (losses and the mean reward of each "
-                  "candidate origin)", "plots:", *_block(tree["plots"], 2, notes)]
+    if "plots" in tree:
+        lines += ["", "# the training log, once, against the optimiser step (losses and the mean reward of each "
+                      "candidate origin)", "plots:", *_block(tree["plots"], 2, notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -214,16 +240,29 @@ def _differences(have: dict, wanted: dict) -> dict[str, dict]:
     return changes
 
 
-def sync_dvc_yaml(path: Path = ROOT / "dvc.yaml", root: Path = ROOT, write: bool = True) -> dict[str, dict]:
-    """Make `path` the dvc.yaml the manifest generates (for the params.yaml beside it). Returns
+def sync_dvc_yaml(path: Path = ROOT / "dvc.yaml", root: Path = ROOT, write: bool = True,
+                  dvc_file: str = DVC_YAML) -> dict[str, dict]:
+    """Make `path` the `dvc_file` the manifest generates (for the project's params.yaml). Returns
     {stage: {"add": [...], "remove": [...]}} for the stages whose deps differed (with "fields" naming
     any other key that differed), and {"dvc.yaml": {"layout": ...}} when only its text did (comments,
     order): empty when the file was already the generated one. Writes it unless `write=False`."""
-    wanted_text = render_dvc_yaml(data_source_is_hub(path.parent / "params.yaml"), root)
+    project = path.parents[len(Path(dvc_file).parts) - 1]
+    wanted_text = render_dvc_yaml(data_source_is_hub(project / "params.yaml"), root, dvc_file)
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     changes = _differences(yaml.safe_load(text) if text else {}, yaml.safe_load(wanted_text))
+    if (have := yaml.safe_load(text) if text else {}) and have.get("vars") != yaml.safe_load(wanted_text).get("vars"):
+        changes["vars"] = {"add": [], "remove": [], "fields": ["vars"]}
     if not changes and text != wanted_text:
-        changes[path.name] = {"layout": "the text differs from the generated file (comments, order or format)"}
+        changes[dvc_file] = {"layout": "the text differs from the generated file (comments, order or format)"}
     if write and text != wanted_text:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(wanted_text, encoding="utf-8")
     return changes
+
+
+def sync_all(path: Path = ROOT / DVC_YAML, root: Path = ROOT, write: bool = True) -> dict[str, dict]:
+    """`sync_dvc_yaml` for both generated files: `path` (the pipeline's dvc.yaml) and compare/dvc.yaml beside
+    it; the changes of the second keyed `compare/dvc.yaml:<stage>` (DVC's own address of its stages)."""
+    changes = sync_dvc_yaml(path, root, write)
+    compare = sync_dvc_yaml(path.parent / COMPARE_DVC_YAML, root, write, COMPARE_DVC_YAML)
+    return changes | {(k if k == COMPARE_DVC_YAML else f"{COMPARE_DVC_YAML}:{k}"): v for k, v in compare.items()}

@@ -16,25 +16,25 @@ training reward model and the same number of optimizer steps:
 * ``online_dpo`` — ``neat``'s candidates (sampled, scored, every round), DPO on each prompt's
   best-vs-worst pair by reward;
 * ``rlcd`` — DPO on (positive-steered, negative-steered) pairs labelled by their origin
-  (`train.pair_labels: origin`), without the dataset's responses; the reward model still scores the
-  candidates (for the logs) but does not label the pairs.
+  (`train.pair_labels: origin`), without the dataset's responses and without the training reward
+  model: every round's candidates are labelled by origin (`neat.train.origin_scorer`), none is scored.
 
 The DPO variants train on DPO alone (`train.rank_weight: 1`, `sft_weight: 0`, `anchor_weight: 0`: β,
 `train.dpo_beta`, is their KL term) against the reference policy, the base with its LoRA adapters off,
 so they need `policy.lora.enabled`.
 
-Each variant runs the manifest's stages (neat/stages.py) after the shared ones — `expand`, `score`,
-`train`, then `evaluate` — with a deep copy of
-the params whose `paths.out` is `<out>/compare/<name>`; the prepared data is copied there, and the
-training and evaluation reward models of `<out>` are used as given (`reward.train: false`,
-`evaluate.train_reward_model: false`), so they are trained once. Missing upstream outputs
-(prepared data, reward models) are produced first. A variant whose inputs and params are unchanged
-since its last run (`variant.json`) is not retrained. Base generations are cached once for all.
-
-Outputs: `<out>/compare/table.md` (markdown), `<out>/compare/compare.json` (everything) and
-`<out>/metrics/compare.json` (flat, for `dvc metrics`). Differences against the reference variant
-(``neat``) come from a paired bootstrap over the same prompts; a difference whose 95 % interval
-contains 0 is reported as *inside* (not distinguishable at this sample size).
+`compare.variants` names the variants, each with its training seeds. `neat compare-variant --variant
+NAME` (one DVC stage instance per variant in compare/dvc.yaml) runs, for each seed, the manifest's
+variant chain (neat/stages.py `VARIANT_CHAIN`: expand, score, train, evaluate) with a deep copy of the
+params whose `paths.out` is `<out>/compare/<name>/seed<k>` and whose `seed` is k for training (the
+evaluation keeps the run's `seed`, so every variant and seed answers the same prompts beside the same base
+answers). The prepared data is copied there and the reward models of `<out>` are used as given
+(`reward.train: false`, `evaluate.train_reward_model: false`), so they are trained once. It writes
+`<out>/compare/per_prompt/<name>.json` (each seed's metrics and per-prompt scores) and
+`<out>/metrics/compare/<name>.json`. `neat compare-table` (neat/compare_table.py) turns them into the
+table. `neat compare` runs the variants in order, then the table; it produces missing upstream outputs
+(prepared data, reward models) first and reuses a seed whose inputs and params are unchanged since its
+last run (`variant.json`, `evaluated.json`), so a killed comparison continues seed by seed.
 """
 
 from __future__ import annotations
@@ -42,15 +42,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
+from neat.compare_table import GENERATION_FIELDS, SAFETY_FIELDS, TABLE_KEYS, finite_mean, variant_seeds
 from neat.errors import ConfigError, DataError
-from neat.formatting import format_interval
-from neat.io import file_digest, read_jsonl, write_json_atomic, write_text_atomic
+from neat.io import file_digest, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +62,23 @@ VARIANTS: dict[str, str] = {
     "online_dpo": "DPO on the best-vs-worst pair by reward of NEAT's scored candidates, every round",
     "rlcd": "DPO on positive- vs negative-steered samples labelled by origin (no dataset responses, RM not used)",
 }
-DEFAULT_VARIANTS = ("neat", "rrhf", "sft")
 # trained on the dataset's responses only (no expand, no score): rows written by `dataset_rows`
 DATASET_ONLY = ("sft", "dpo")
 DPO_VARIANTS = ("dpo", "online_dpo", "rlcd")
 
 
-def variant_params(params, name: str, root: Path):
-    """A deep copy of `params` for variant `name`, writing under `root/name`, sharing the reward models."""
+def variant_params(params, name: str, root: Path, seed: int | None = None):
+    """A deep copy of `params` for variant `name` trained with `seed` (default: `seed` of `params`), writing
+    under `root/name/seed<seed>`, sharing the reward models."""
     from neat.evaluate import eval_reward_model_ref
     from neat.reward import reward_model_ref
 
     if name not in VARIANTS:
         raise ConfigError(f"unknown variant '{name}'; choose from {', '.join(VARIANTS)}")
+    seed = params.seed if seed is None else seed
     v = params.model_copy(deep=True)
-    v.paths.out = str(Path(root) / name)
+    v.seed = seed
+    v.paths.out = str(Path(root) / name / f"seed{seed}")
     v.reward.model, v.reward.train = reward_model_ref(params), False
     v.evaluate.reward_model, v.evaluate.train_reward_model = eval_reward_model_ref(params), False
     if name in DPO_VARIANTS and not params.policy.lora.enabled:
@@ -106,11 +107,6 @@ def variant_params(params, name: str, root: Path):
     return v
 
 
-def sft_rows(params) -> list[dict]:
-    """Scored rows holding only the dataset's chosen responses (reward 0, rank 0) for the training prompts."""
-    return dataset_rows(params, "sft")
-
-
 def dataset_rows(params, name: str) -> list[dict]:
     """Scored rows of the dataset's responses for the training prompts: `sft` the chosen ones only
     (reward 0, rank 0); `dpo` chosen (reward 1, rank 0) and rejected (reward 0, rank 1), the human label."""
@@ -129,39 +125,54 @@ def dataset_rows(params, name: str) -> list[dict]:
     return rows
 
 
+def uses_reward_model(v) -> bool:
+    """Whether the training reward model labels (or, for the logs, scores) a variant's candidates."""
+    return v.train.pair_labels == "reward"
+
+
 def _variant_key(v) -> str:
     """What a variant's trained policy depends on: its params (but not where it writes) and its input data."""
     tree = v.model_dump(mode="json")
     tree["paths"].pop("out")
-    tree.pop("evaluate")
-    tree.pop("gate")
+    for section in ("evaluate", "gate", "compare"):
+        tree.pop(section)
     from neat.models import checkpoint_id
 
     blob = json.dumps(tree, sort_keys=True) + file_digest(v.out("data", "train.jsonl"))
-    if v.train.rounds > 1 or v.expand.k_pos or v.expand.k_neg:  # the training reward model ranks candidates
+    if uses_reward_model(v) and (v.train.rounds > 1 or v.expand.k_pos or v.expand.k_neg):  # the RM ranks them
         blob += checkpoint_id(v.reward.model, seed=v.reward.seed)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# The manifest's stages (neat/stages.py), split: those run once under `<out>` and shared by every variant,
-# and those each variant runs for itself, before `train` (then `evaluate`), in the manifest's order.
+def _evaluation_key(ev, trained_key: str) -> str:
+    """What a variant's evaluation depends on besides its policy: the evaluate params, the run's seed, the
+    held-out and safety prompts, the judge's files and the evaluation reward model."""
+    from neat.evaluate import eval_reward_model_ref
+    from neat.models import checkpoint_id
+
+    files = [ev.out("data", "eval.jsonl"), ev.paths.safety_prompts, ev.paths.judge_labels]
+    if ev.evaluate.judge == "learned":
+        files.append(ev.paths.refusal_examples)
+    digests = [file_digest(f) if Path(f).is_file() else None for f in files]
+    blob = json.dumps([trained_key, ev.seed, ev.evaluate.model_dump(mode="json"), ev.policy.model, digests,
+                       checkpoint_id(eval_reward_model_ref(ev))], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# The manifest's stages (neat/stages.py) run once under `<out>` and shared by every variant; each variant
+# then runs `VARIANT_CHAIN` (expand, score, train, evaluate) for itself.
 SHARED_STAGES = ("prepare", "train-rm", "train-eval-rm")
 
 
-def variant_stages() -> list[str]:
-    """The stages a variant sampling its own candidates runs before `train`: expand, score."""
-    from neat.stages import stages_before
-
-    return [s.name for s in stages_before("train") if s.name not in SHARED_STAGES]
-
-
-def _ensure_upstream(params, progress: bool) -> dict:
-    """Prepared data and both reward models under `<out>`, produced if missing; returns seconds per stage."""
+def _ensure_upstream(params, names: Sequence[str], progress: bool) -> dict:
+    """Prepared data and the reward models the variants `names` use, under `<out>`, produced if missing;
+    returns seconds per stage."""
     from neat.stages import pipeline
 
+    needs_rm = any(uses_reward_model(variant_params(params, n, params.out("compare"))) for n in names)
     missing = {
         "prepare": not params.out("data", "eval.jsonl").is_file(),
-        "train-rm": params.reward.train and not params.out("reward_model").is_dir(),
+        "train-rm": needs_rm and params.reward.train and not params.out("reward_model").is_dir(),
         "train-eval-rm": params.evaluate.train_reward_model and not params.out("eval_reward_model").is_dir(),
     }
     options = {"train-eval-rm": {"progress": progress}}
@@ -174,10 +185,22 @@ def _ensure_upstream(params, progress: bool) -> dict:
     return seconds
 
 
+def label_by_origin(v) -> dict:
+    """The `score` step of a variant whose pairs are labelled by origin (rlcd): the expanded candidates
+    labelled positive 1 / negative 0 and ranked, no reward model loaded → `score/candidates.parquet`."""
+    from neat.candidates import read_candidates, write_candidates
+    from neat.train import origin_scorer
+
+    rows = origin_scorer(v)(read_candidates(v.out("expand", "candidates.parquet")))
+    write_candidates(v.out("score", "candidates.parquet"), rows)
+    return {"candidates": len(rows)}
+
+
 def train_variant(v, name: str, progress: bool = True) -> dict:
-    """Expand → score → train for one variant (SFT, DPO: dataset rows → train); skipped when up to date."""
+    """Expand → score → train for one variant and seed (SFT, DPO: dataset rows → train; rlcd: candidates
+    labelled by origin instead of scored); skipped when up to date."""
     from neat.candidates import write_candidates
-    from neat.stages import STAGES
+    from neat.stages import STAGES, VARIANT_CHAIN
 
     key = _variant_key(v)
     marker = v.out("variant.json")
@@ -186,154 +209,105 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
         if done.get("key") == key:
             return done | {"skipped": True}
     seconds: dict[str, float] = {}
-    if name in DATASET_ONLY:
+    start = time.perf_counter()
+    if name in DATASET_ONLY:  # no sampling: the dataset's responses are the candidates
         write_candidates(v.out("score", "candidates.parquet"), dataset_rows(v, name))
+        seconds["dataset_rows"] = round(time.perf_counter() - start, 1)
     else:
-        for stage in variant_stages():
+        for stage in VARIANT_CHAIN[: VARIANT_CHAIN.index("train")]:
             start = time.perf_counter()
-            STAGES[stage].load()(v)
+            run = label_by_origin if stage == "score" and not uses_reward_model(v) else STAGES[stage].load()
+            run(v)
             seconds[stage] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     summary = STAGES["train"].load()(v)
     seconds["train"] = round(time.perf_counter() - start, 1)
-    done = {"key": key, "name": name, "steps": summary.get("steps"), "seconds": seconds}
+    done = {"key": key, "name": name, "seed": v.seed, "steps": summary.get("steps"), "seconds": seconds}
     write_json_atomic(marker, done)
     return done | {"skipped": False}
 
 
-# ---------------------------------------------------------------- the table
+def evaluation_params(v, params):
+    """The variant's params for evaluating it: the run's `seed` (the same prompts and base answers for
+    every variant and seed). A base whose weights depend on the seed (builtin:tiny-random, tests only)
+    is then not the one a seed k ≠ `seed` trained from."""
+    ev = v.model_copy(deep=True)
+    ev.seed = params.seed
+    return ev
 
 
-def _finite(x) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+def _slim(rows: list[dict], fields: tuple[str, ...]) -> list[dict]:
+    return [{k: r.get(k) for k in fields} for r in rows]
 
 
-def differences(ref: dict, other: dict, *, n_resamples: int, seed: int) -> dict:
-    """Paired bootstrap of `other − ref` on the same prompts: reward, win rate vs base, perplexity ratio, safety."""
-    from neat.evaluate import paired_diff, perplexity_ratio_ci
-    from neat.stats import win_values
+def run_seed(params, name: str, seed: int, progress: bool = True) -> dict:
+    """Train (unless up to date) and evaluate (unless up to date) variant `name` with `seed` → its metrics,
+    per-prompt scores, steps and seconds."""
+    from neat.evaluate import evaluate
+    from neat.io import read_jsonl
 
-    g_ref, g_oth = ref["generations"], other["generations"]
-    if [r["prompt_id"] for r in g_ref] != [r["prompt_id"] for r in g_oth]:
-        raise DataError("variants were evaluated on different held-out prompts; rerun compare from scratch")
-    boot = dict(n_resamples=n_resamples, seed=seed)
-    idx = [i for i in range(len(g_ref))
-           if all(_finite(g[i][k]) for g in (g_ref, g_oth) for k in ("base_reward", "trained_reward"))]
-    t_ref = [g_ref[i]["trained_reward"] for i in idx]
-    t_oth = [g_oth[i]["trained_reward"] for i in idx]
-    out: dict[str, Any] = {"eval_reward_mean": paired_diff(t_oth, t_ref, **boot)}
-    if idx:
-        w_ref = win_values(t_ref, [g_ref[i]["base_reward"] for i in idx])
-        w_oth = win_values(t_oth, [g_oth[i]["base_reward"] for i in idx])
-        out["win_rate"] = paired_diff(list(w_oth), list(w_ref), **boot)
+    v = variant_params(params, name, params.out("compare"), seed)
+    for part in ("train.jsonl", "eval.jsonl"):  # what the chain reads of the prepared data
+        v.out("data").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(params.out("data", part), v.out("data", part))
+    trained = train_variant(v, name, progress=progress)
+    ev = evaluation_params(v, params)
+    key = _evaluation_key(ev, trained["key"])
+    marker = v.out("evaluated.json")
+    done = json.loads(marker.read_text()) if marker.is_file() else {}
+    if done.get("key") == key and v.out("metrics", "evaluate.json").is_file():
+        metrics = json.loads(v.out("metrics", "evaluate.json").read_text())
+        evaluate_seconds = done["seconds"]
     else:
-        out["win_rate"] = paired_diff([], [], **boot)
-    ratio = perplexity_ratio_ci([r["trained_chosen_nll"] for r in g_oth], [r["trained_chosen_nll"] for r in g_ref],
-                                [r["chosen_tokens"] for r in g_ref], **boot)
-    out["perplexity"] = {"diff": ratio["ratio"], "ci_low": ratio["ci_low"], "ci_high": ratio["ci_high"],
-                         "significant": ratio["significant"], "kind": "ratio"}
-    s_ref, s_oth = ref["safety"], other["safety"]
-    for key, label, flip in (("unsafe_refusal_rate", "unsafe", False), ("safe_compliance_rate", "safe", True)):
-        sel = [i for i, r in enumerate(s_ref) if r["label"] == label]
-        a = [float(s_oth[i]["trained_refused"] != flip) for i in sel]
-        b = [float(s_ref[i]["trained_refused"] != flip) for i in sel]
-        out[key] = paired_diff(a, b, **boot)
-    return out
+        start = time.perf_counter()
+        metrics = evaluate(ev, tag=f"{name}-seed{seed}", progress=progress,
+                           generation_cache=params.out("cache", "eval_generations"))
+        evaluate_seconds = round(time.perf_counter() - start, 1)
+        write_json_atomic(marker, {"key": key, "seconds": evaluate_seconds})
+    return {"seed": seed, "out": str(v.out()), "steps": trained.get("steps"),
+            "retrained": not trained["skipped"], "seconds": trained.get("seconds", {}) | {"evaluate": evaluate_seconds},
+            "metrics": metrics,
+            "generations": _slim(read_jsonl(v.out("evaluate", "generations.jsonl")), GENERATION_FIELDS),
+            "safety": _slim(read_jsonl(v.out("evaluate", "safety.jsonl")), SAFETY_FIELDS)}
 
 
-def _delta(d: dict | str | None, digits=3, ratio=False) -> str:
-    if d == "reference":
-        return "(reference)"
-    if not d or not _finite(d.get("diff")):
-        return "–"
-    sign = "×" if ratio else ("+" if d["diff"] >= 0 else "")
-    where = "**outside**" if d["significant"] else "inside"
-    return f"{sign}{d['diff']:.{digits}f} [{d['ci_low']:.{digits}f}, {d['ci_high']:.{digits}f}] {where}"
+# ---------------------------------------------------------------- the stages
 
 
-def format_table(variants: list[dict], reference: str) -> str:
-    """Markdown: one row per variant (and the base), each metric with its interval, Δ vs the reference."""
-    base = variants[0]["metrics"]
-    lines = [
-        f"Metrics with 95 % bootstrap intervals over the same {base.get('prompts')} held-out prompts and "
-        f"{base.get('safety', {}).get('base', {}).get('n', 0)} safety prompts. Δ: paired bootstrap of the difference "
-        f"to `{reference}` (perplexity: ratio); *inside* = the interval contains 0 (×1 for the ratio), i.e. not "
-        "distinguishable at this sample size; **outside** = a difference at the 95 % level.",
-        "",
-        "| variant | steps | eval reward | Δ reward | win rate vs base | Δ win rate | perplexity | Δ perplexity "
-        "| unsafe refusal | Δ unsafe refusal | safe compliance | Δ safe compliance |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| base (`{base.get('base_model')}`) | 0 | {format_interval(base, 'base_eval_reward_mean')} | | | | "
-        f"{format_interval(base, 'base_perplexity', 2)} | | {format_interval(base, 'base_unsafe_refusal_rate', 2)} | | "
-        f"{format_interval(base, 'base_safe_compliance_rate', 2)} | |",
-    ]
-    for v in variants:
-        m, d = v["metrics"], v.get("vs_reference") or {}
-        if v["name"] == reference:
-            d = {k: "reference" for k in ("eval_reward_mean", "win_rate", "perplexity", "unsafe_refusal_rate",
-                                          "safe_compliance_rate")}
-        lines.append(
-            f"| {v['name']} | {v.get('steps')} | {format_interval(m, 'eval_reward_mean')} | "
-            f"{_delta(d.get('eval_reward_mean'))} | {format_interval(m, 'win_rate', 2)} | {_delta(d.get('win_rate'), 2)} | "
-            f"{format_interval(m, 'perplexity', 2)} | {_delta(d.get('perplexity'), 3, ratio=True)} | "
-            f"{format_interval(m, 'unsafe_refusal_rate', 2)} | {_delta(d.get('unsafe_refusal_rate'), 2)} | "
-            f"{format_interval(m, 'safe_compliance_rate', 2)} | {_delta(d.get('safe_compliance_rate'), 2)} |"
-        )
-    lines += ["", "Variants: " + "; ".join(f"`{v['name']}` — {VARIANTS[v['name']]}" for v in variants) + "."]
-    return "\n".join(lines) + "\n"
+def compare_variant(params, variant: str, progress: bool = True) -> dict:
+    """Stage: train and evaluate one variant once per seed of `compare.variants` →
+    `<out>/compare/<variant>/seed<k>/`, `<out>/compare/per_prompt/<variant>.json` (each seed's metrics and
+    per-prompt scores, what the table reads) and `<out>/metrics/compare/<variant>.json`."""
+    from neat.io import json_safe
 
-
-# ---------------------------------------------------------------- the stage
+    seeds = variant_seeds(params, variant)
+    for seed in seeds:  # a refused variant stops before anything runs
+        variant_params(params, variant, params.out("compare"), seed)
+    _ensure_upstream(params, [variant], progress)
+    runs = [run_seed(params, variant, seed, progress) for seed in seeds]
+    write_json_atomic(params.out("compare", "per_prompt", f"{variant}.json"),
+                      json_safe({"name": variant, "description": VARIANTS[variant], "seeds": runs}))
+    flat = {f"seed{r['seed']}": {k: r["metrics"].get(k) for k in TABLE_KEYS} | {"steps": r["steps"]} for r in runs}
+    if len(runs) > 1:
+        flat["mean"] = {k: finite_mean(r["metrics"].get(k) for r in runs) for k in TABLE_KEYS}
+    write_json_atomic(params.out("metrics", "compare", f"{variant}.json"), json_safe(flat))
+    return json_safe({"name": variant, "seeds": [{k: r[k] for k in ("seed", "out", "steps", "retrained", "seconds")}
+                                                 for r in runs], "metrics": flat})
 
 
 def compare(params, variants: Sequence[str] | None = None, progress: bool = True) -> dict:
-    """Stage: train and evaluate each variant against the same base → `<out>/compare/table.md` and `compare.json`."""
-    from neat.evaluate import evaluate
-    from neat.io import json_safe
+    """Stage: every variant of `compare.variants` (or `variants`) in order, each seed reused when up to
+    date, then the table (`neat compare-table`) → `<out>/compare/table.md` and `compare.json`."""
+    from neat.compare_table import compare_table
 
-    names = list(variants) if variants else list(DEFAULT_VARIANTS)
+    names = list(variants) if variants else list(params.compare.variants)
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"compare: variants must be distinct and non-empty (got {names})")
+    for name in names:  # a refused variant stops nothing midway
+        for seed in variant_seeds(params, name):
+            variant_params(params, name, params.out("compare"), seed)
     started = time.perf_counter()
-    root = params.out("compare")
-    every = {name: variant_params(params, name, root) for name in names}  # a refused variant stops nothing midway
-    upstream = _ensure_upstream(params, progress)
-    cache = params.out("cache", "eval_generations")
-    results = []
+    upstream = _ensure_upstream(params, names, progress)
     for name in names:
-        v = every[name]
-        shutil.copytree(params.out("data"), v.out("data"), dirs_exist_ok=True)
-        trained = train_variant(v, name, progress=progress)
-        start = time.perf_counter()
-        metrics = evaluate(v, tag=name, progress=progress, generation_cache=cache)
-        results.append({
-            "name": name, "description": VARIANTS[name], "out": str(v.out()), "steps": trained.get("steps"),
-            "retrained": not trained["skipped"], "seconds": trained.get("seconds", {}) | {
-                "evaluate": round(time.perf_counter() - start, 1)},
-            "metrics": metrics,
-            "generations": read_jsonl(v.out("evaluate", "generations.jsonl")),
-            "safety": read_jsonl(v.out("evaluate", "safety.jsonl")),
-        })
-    reference = "neat" if "neat" in names else names[0]
-    ref = next(r for r in results if r["name"] == reference)
-    for r in results:
-        r["vs_reference"] = None if r is ref else differences(ref, r, n_resamples=params.evaluate.bootstrap,
-                                                              seed=params.seed)
-    table = format_table(results, reference)
-    for r in results:
-        del r["generations"], r["safety"]
-    steps = {r["name"]: r["steps"] for r in results}
-    summary = json_safe({
-        "reference": reference, "variants": results, "equal_steps": len(set(steps.values())) == 1,
-        "upstream_seconds": upstream, "seconds": round(time.perf_counter() - started, 1),
-    })
-    write_text_atomic(root / "table.md", table)
-    write_json_atomic(root / "compare.json", summary)
-    flat = {r["name"]: {k: r["metrics"].get(k) for k in (
-        "eval_reward_mean", "win_rate", "perplexity", "unsafe_refusal_rate", "safe_compliance_rate")}
-        | {"steps": r["steps"]} for r in results}
-    write_json_atomic(params.out("metrics", "compare.json"), json_safe(flat))
-    if not summary["equal_steps"]:
-        log.warning("neat compare: variants took different numbers of optimizer steps %s "
-                    "(train.grad_accum does not divide the batches per round)", steps)
-    return summary
+        compare_variant(params, name, progress)
+    return compare_table(params, names) | {"upstream_seconds": upstream, "seconds": round(time.perf_counter() - started, 1)}

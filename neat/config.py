@@ -238,6 +238,27 @@ class RetrainParams(Section):
     dvc_push: bool = True
 
 
+VariantName = Literal["neat", "rrhf", "sft", "neat_pro", "dpo", "online_dpo", "rlcd"]  # described in neat/compare.py
+
+
+class CompareParams(Section):
+    variants: dict[VariantName, list[int]] = Field(
+        default_factory=lambda: {"neat": [0], "rrhf": [0], "sft": [0]},
+        description="`neat compare`'s variants, in the table's order, each with its training seeds (the run's "
+                    "sampling, data order and LoRA init; evaluation keeps `seed`); compare/dvc.yaml runs one "
+                    "stage instance per variant")
+
+    @model_validator(mode="after")
+    def _seeds_are_given_once(self) -> "CompareParams":
+        if not self.variants:
+            raise ValueError("name at least one variant, e.g. {neat: [0], rrhf: [0]}")
+        for name, seeds in self.variants.items():
+            if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+                raise ValueError(f"variant '{name}': give its seeds as distinct non-negative integers, e.g. [0, 1] "
+                                 f"(got {seeds})")
+        return self
+
+
 class Params(Section):
     seed: int = 0
     paths: Paths = Paths()
@@ -251,6 +272,7 @@ class Params(Section):
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
     retrain: RetrainParams = RetrainParams()
+    compare: CompareParams = CompareParams()
 
     def out(self, *parts: str) -> Path:
         """A path under `paths.out`."""

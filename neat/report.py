@@ -313,12 +313,13 @@ def report(params) -> dict:
     """Stage: `<out>/report/report.md` + PNG figures + plot data, from whatever the pipeline produced.
 
     After `neat compare` alone (no pipeline run in `<out>`), the run sections describe the `neat`
-    variant (`<out>/compare/neat`) and the comparison table is added.
+    variant's first seed (`<out>/compare/neat/seed<k>`) and the comparison table is added.
     """
     top = params.out
-    if not top("metrics", "evaluate.json").is_file() and top("compare", "neat", "metrics", "evaluate.json").is_file():
+    neat_run = top("compare", "neat", f"seed{(params.compare.variants.get('neat') or [params.seed])[0]}")
+    if not top("metrics", "evaluate.json").is_file() and (neat_run / "metrics" / "evaluate.json").is_file():
         variant = params.model_copy(deep=True)
-        variant.paths.out = str(top("compare", "neat"))
+        variant.paths.out = str(neat_run)
         return _report(variant, top)
     return _report(params, top)
 

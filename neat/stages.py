@@ -1,6 +1,7 @@
 """The stage manifest: every stage named, wired and described once.
 
-`neat <stage>` dispatches through `STAGES`; `dvc.yaml` is generated from it (`neat dvc-yaml`, checked by
+`neat <stage>` dispatches through `STAGES`; `dvc.yaml` (the pipeline) and `compare/dvc.yaml` (the
+comparison of variants, one stage instance per variant) are generated from it (`neat dvc-yaml`, checked by
 the tests); the Prefect flows run `pipeline()` in its order with each stage's own options; `neat compare`
 and the tests take their chains from it. A stage's code deps are not written here: they are its entry
 module's import closure (neat/codedeps.py).
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 OUT = "${paths.out}"
+DVC_YAML = "dvc.yaml"  # the pipeline: what `dvc repro` (and `make all`) runs
+COMPARE_DVC_YAML = "compare/dvc.yaml"  # the comparison: `dvc repro compare/dvc.yaml`, only when asked for
+EACH = "${key}"  # in a foreach stage's paths: the instance's key (a variant name)
 DATA_SOURCE = "${paths.data}"  # the data source dep: a file dep in dvc.yaml unless params name hub:<dataset id>
 
 # an output as dvc.yaml writes it: a path, or (path, its options)
@@ -37,7 +41,10 @@ class Stage:
     name: str  # `neat <name>`
     target: str  # "module:function", imported lazily so `neat --help` stays fast
     help: str
-    in_pipeline: bool = True  # part of dvc.yaml's graph (compare is a separate benchmark command)
+    dvc_file: Optional[str] = DVC_YAML  # the dvc.yaml it is a stage of; None: a command only (`neat compare`)
+    # (params key of a mapping, the entry point's option): one DVC stage instance per key of that mapping,
+    # its cmd given `<option> ${key}` and `${key}` (EACH) in its paths
+    foreach: Optional[tuple[str, str]] = None
     reads_data_source: bool = False  # reads `paths.data`: a file dep in dvc.yaml unless it is hub:<dataset id>
     resumable: bool = False  # takes `--resume`; the pipeline (dvc.yaml, the flows) always passes it
     deps: tuple[str, ...] = ()  # data deps (the code deps are computed, see neat/codedeps.py)
@@ -53,13 +60,19 @@ class Stage:
         return self.name.replace("-", "_")
 
     @property
+    def in_pipeline(self) -> bool:
+        """Part of dvc.yaml's graph, which `dvc repro` and the flows run."""
+        return self.dvc_file == DVC_YAML
+
+    @property
     def options(self) -> dict:
         """The keyword options the pipeline runs the entry point with (as dvc.yaml's cmd passes them)."""
         return {"resume": True} if self.resumable else {}
 
     @property
     def cmd(self) -> str:
-        return f"neat {self.name}" + (" --resume" if self.resumable else "")
+        each = f" {self.foreach[1]} {EACH}" if self.foreach else ""
+        return f"neat {self.name}" + (" --resume" if self.resumable else "") + each
 
     def produces(self) -> list[Output]:
         """Everything the stage writes that DVC tracks: outs, metrics, plots."""
@@ -148,8 +161,43 @@ STAGES: dict[str, Stage] = {
                       UNCACHED | {"template": "bar_horizontal", "x": "trained_refusal_rate", "y": "type"})),
               notes={out("plots/safety_by_type.csv"):
                      "one bar per XSTest prompt type, not a line over row index"}),
-        Stage("compare", "neat.compare:compare", "train and evaluate NEAT, RRHF and SFT at equal steps; table",
-              in_pipeline=False),
+    ]
+}
+
+# What each variant of the comparison runs for each of its seeds, under <out>/compare/<variant>/seed<k>, after
+# the shared stages (prepare and both reward models, whose outputs under <out> it reads).
+VARIANT_CHAIN = ("expand", "score", "train", "evaluate")
+
+
+def _chain_inputs(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The data deps and params of running `names` in a row: what they read that none of them writes."""
+    produced = {output_path(e) for n in names for e in STAGES[n].produces()}
+    deps = [d for n in names for d in STAGES[n].deps if d not in produced]
+    params = [p for n in names for p in STAGES[n].params]
+    covered = [p for p in params if any(p.startswith(q + ".") for q in params)]  # `train` covers `train.lr`
+    return tuple(dict.fromkeys(deps)), tuple(p for p in dict.fromkeys(params) if p not in covered)
+
+
+_VARIANT_DEPS, _VARIANT_PARAMS = _chain_inputs(VARIANT_CHAIN)
+STAGES |= {
+    s.name: s
+    for s in [
+        Stage("compare-variant", "neat.compare:compare_variant",
+              "train and evaluate one variant of the comparison, once per seed",
+              dvc_file=COMPARE_DVC_YAML, foreach=("compare.variants", "--variant"),
+              deps=_VARIANT_DEPS, params=(*_VARIANT_PARAMS, f"compare.variants.{EACH}"),
+              outs=(out(f"compare/{EACH}"), out(f"compare/per_prompt/{EACH}.json")),
+              metrics=((out(f"metrics/compare/{EACH}.json"), UNCACHED),)),
+        Stage("compare-table", "neat.compare_table:compare_table",
+              "the comparison's table and figure from every variant's results",
+              dvc_file=COMPARE_DVC_YAML,
+              deps=(out("compare/per_prompt"),),
+              params=("seed", "evaluate.bootstrap", "compare.variants"),
+              # cached: <out>/compare/ is git-ignored (`neat compare` writes there outside DVC as well)
+              outs=(out("compare/table.md"), out("compare/compare.json"), out("compare/seeds.png")),
+              metrics=((out("metrics/compare.json"), UNCACHED),)),
+        Stage("compare", "neat.compare:compare",
+              "every variant of `compare.variants` (finished ones reused), then the table", dvc_file=None),
     ]
 }
 
@@ -165,6 +213,11 @@ TOP_LEVEL_PLOTS: list[dict] = [
 def pipeline() -> list[Stage]:
     """The stages of dvc.yaml's graph, in an order where each runs after the stages it reads from (tested)."""
     return [s for s in STAGES.values() if s.in_pipeline]
+
+
+def dvc_file_stages(dvc_file: str) -> list[Stage]:
+    """The stages of one generated dvc.yaml (DVC_YAML or COMPARE_DVC_YAML), in the manifest's order."""
+    return [s for s in STAGES.values() if s.dvc_file == dvc_file]
 
 
 def by_dvc_name(dvc_name: str) -> Stage:

@@ -35,6 +35,25 @@ def reward_scorer(params):
                                          max_length=params.reward.max_length)
 
 
+def origin_scorer(params):
+    """`train.pair_labels: origin` (RLCD, offline DPO): each round's candidates labelled by their origin
+    (`ORIGIN_LABELS`: positive and chosen 1, negative and rejected 0) and ranked, no reward model loaded.
+    Another origin (the dev probe's unsteered answers) gets no label (NaN): the online curve has no
+    training reward then, and is still scored by the evaluation reward model at `evaluate`."""
+    import math
+
+    from neat.reward import rank_candidates
+    from neat.training.groups import ORIGIN_LABELS
+
+    return lambda rows: rank_candidates([{**r, "reward": ORIGIN_LABELS.get(r["origin"], math.nan)} for r in rows])
+
+
+def round_scorer(params):
+    """What labels the candidates of rounds >= 2 (and scores the dev probe): the training reward model, or
+    with `train.pair_labels: origin` the candidates' origin alone."""
+    return origin_scorer(params) if params.train.pair_labels == "origin" else reward_scorer(params)
+
+
 def dev_prompts(pairs, params) -> list:
     """Train-split prompts the policy never trains on (those after `data.max_train_prompts`), for the online curve."""
     n = params.train.dev_prompts
@@ -69,7 +88,7 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     groups_source += [[pair] for pair in benign_training_pairs(params)]
     model, tokenizer = load_trainable_policy(params)
     dev_source = dev_prompts(pairs, params)
-    scorer = reward_scorer(params) if params.train.rounds > 1 or dev_source else None
+    scorer = round_scorer(params) if params.train.rounds > 1 or dev_source else None
     out_dir = params.out("train")
     (out_dir / "rounds").mkdir(parents=True, exist_ok=True)  # a DVC output even with a single round
     started = time.perf_counter()

@@ -45,16 +45,19 @@ def git(*args, cwd):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def make_project(dest: Path, overrides: dict | None = None, source: Path = ROOT) -> Path:
+def make_project(dest: Path, overrides: dict | None = None, source: Path = ROOT, with_compare: bool = False) -> Path:
     """Copy the git-tracked files of `source` (this checkout) to `dest`, apply tiny-model params, commit.
 
     Tracked only: untracked files — a benchmark's outputs, scratch notes — are the user's working tree,
-    not the project, and copying them made the suite's speed and results depend on it.
+    not the project, and copying them made the suite's speed and results depend on it. compare/dvc.yaml
+    (the comparison of variants, which `dvc repro` does not run) only `with_compare`: `dvc status` and
+    `dvc exp show` of a project that has it list its stages and metrics as not produced yet.
     """
     files = git("ls-files", "--cached", cwd=source).splitlines()
+    skip = ("tests/", "outputs/", ".neat/") + (() if with_compare else ("compare/",))
     for rel in files:
         src = source / rel
-        if src.is_file() and not rel.startswith(("tests/", "outputs/", ".neat/")):
+        if src.is_file() and not rel.startswith(skip):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     set_params_in_file(dest / "params.yaml", {**TINY, **(overrides or {})})

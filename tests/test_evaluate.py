@@ -1,4 +1,4 @@
-"""Evaluation on the tiny model: every output file, the metrics on hand-made inputs, the base cache, compare."""
+"""Evaluation on the tiny model: every output file, the metrics on hand-made inputs, the base cache (compare: test_compare.py)."""
 
 from __future__ import annotations
 
@@ -169,34 +169,6 @@ def test_safety_subset_is_stratified_seeded_and_in_file_order():
     assert safety_subset(rows, None, seed=0) == rows
 
 
-# ---------------------------------------------------------------- compare
-
-
-def test_compare_two_variants_at_equal_budget(evaluated, tmp_path):
-    from neat.compare import compare
-    from neat.report import report
-
-    params, _, _ = evaluated
-    # share the prepared data and eval RM of the evaluate fixture; the training RM is used as given
-    params = params.model_copy(deep=True)
-    params.reward.train = False
-    params.train.rounds = 2
-    summary = compare(params, ["neat", "sft"], progress=False)
-    table = params.out("compare", "table.md").read_text()
-    saved = json.loads(params.out("compare", "compare.json").read_text())
-    assert [v["name"] for v in saved["variants"]] == ["neat", "sft"] == [v["name"] for v in summary["variants"]]
-    steps = {v["name"]: v["steps"] for v in saved["variants"]}
-    assert steps["neat"] == steps["sft"] == 4  # 2 rounds × 2 steps = 1 round × 2 epochs × 2 steps
-    sft = saved["variants"][1]
-    assert sft["vs_reference"]["eval_reward_mean"]["significant"] in (True, False)
-    assert "| neat |" in table and "| sft |" in table and "inside" in table
-    # the report of one variant renders from real outputs
-    vparams = params.model_copy(deep=True)
-    vparams.paths.out = saved["variants"][0]["out"]
-    rep = report(vparams)
-    assert (vparams.out("report", "report.md")).is_file() and rep["figures"]
-
-
 def test_answer_diagnostics_count_changed_and_repetitive_answers():
     from neat.evaluate import answer_diagnostics
 
@@ -228,67 +200,3 @@ def test_online_curve_is_scored_per_probe_in_order(tmp_path):
     params.out("train", "online.json").write_text("[{")
     with pytest.raises(DataError, match="online.json"):
         read_online_curve(params)
-
-
-def test_every_variant_runs_end_to_end_at_equal_steps(evaluated, tmp_path):
-    """All seven variants on the tiny model (with LoRA: the DPO reference is the base without adapters)."""
-    import csv
-    import shutil
-
-    from neat.compare import VARIANTS, compare
-
-    params, _, _ = evaluated
-    params = params.model_copy(deep=True)
-    for part in ("data", "eval_reward_model"):  # shared upstream outputs, copied to a fresh `out`
-        shutil.copytree(params.out(part), tmp_path / "out" / part)
-    params.paths.out = str(tmp_path / "out")
-    params.reward.train = False
-    params.policy.lora.enabled = True
-    params.train.rounds = 2
-    names = list(VARIANTS)
-    assert len(names) == 7
-    summary = compare(params, names, progress=False)
-    assert [v["name"] for v in summary["variants"]] == names
-    assert summary["equal_steps"] and {v["steps"] for v in summary["variants"]} == {4}
-    table = params.out("compare", "table.md").read_text()
-    assert all(f"| {name} |" in table for name in names)
-
-    def log(name):
-        with open(params.out("compare", name, "train", "log.csv")) as fh:
-            return list(csv.DictReader(fh))
-
-    # offline DPO: the dataset's pairs only, chosen (1) above rejected (0) by the human label
-    dpo = log("dpo")
-    assert all(float(r["reward_chosen"]) == 1.0 and float(r["reward_rejected"]) == 0.0 for r in dpo)
-    assert all(r["logp_positive"] in ("", "nan") for r in dpo)
-    assert all(float(r["loss"]) == pytest.approx(float(r["rank_loss"]), abs=1e-6) for r in dpo)  # DPO alone
-    # RLCD: steered samples only, positive labelled 1 by origin whatever the reward model said
-    rlcd = log("rlcd")
-    assert all(r["logp_chosen"] in ("", "nan") and r["logp_rejected"] in ("", "nan") for r in rlcd)
-    assert {float(r["reward_positive"]) for r in rlcd if r["reward_positive"] not in ("", "nan")} == {1.0}
-    # online DPO ranks by the reward model's scores, with the dataset's responses among the candidates
-    online = log("online_dpo")
-    assert any(float(r["reward_chosen"]) not in (0.0, 1.0) for r in online)
-    assert json.loads(params.out("compare", "compare.json").read_text())["reference"] == "neat"
-
-
-def test_variant_params_of_the_new_baselines(tmp_path):
-    from neat.compare import variant_params
-    from neat.errors import ConfigError
-
-    params = make_params(tmp_path / "out", policy={"lora": {"enabled": True}}, train={"rounds": 3, "dpo_beta": 0.2})
-    v = {n: variant_params(params, n, tmp_path / "c") for n in ("neat", "neat_pro", "dpo", "online_dpo", "rlcd")}
-    assert v["neat_pro"].train.loss == "pro" and v["neat"].train.loss == "rrhf"
-    assert v["neat_pro"].expand == v["neat"].expand == v["online_dpo"].expand
-    for name in ("dpo", "online_dpo", "rlcd"):
-        t = v[name].train
-        assert (t.loss, t.rank_weight, t.sft_weight, t.anchor_weight, t.dpo_beta) == ("dpo", 1.0, 0.0, 0.0, 0.2)
-    assert v["online_dpo"].train.pair_labels == "reward" and v["online_dpo"].train.include_dataset_responses
-    assert v["rlcd"].train.pair_labels == "origin" and not v["rlcd"].train.include_dataset_responses
-    assert v["rlcd"].expand.k_pos > 0 and v["rlcd"].expand.k_neg > 0 and v["rlcd"].train.rounds == 3
-    d = v["dpo"]
-    assert (d.expand.k_pos, d.expand.k_neg, d.train.rounds, d.train.epochs_per_round) == (0, 0, 1, 3)
-    assert d.train.pair_labels == "origin"
-    params.policy.lora.enabled = False
-    with pytest.raises(ConfigError, match="variant 'rlcd'.*policy.lora.enabled"):
-        variant_params(params, "rlcd", tmp_path / "c")

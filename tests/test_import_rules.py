@@ -211,7 +211,7 @@ def test_the_training_library_importing_another_stage_is_caught(tmp_path, text, 
 # Modules without a test module of their own, each with the tests that cover it. Keep it short and true:
 # a module that grows logic of its own gets its own test module instead of an entry here.
 COVERED_ELSEWHERE = {
-    "neat/compare.py": "tests/test_evaluate.py (compares variants of the project that test evaluates)",
+    "neat/compare_table.py": "tests/test_compare.py (the table from hand-made results, and end to end)",
     "neat/errors.py": "exception classes: every bad-input test checks their one-line messages",
     "neat/expand.py": "the stage: test_pipeline (end to end), test_interruptions (resume), test_vllm_backend",
     "neat/failures.py": "tests/test_flow_stage_failures.py (how the flows classify a stage's outcome)",

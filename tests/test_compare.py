@@ -1,0 +1,350 @@
+"""`neat compare`: the variants' params, compare/dvc.yaml (one stage instance per variant), the table over
+seeds from hand-made results, and every variant end to end on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from neat.codedeps import render_dvc_yaml, sync_all, sync_dvc_yaml
+from neat.errors import ConfigError, DataError
+from neat.stages import COMPARE_DVC_YAML, OUT, STAGES, VARIANT_CHAIN, dvc_file_stages, pipeline
+from tests.conftest import ROOT
+from tests.project import make_project, venv_env
+from tests.test_evaluate import make_params
+
+# ---------------------------------------------------------------- compare/dvc.yaml
+
+
+def test_committed_compare_dvc_yaml_is_the_generated_one():
+    assert (ROOT / COMPARE_DVC_YAML).read_text() == render_dvc_yaml(dvc_file=COMPARE_DVC_YAML), \
+        "run `neat dvc-yaml` to regenerate compare/dvc.yaml"
+    assert sync_all(ROOT / "dvc.yaml", write=False) == {}
+
+
+def test_compare_dvc_yaml_has_one_instance_per_variant_then_the_table():
+    tree = yaml.safe_load((ROOT / COMPARE_DVC_YAML).read_text())
+    assert tree["vars"] == ["../params.yaml"] and list(tree["stages"]) == ["compare_variant", "compare_table"]
+    variant = tree["stages"]["compare_variant"]
+    assert variant["foreach"] == "${compare.variants}"
+    do = variant["do"]
+    assert do["wdir"] == ".." and do["cmd"] == "neat compare-variant --variant ${key}"
+    assert do["outs"] == [f"{OUT}/compare/${{key}}", f"{OUT}/compare/per_prompt/${{key}}.json"]
+    assert do["metrics"] == [{f"{OUT}/metrics/compare/${{key}}.json": {"cache": False}}]
+    # reads what the shared stages wrote, none of what its own chain writes; its own seeds only
+    assert {f"{OUT}/data/train.jsonl", f"{OUT}/reward_model", f"{OUT}/eval_reward_model"} <= set(do["deps"])
+    assert not any(d.startswith((f"{OUT}/expand", f"{OUT}/score", f"{OUT}/policy")) for d in do["deps"])
+    assert "compare.variants.${key}" in do["params"] and "compare.variants" not in do["params"]
+    assert {"train", "expand", "evaluate", "reward", "seed"} <= set(do["params"])
+    table = tree["stages"]["compare_table"]
+    assert table["cmd"] == "neat compare-table" and table["deps"][-1] == f"{OUT}/compare/per_prompt"
+    assert table["metrics"] == [{f"{OUT}/metrics/compare.json": {"cache": False}}]
+    # the comparison stays out of the pipeline that `dvc repro` and the flows run
+    assert all(s.name not in ("compare-variant", "compare-table", "compare") for s in pipeline())
+    assert [s.name for s in dvc_file_stages(COMPARE_DVC_YAML)] == ["compare-variant", "compare-table"]
+    assert STAGES["compare"].dvc_file is None and VARIANT_CHAIN == ("expand", "score", "train", "evaluate")
+
+
+def test_a_hand_edit_of_compare_dvc_yaml_is_reported_and_undone(tmp_path):
+    (tmp_path / "compare").mkdir()
+    edited = tmp_path / COMPARE_DVC_YAML
+    edited.write_text((ROOT / COMPARE_DVC_YAML).read_text().replace("${compare.variants}", "[neat, sft]"))
+    assert sync_dvc_yaml(edited, write=True, dvc_file=COMPARE_DVC_YAML) == {
+        "compare_variant": {"add": [], "remove": [], "fields": ["foreach"]}}
+    assert edited.read_text() == (ROOT / COMPARE_DVC_YAML).read_text()
+
+
+def _dvc(project, *args):
+    return subprocess.run(["dvc", *args], cwd=project, env=venv_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_dvc_lists_one_stage_instance_per_variant_and_runs_the_table_last(tmp_path):
+    project = make_project(tmp_path / "p", {"compare.variants": {"neat": [0, 1], "dpo": [0]}}, with_compare=True)
+    listed = _dvc(project, "stage", "list", COMPARE_DVC_YAML)
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines()]
+    assert names == [f"{COMPARE_DVC_YAML}:compare_variant@neat", f"{COMPARE_DVC_YAML}:compare_variant@dpo",
+                     f"{COMPARE_DVC_YAML}:compare_table"]
+    # a dry run needs the upstream outputs to exist (DVC hashes them): empty stand-ins
+    for rel in ("data/train.jsonl", "data/eval.jsonl", "data/judge.jsonl", "metrics/eval_reward_model.json"):
+        (project / "outputs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / "outputs" / rel).write_text("{}\n")
+    for folder in ("reward_model", "eval_reward_model", "compare/per_prompt"):
+        (project / "outputs" / folder).mkdir(parents=True)
+        (project / "outputs" / folder / "config.json").write_text("{}\n")
+    dry = _dvc(project, "repro", "--dry", COMPARE_DVC_YAML)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    ran = [line.split("'")[1] for line in dry.stdout.splitlines() if line.startswith("Running stage")]
+    compare_runs = [r for r in ran if r.startswith(COMPARE_DVC_YAML)]
+    assert compare_runs[-1] == f"{COMPARE_DVC_YAML}:compare_table"
+    assert set(compare_runs[:-1]) == {f"{COMPARE_DVC_YAML}:compare_variant@neat",
+                                      f"{COMPARE_DVC_YAML}:compare_variant@dpo"}
+    assert "neat compare-variant --variant neat" in dry.stdout
+    # the pipeline's dvc.yaml, what `dvc repro` runs, holds none of it
+    assert "compare" not in _dvc(project, "stage", "list").stdout
+
+
+# ---------------------------------------------------------------- params
+
+
+def test_compare_variants_and_seeds_are_validated(tmp_path):
+    params = make_params(tmp_path / "out", compare={"variants": {"neat": [0, 1], "rrhf": [3]}})
+    assert params.compare.variants == {"neat": [0, 1], "rrhf": [3]}
+    for bad, words in (({"neat": [0, 0]}, "variant 'neat': give its seeds as distinct"),
+                       ({"neat": []}, "variant 'neat'"), ({}, "name at least one variant"),
+                       ({"ppo": [0]}, "compare.variants.ppo")):
+        with pytest.raises(ConfigError, match=words):
+            make_params(tmp_path / "out", compare={"variants": bad})
+
+
+def test_params_files_compare_neat_and_rrhf_over_two_seeds_in_the_benchmark():
+    from neat.compare import VARIANTS
+    from neat.config import load_params
+
+    assert load_params(ROOT / "params.yaml").compare.variants == {"neat": [0], "rrhf": [0], "sft": [0]}
+    bench = load_params(ROOT / "params_benchmark.yaml").compare.variants
+    assert list(bench) == list(VARIANTS) and bench["neat"] == bench["rrhf"] == [0, 1]
+
+
+def test_variant_params_of_a_seed_train_with_it_and_evaluate_with_the_run_seed(tmp_path):
+    from neat.compare import evaluation_params, uses_reward_model, variant_params
+
+    params = make_params(tmp_path / "out", policy={"lora": {"enabled": True}})
+    params.seed = 7
+    v = variant_params(params, "neat", tmp_path / "c", seed=1)
+    assert v.seed == 1 and v.paths.out == str(tmp_path / "c" / "neat" / "seed1")
+    assert evaluation_params(v, params).seed == 7 and evaluation_params(v, params).paths.out == v.paths.out
+    assert variant_params(params, "sft", tmp_path / "c").seed == 7  # no seed: the run's
+    uses = {n: uses_reward_model(variant_params(params, n, tmp_path / "c")) for n in
+            ("neat", "rrhf", "sft", "neat_pro", "dpo", "online_dpo", "rlcd")}
+    assert uses == {"neat": True, "rrhf": True, "sft": True, "neat_pro": True, "dpo": False, "online_dpo": True,
+                    "rlcd": False}
+
+
+def test_variant_params_of_the_new_baselines(tmp_path):
+    from neat.compare import variant_params
+
+    params = make_params(tmp_path / "out", policy={"lora": {"enabled": True}}, train={"rounds": 3, "dpo_beta": 0.2})
+    v = {n: variant_params(params, n, tmp_path / "c") for n in ("neat", "neat_pro", "dpo", "online_dpo", "rlcd")}
+    assert v["neat_pro"].train.loss == "pro" and v["neat"].train.loss == "rrhf"
+    assert v["neat_pro"].expand == v["neat"].expand == v["online_dpo"].expand
+    for name in ("dpo", "online_dpo", "rlcd"):
+        t = v[name].train
+        assert (t.loss, t.rank_weight, t.sft_weight, t.anchor_weight, t.dpo_beta) == ("dpo", 1.0, 0.0, 0.0, 0.2)
+    assert v["online_dpo"].train.pair_labels == "reward" and v["online_dpo"].train.include_dataset_responses
+    assert v["rlcd"].train.pair_labels == "origin" and not v["rlcd"].train.include_dataset_responses
+    assert v["rlcd"].expand.k_pos > 0 and v["rlcd"].expand.k_neg > 0 and v["rlcd"].train.rounds == 3
+    d = v["dpo"]
+    assert (d.expand.k_pos, d.expand.k_neg, d.train.rounds, d.train.epochs_per_round) == (0, 0, 1, 3)
+    assert d.train.pair_labels == "origin"
+    params.policy.lora.enabled = False
+    with pytest.raises(ConfigError, match="variant 'rlcd'.*policy.lora.enabled"):
+        variant_params(params, "rlcd", tmp_path / "c")
+
+
+def test_origin_labels_rank_steered_candidates_without_a_reward_model():
+    from neat.train import origin_scorer
+
+    rows = [{"prompt_id": "p", "origin": o, "response": o, "degenerate": d}
+            for o, d in (("positive", False), ("negative", False), ("positive", True), ("unsteered", False))]
+    scored = origin_scorer(None)(rows)
+    assert [r["reward"] for r in scored[:3]] == [1.0, 0.0, 1.0]
+    assert [r["rank"] for r in scored] == [0, 1, None, None]  # degenerate and unlabelled ones are not ranked
+    assert {r["n_ranked"] for r in scored} == {2}
+
+
+# ---------------------------------------------------------------- the table, from hand-made results
+
+
+def _seed(seed, trained, refused, nll):
+    """One seed's results on 4 held-out prompts (base reward 0) and 4 safety prompts (2 unsafe, 2 safe)."""
+    from neat.compare_table import finite_mean
+
+    gens = [{"prompt_id": f"p{i}", "base_reward": 0.0, "trained_reward": r, "trained_chosen_nll": nll,
+             "chosen_tokens": 2} for i, r in enumerate(trained)]
+    safety = [{"id": str(i), "label": lab, "trained_refused": f}
+              for i, (lab, f) in enumerate(zip(["unsafe", "unsafe", "safe", "safe"], refused))]
+    unsafe = finite_mean(float(f) for f in refused[:2])
+    metrics = {"eval_reward_mean": finite_mean(trained), "eval_reward_mean_ci_low": min(trained),
+               "eval_reward_mean_ci_high": max(trained), "win_rate": finite_mean(float(r > 0) for r in trained),
+               "perplexity": 2.0 ** nll, "unsafe_refusal_rate": unsafe,
+               "safe_compliance_rate": finite_mean(1.0 - f for f in refused[2:]), "prompts": 4, "base_model": "base",
+               "safety": {"base": {"n": 4}}}
+    return {"seed": seed, "out": f"seed{seed}", "steps": 6, "seconds": {"train": 60.0, "evaluate": 30.0},
+            "metrics": metrics, "generations": gens, "safety": safety}
+
+
+def _write_results(params, results: dict) -> None:
+    from neat.io import write_json_atomic
+
+    for name, seeds in results.items():
+        write_json_atomic(params.out("compare", "per_prompt", f"{name}.json"),
+                          {"name": name, "description": name, "seeds": seeds})
+
+
+def test_table_shows_the_mean_over_seeds_and_each_seed_and_pools_them_for_the_difference(tmp_path):
+    from neat.compare_table import compare_table
+
+    params = make_params(tmp_path / "out", compare={"variants": {"neat": [0, 1], "rrhf": [0]}})
+    neat = [_seed(0, [1.0, 1.0, 1.0, 1.0], [True, True, False, False], 1.0),
+            _seed(1, [3.0, 3.0, 3.0, 3.0], [True, False, False, True], 1.0)]
+    rrhf = [_seed(0, [0.5, 0.5, 0.5, 0.5], [False, False, False, False], 1.0)]
+    _write_results(params, {"neat": neat, "rrhf": rrhf, "sft": [_seed(0, [9.0] * 4, [True] * 4, 1.0)]})
+    summary = compare_table(params)
+    assert [v["name"] for v in summary["variants"]] == ["neat", "rrhf"]  # compare.variants, not every file
+    by = {v["name"]: v for v in summary["variants"]}
+    assert by["neat"]["metrics"]["eval_reward_mean"] == 2.0 and by["neat"]["wall_seconds"] == 90.0
+    d = by["rrhf"]["vs_reference"]
+    # per prompt, rrhf 0.5 against neat's mean over seeds 2.0; refusals pooled into shares
+    assert d["eval_reward_mean"]["diff"] == pytest.approx(-1.5) and d["eval_reward_mean"]["significant"]
+    assert d["unsafe_refusal_rate"]["diff"] == pytest.approx(-0.75)
+    assert d["safe_compliance_rate"]["diff"] == pytest.approx(0.25)
+    assert d["perplexity"]["diff"] == pytest.approx(1.0)
+    table = params.out("compare", "table.md").read_text()
+    assert "| neat | mean of 2 | 6 | 2.000 (seeds: 1.000, 3.000) | (reference) |" in table
+    assert "| neat | 0 | 6 | 1.000 [1.000, 1.000] |  |" in table and "| neat | 1 | 6 | 3.000 [3.000, 3.000] |" in table
+    assert "| rrhf | 0 | 6 | 0.500 [0.500, 0.500] | -1.500 [" in table and "| 1.5 |" in table
+    flat = json.loads(params.out("metrics", "compare.json").read_text())
+    assert flat["neat"]["eval_reward_mean"] == 2.0 and flat["neat"]["seeds"] == 2 and "sft" not in flat
+    assert params.out("compare", "seeds.png").stat().st_size > 0
+
+
+def test_table_refuses_missing_or_stale_variant_results(tmp_path):
+    from neat.compare_table import compare_table
+
+    params = make_params(tmp_path / "out", compare={"variants": {"neat": [0, 1], "rrhf": [0]}})
+    _write_results(params, {"neat": [_seed(0, [1.0] * 4, [True] * 4, 1.0)]})
+    with pytest.raises(DataError, match=r"neat.json: holds seeds \[0\] but compare.variants asks for \[0, 1\]"):
+        compare_table(params)
+    _write_results(params, {"neat": [_seed(0, [1.0] * 4, [True] * 4, 1.0), _seed(1, [1.0] * 4, [True] * 4, 1.0)]})
+    with pytest.raises(DataError, match=r"rrhf.json: missing; run `neat compare-variant --variant rrhf`"):
+        compare_table(params)
+    other = _seed(0, [1.0] * 4, [True] * 4, 1.0)
+    other["generations"][0]["prompt_id"] = "elsewhere"
+    _write_results(params, {"rrhf": [other]})
+    with pytest.raises(DataError, match="different held-out prompts"):
+        compare_table(params)
+
+
+# ---------------------------------------------------------------- end to end on the tiny model
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """prepare → eval RM (1 epoch on the tiny judge split): what every variant shares."""
+    from neat.prepare import prepare
+    from neat.evaluate import train_eval_rm
+
+    params = make_params(tmp_path_factory.mktemp("compare") / "out")
+    prepare(params)
+    train_eval_rm(params, progress=False)
+    return params
+
+
+def _fresh(params, tmp_path, **changes):
+    """A copy of `params` writing under `tmp_path/out`, with the shared upstream outputs copied there."""
+    params = params.model_copy(deep=True)
+    for part in ("data", "eval_reward_model", "metrics"):
+        shutil.copytree(params.out(part), tmp_path / "out" / part)
+    params.paths.out = str(tmp_path / "out")
+    params.reward.train = False  # the training RM is used as given
+    for section, values in changes.items():
+        for key, value in values.items():
+            setattr(getattr(params, section), key, value)
+    return params
+
+
+def test_two_seeds_of_neat_and_sft_at_equal_budget_resumed_seed_by_seed(prepared, tmp_path, monkeypatch):
+    import neat.evaluate
+    from neat.compare import compare
+    from neat.report import report
+
+    params = _fresh(prepared, tmp_path, train={"rounds": 2}, compare={"variants": {"neat": [0, 1], "sft": [0]}})
+    params.policy.lora.enabled = True  # as in the run of every variant: far faster to train and save
+    summary = compare(params, progress=False)
+    saved = json.loads(params.out("compare", "compare.json").read_text())
+    assert [v["name"] for v in saved["variants"]] == ["neat", "sft"] == [v["name"] for v in summary["variants"]]
+    assert {f"{v['name']}/{s['seed']}": s["steps"] for v in saved["variants"] for s in v["seeds"]} == {
+        "neat/0": 4, "neat/1": 4, "sft/0": 4}  # 2 rounds × 2 steps = 1 round × 2 epochs × 2 steps
+    sft = saved["variants"][1]
+    assert sft["vs_reference"]["eval_reward_mean"]["significant"] in (True, False)
+    table = params.out("compare", "table.md").read_text()
+    assert "| neat | mean of 2 |" in table and "| neat | 0 |" in table and "| neat | 1 |" in table
+    assert "| sft | 0 |" in table and ("inside" in table or "outside" in table)
+
+    def log(seed):
+        with open(params.out("compare", "neat", f"seed{seed}", "train", "log.csv")) as fh:
+            return [row["loss"] for row in csv.DictReader(fh)]
+
+    assert log(0) != log(1)  # the seed reaches training
+    per_seed = json.loads(params.out("metrics", "compare", "neat.json").read_text())
+    assert set(per_seed) == {"seed0", "seed1", "mean"}
+    assert per_seed["mean"]["eval_reward_mean"] == pytest.approx(
+        (per_seed["seed0"]["eval_reward_mean"] + per_seed["seed1"]["eval_reward_mean"]) / 2)
+    # evaluation keeps the run's seed: both seeds answered the same prompts beside the same base answers
+    gens = {s: [json.loads(x) for x in open(params.out("compare", "neat", f"seed{s}", "evaluate", "generations.jsonl"))]
+            for s in (0, 1)}
+    assert [g["base_response"] for g in gens[0]] == [g["base_response"] for g in gens[1]]
+
+    # again: every seed is reused; then a seed whose evaluation is gone is evaluated again, alone
+    evaluated = []
+    real = neat.evaluate.evaluate
+    monkeypatch.setattr(neat.evaluate, "evaluate", lambda p, **kw: evaluated.append(p.paths.out) or real(p, **kw))
+    again = compare(params, progress=False)
+    assert evaluated == [] and all(not s["retrained"] for v in again["variants"] for s in v["seeds"])
+    params.out("compare", "neat", "seed1", "evaluated.json").unlink()
+    compare(params, progress=False)
+    assert evaluated == [str(params.out("compare", "neat", "seed1"))]
+    # the report of one variant renders from real outputs
+    vparams = params.model_copy(deep=True)
+    vparams.paths.out = saved["variants"][0]["seeds"][0]["out"]
+    rep = report(vparams)
+    assert (vparams.out("report", "report.md")).is_file() and rep["figures"]
+
+
+def test_every_variant_runs_end_to_end_at_equal_steps(prepared, tmp_path, monkeypatch):
+    """All seven variants on the tiny model (with LoRA: the DPO reference is the base without adapters);
+    the variants labelled by origin (dpo, rlcd) never score with the training reward model."""
+    import neat.reward
+    import neat.train
+    from neat.compare import VARIANTS, compare
+
+    params = _fresh(prepared, tmp_path, train={"rounds": 2})
+    params.policy.lora.enabled = True
+    names = list(VARIANTS)
+    assert len(names) == 7
+    scored_by_rm = []
+    for module, name in ((neat.train, "reward_scorer"), (neat.reward, "score")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda p, real=real: scored_by_rm.append(p.paths.out) or real(p))
+    summary = compare(params, names, progress=False)
+    assert [v["name"] for v in summary["variants"]] == names
+    assert summary["equal_steps"] and {v["steps"] for v in summary["variants"]} == {4}
+    assert not [o for o in scored_by_rm if "/rlcd/" in o or "/dpo/" in o]
+    assert [o for o in scored_by_rm if "/online_dpo/" in o]  # the spies do see a variant ranked by reward
+    table = params.out("compare", "table.md").read_text()
+    assert all(f"| {name} | 0 |" in table for name in names)
+
+    def log(name):
+        with open(params.out("compare", name, "seed0", "train", "log.csv")) as fh:
+            return list(csv.DictReader(fh))
+
+    # offline DPO: the dataset's pairs only, chosen (1) above rejected (0) by the human label
+    dpo = log("dpo")
+    assert all(float(r["reward_chosen"]) == 1.0 and float(r["reward_rejected"]) == 0.0 for r in dpo)
+    assert all(r["logp_positive"] in ("", "nan") for r in dpo)
+    assert all(float(r["loss"]) == pytest.approx(float(r["rank_loss"]), abs=1e-6) for r in dpo)  # DPO alone
+    # RLCD: steered samples only, positive labelled 1 by origin, in both rounds
+    rlcd = log("rlcd")
+    assert all(r["logp_chosen"] in ("", "nan") and r["logp_rejected"] in ("", "nan") for r in rlcd)
+    assert {float(r["reward_positive"]) for r in rlcd if r["reward_positive"] not in ("", "nan")} == {1.0}
+    assert {float(r["reward_negative"]) for r in rlcd if r["reward_negative"] not in ("", "nan")} == {0.0}
+    # online DPO ranks by the reward model's scores, with the dataset's responses among the candidates
+    online = log("online_dpo")
+    assert any(float(r["reward_chosen"]) not in (0.0, 1.0) for r in online)
+    assert json.loads(params.out("compare", "compare.json").read_text())["reference"] == "neat"
