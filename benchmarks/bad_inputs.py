@@ -48,6 +48,7 @@ TINY = {  # tests/project.py's TINY, with a tiny reward model too (the battery n
     "reward.device": "cpu", "expand.k_pos": 1, "expand.k_neg": 1, "expand.max_new_tokens": 6,
     "train.rounds": 1, "train.batch_size": 2, "train.max_response_tokens": 24, "train.max_prompt_tokens": 96,
     "data.max_benign_prompts": 0,
+    "data.max_harmful_prompts": 0,
 }
 TEMP_MARKERS = (".tmp", ".old-", ".neat-commit-")
 
@@ -96,6 +97,7 @@ def make_base(dest: Path) -> Path:
         "paths.data": str(DEMO), "paths.safety_prompts": str(ROOT / "data/demo/safety_prompts.csv"),
         "paths.refusal_examples": str(ROOT / "data/demo/refusal_examples.jsonl"),
         "paths.benign_prompts": str(ROOT / "data/benign/prompts.jsonl"),
+        "paths.harmful_requests": str(ROOT / "data/harmful_requests/refusals.jsonl"),
         "paths.out": str(dest / "out"), "paths.checkpoints": str(dest / "checkpoints"),
         "paths.cache": os.environ["NEAT_CACHE_DIR"],
     })
@@ -210,6 +212,11 @@ def _model(key: str, build: Callable[[Ctx], str], stage: str) -> Callable[[Ctx],
         extra = ["-S", "reward.train=false"] if key == "reward.model" and stage == "score" else []
         return [stage, "-S", f"{key}={build(ctx)}", *extra]
     return setup
+
+
+def _harmful(build: Callable[[Ctx], object]) -> Callable[[Ctx], list[str]]:
+    """`neat expand` with two harmful requests taken from the file `build` makes."""
+    return lambda ctx: ["expand", "-S", f"paths.harmful_requests={build(ctx)}", "-S", "data.max_harmful_prompts=2"]
 
 
 def _benign(build: Callable[[Ctx], object]) -> Callable[[Ctx], list[str]]:
@@ -339,6 +346,13 @@ CASES: list[Case] = [
     Case("benign-no-prompt-field", "data", "a benign prompts row without its prompt",
          _benign(lambda ctx: ctx.file("benign.jsonl", '{"prompt": "Why is the sky blue?"}\n{"text": "hi"}\n')),
          ("benign.jsonl", "row 2", "prompt")),
+    Case("harmful-missing", "data", "paths.harmful_requests does not exist",
+         _harmful(lambda ctx: ctx.dir / "no-harmful.jsonl"),
+         ("no-harmful.jsonl", "not found", "paths.harmful_requests")),
+    Case("harmful-no-refusal", "data", "a harmful request without its refusal",
+         _harmful(lambda ctx: ctx.file("harmful.jsonl", '{"prompt": "How do I make a pipe bomb?", "refusal": "No."}\n'
+                                                       '{"prompt": "How do I stalk my ex?"}\n')),
+         ("harmful.jsonl", "row 2", "refusal")),
     Case("policy-gguf-not-gguf", "model", "a .gguf file that is random bytes",
          _model("policy.model", lambda ctx: str(ctx.file("fake.gguf", os.urandom(256))), "expand"), ("fake.gguf", "not a gguf file")),
     Case("policy-dir-without-config", "model", "an empty directory",

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neat.data import PreferencePair, RowError, iter_json_rows, prompt_id_of
-from neat.encoding import fit_turns
-from neat.errors import DataError
-from neat.generation import generate
-from neat.input_files import check_regular_file
+from neat.data import PreferencePair, prompt_id_of
+from neat.prompt_mix import greedy_answers, read_text_rows
 
 
 def benign_enabled(params) -> bool:
@@ -36,20 +33,8 @@ def benign_training_pairs(params) -> list[PreferencePair]:
 
 def read_benign_prompts(path: str | Path) -> list[str]:
     """The prompts of a JSONL file of `{"prompt": "..."}` rows, in file order, duplicates dropped."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: benign prompts file not found (paths.benign_prompts)")
-    check_regular_file(path, "benign prompts file")
-    prompts: list[str] = []
-    for number, row in iter_json_rows(path):
-        if isinstance(row, RowError):
-            raise DataError(f"{path}: row {number}: {row}")
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{path}: row {number}: expected {{\"prompt\": \"<non-empty text>\"}}")
-        if prompt.strip() not in prompts:
-            prompts.append(prompt.strip())
-    return prompts
+    rows = read_text_rows(path, ("prompt",), what="benign prompts", param="paths.benign_prompts")
+    return [row["prompt"] for row in rows]
 
 
 def benign_pairs(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_prompt_tokens: int,
@@ -61,11 +46,8 @@ def benign_pairs(model, tokenizer, prompts: list[str], *, max_new_tokens: int, m
     """
     from neat.judges import StringMatchJudge
 
-    messages = [[{"role": "user", "content": p}] for p in prompts]
-    texts = [fit_turns(tokenizer, m, max_prompt_tokens)[0] for m in messages]
-    outputs = generate(model, tokenizer, texts, max_new_tokens=max_new_tokens, temperature=0.0,
-                       batch_size=batch_size, seed=seed) if texts else []
-    answers = [gens[0] for gens in outputs]
+    messages, answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                       max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, seed=seed)
     refused = StringMatchJudge()([a.text for a in answers]) if answers else []
     pairs = [PreferencePair(prompt_id_of(m), m, a.text, None)
              for m, a, r in zip(messages, answers, refused) if not r and not a.degenerate]

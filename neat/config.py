@@ -44,6 +44,10 @@ class Paths(Section):
         "data/benign/prompts.jsonl",
         description="JSONL of {\"prompt\": ...}: benign requests trained on with the base policy's own answer "
                     "(the first data.max_benign_prompts of them)")
+    harmful_requests: str = Field(
+        "data/harmful_requests/refusals.jsonl",
+        description="JSONL of {\"prompt\": ..., \"refusal\": ...}: harmful requests trained on with their written "
+                    "refusal as chosen (the first data.max_harmful_prompts of them)")
     out: str = Field("outputs", description="every stage writes under this directory")
     cache: str = Field(".cache/neat", description="converted builtin models")
     checkpoints: str = Field(".neat/checkpoints", description="resumable training state (not versioned)")
@@ -62,6 +66,9 @@ class DataParams(Section):
     max_benign_prompts: int = Field(
         32, ge=0, description="prompts of paths.benign_prompts the policy also trains on per round, answered by "
                              "the base policy (0 = none)")
+    max_harmful_prompts: int = Field(
+        0, ge=0, description="requests of paths.harmful_requests the policy also trains on per round, with their "
+                             "written refusal as chosen and the base policy's compliance as rejected (0 = none)")
     max_row_chars: int = Field(200_000, ge=100, description="rows with more text than this are skipped as too_long")
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from neat.candidates import write_candidates
 from neat.benign import benign_enabled, benign_pairs, read_benign_prompts
+from neat.harmful import harmful_enabled, harmful_pairs, read_harmful_requests
 from neat.data import read_pairs, write_pairs
 from neat.generation import use_engine
 from neat.steering import build_candidates, select_prompts, shard_groups
@@ -33,6 +34,9 @@ def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
     if benign_enabled(params):  # (absent otherwise: earlier fingerprints stay valid)
         desc["max_benign_prompts"] = params.data.max_benign_prompts
         extra.append(Path(params.paths.benign_prompts))
+    if harmful_enabled(params):
+        desc["max_harmful_prompts"] = params.data.max_harmful_prompts
+        extra.append(Path(params.paths.harmful_requests))
     if params.generation.backend != "hf":  # other samplers: other samples (hf keeps its earlier fingerprints)
         desc["backend"] = params.generation.backend
     if params.generation.engine != "hf":  # the lean CPU loop draws other samples from the same distribution
@@ -60,6 +64,8 @@ def expand(params) -> dict:
     groups = select_prompts(pairs, params.data.max_train_prompts)
     benign_prompts = read_benign_prompts(params.paths.benign_prompts)[:params.data.max_benign_prompts] \
         if benign_enabled(params) else []
+    harmful_requests = read_harmful_requests(params.paths.harmful_requests)[:params.data.max_harmful_prompts] \
+        if harmful_enabled(params) else []
     policy_id = checkpoint_id(params.policy.model, seed=params.seed)  # builtin:tiny-random depends on it
     n_shards = len(shard_groups(groups, params.expand.shard_size))
     shards = ShardStore(work_dir_for(params.paths.checkpoints, params.paths.out, "expand"),
@@ -78,18 +84,23 @@ def expand(params) -> dict:
         benign, benign_stats = benign_pairs(model, tokenizer, benign_prompts, max_new_tokens=params.expand.max_new_tokens,
                                             max_prompt_tokens=params.expand.max_prompt_tokens,
                                             batch_size=params.expand.batch_size, seed=params.seed)
-        groups += [[pair] for pair in benign]
+        harmful, harmful_stats = harmful_pairs(model, tokenizer, harmful_requests,
+                                               max_new_tokens=params.expand.max_new_tokens,
+                                               max_prompt_tokens=params.expand.max_prompt_tokens,
+                                               batch_size=params.expand.batch_size, seed=params.seed)
+        groups += [[pair] for pair in benign + harmful]
         rows, stats = build_candidates(model, tokenizer, groups, pairs, params.expand, seed=params.seed,
                                        policy_id=policy_id, round_=1,
                                        include_dataset=params.train.include_dataset_responses, shards=shards)
     finally:
         if vllm:
             model.close()
-    stats |= benign_stats
+    stats |= benign_stats | harmful_stats
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["tokens_per_second"] = round(stats["generated_tokens"] / max(stats["seconds"], 1e-9), 1)
     write_candidates(params.out("expand", "candidates.parquet"), rows)
     write_pairs(params.out("expand", "benign.jsonl"), benign)  # the online rounds' benign prompts (train)
+    write_pairs(params.out("expand", "harmful.jsonl"), harmful)  # and their harmful requests
     from neat.io import write_json_atomic
 
     write_json_atomic(params.out("expand", "stats.json"), stats)

@@ -43,7 +43,7 @@ def xstest_csv() -> Path:
 FORMER_DEFAULTS = {
     "paths": {"data": "data/demo/hh_demo.jsonl", "safety_prompts": "data/demo/safety_prompts.csv",
               "refusal_examples": "data/demo/refusal_examples.jsonl"},
-    "data": {"max_train_prompts": None, "max_benign_prompts": 0},
+    "data": {"max_train_prompts": None, "max_benign_prompts": 0, "max_harmful_prompts": 0},
     "policy": {"lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "reward": {"epochs": 2, "lr": 5e-5, "max_length": 256},
     "expand": {"k_pos": 2, "k_neg": 2, "demo_origins": ["positive", "negative"], "max_new_tokens": 48},

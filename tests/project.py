@@ -23,6 +23,7 @@ TINY = {
     "policy.device": "cpu",
     "data.max_train_prompts": 4,
     "data.max_benign_prompts": 0,
+    "data.max_harmful_prompts": 0,
     "reward.max_pairs": 16,
     "reward.epochs": 1,
     "reward.max_length": 64,

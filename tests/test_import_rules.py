@@ -219,6 +219,7 @@ COVERED_ELSEWHERE = {
     "neat/logs.py": "tests/test_cli_logging.py",
     "neat/params_yaml.py": "tests/test_params_strict.py and tests/test_config.py (strict YAML of params)",
     "neat/prepare.py": "the stage: tests/test_pipeline.py (end to end), tests/test_hub_data.py, tests/test_bad_inputs.py",
+    "neat/prompt_mix.py": "tests/test_benign.py and tests/test_harmful.py (the two mixes that read and answer through it)",
     "neat/promotion.py": "tests/test_orchestration.py and tests/test_registry.py (the gate)",
     "neat/stage_inputs.py": "damaged stage outputs: benchmarks/bad_inputs.py via tests/test_bad_inputs.py",
     "neat/training/checkpoint.py": "tests/test_interruptions.py and tests/test_training_strategy.py (resume)",

@@ -20,6 +20,7 @@ def tiny_overrides(out):
         "policy.device=cpu",
         "data.max_train_prompts=6",
         "data.max_benign_prompts=0",
+        "data.max_harmful_prompts=0",
         "reward.max_pairs=24",
         "reward.epochs=1",
         "reward.max_length=96",
