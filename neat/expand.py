@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neat.base_mix import base_generator, mix_inputs, mix_pairs, write_mix_pairs
+from neat.benign import benign_enabled
 from neat.candidates import write_candidates
-from neat.benign import benign_enabled, benign_pairs, read_benign_prompts
-from neat.harmful import harmful_enabled, harmful_pairs, read_harmful_requests
-from neat.data import read_pairs, write_pairs
+from neat.harmful import harmful_enabled
+from neat.data import read_pairs
 from neat.generation import use_engine
 from neat.steering import build_candidates, select_prompts, shard_groups
 
@@ -51,56 +52,35 @@ def expand(params) -> dict:
     import time
 
     from neat.io import ShardStore, work_dir_for
-    from neat.models import checkpoint_id, load_policy, load_tokenizer
+    from neat.models import checkpoint_id
 
     use_engine(params.generation.engine, params.generation.batch_tokens)
-    vllm = params.generation.backend == "vllm"
-    if vllm:  # fail before any work when vLLM cannot run here
-        from neat.vllm_backend import engine_for_policy, require_vllm
+    if params.generation.backend == "vllm":  # fail before any work when vLLM cannot run here
+        from neat.vllm_backend import require_vllm
 
         require_vllm()
     train_path = params.out("data", "train.jsonl")
     pairs = read_pairs(train_path)
     groups = select_prompts(pairs, params.data.max_train_prompts)
-    benign_prompts = read_benign_prompts(params.paths.benign_prompts)[:params.data.max_benign_prompts] \
-        if benign_enabled(params) else []
-    harmful_requests = read_harmful_requests(params.paths.harmful_requests)[:params.data.max_harmful_prompts] \
-        if harmful_enabled(params) else []
+    inputs = mix_inputs(params)  # the benign prompts and harmful requests (none when off)
     policy_id = checkpoint_id(params.policy.model, seed=params.seed)  # builtin:tiny-random depends on it
     n_shards = len(shard_groups(groups, params.expand.shard_size))
     shards = ShardStore(work_dir_for(params.paths.checkpoints, params.paths.out, "expand"),
                         expand_fingerprint(params, train_path, policy_id), n_shards, label="expand")
     shards.announce()
-    if vllm:  # the tokenizer renders and tokenizes the prompts; the engine generates
-        tokenizer = load_tokenizer(params.policy.model, cache_dir=params.paths.cache,
-                                   trust_remote_code=params.policy.trust_remote_code, seed=params.seed)
-        model = engine_for_policy(params.policy.model, params, seed=params.seed)
-    else:
-        model, tokenizer = load_policy(params.policy.model, cache_dir=params.paths.cache, device=params.policy.device,
-                                       dtype=params.policy.dtype, trust_remote_code=params.policy.trust_remote_code,
-                                       seed=params.seed)
-    start = time.perf_counter()
-    try:
-        benign, benign_stats = benign_pairs(model, tokenizer, benign_prompts, max_new_tokens=params.expand.max_new_tokens,
-                                            max_prompt_tokens=params.expand.max_prompt_tokens,
-                                            batch_size=params.expand.batch_size, seed=params.seed)
-        harmful, harmful_stats = harmful_pairs(model, tokenizer, harmful_requests,
-                                               max_new_tokens=params.expand.max_new_tokens,
-                                               max_prompt_tokens=params.expand.max_prompt_tokens,
-                                               batch_size=params.expand.batch_size, seed=params.seed)
+    # vLLM: the tokenizer renders and tokenizes the prompts; the engine generates
+    with base_generator(params) as (model, tokenizer):
+        start = time.perf_counter()
+        benign, harmful, mix_stats = mix_pairs(model, tokenizer, params, inputs)
         groups += [[pair] for pair in benign + harmful]
         rows, stats = build_candidates(model, tokenizer, groups, pairs, params.expand, seed=params.seed,
                                        policy_id=policy_id, round_=1,
                                        include_dataset=params.train.include_dataset_responses, shards=shards)
-    finally:
-        if vllm:
-            model.close()
-    stats |= benign_stats | harmful_stats
+    stats |= mix_stats
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["tokens_per_second"] = round(stats["generated_tokens"] / max(stats["seconds"], 1e-9), 1)
     write_candidates(params.out("expand", "candidates.parquet"), rows)
-    write_pairs(params.out("expand", "benign.jsonl"), benign)  # the online rounds' benign prompts (train)
-    write_pairs(params.out("expand", "harmful.jsonl"), harmful)  # and their harmful requests
+    write_mix_pairs(params, benign, harmful)  # the online rounds' benign prompts and harmful requests (train)
     from neat.io import write_json_atomic
 
     write_json_atomic(params.out("expand", "stats.json"), stats)
