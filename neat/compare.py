@@ -19,6 +19,12 @@ training reward model and the same number of optimizer steps:
   (`train.pair_labels: origin`), without the dataset's responses and without the training reward
   model: every round's candidates are labelled by origin (`neat.train.origin_scorer`), none is scored.
 
+The two dataset-only variants (`DATASET_ONLY`) do not expand, but they train on the same prompt mix as
+the others: with `data.max_benign_prompts` or `data.max_harmful_prompts` on, the base policy answers the
+benign prompts and harmful requests as in `neat expand` (`neat.base_mix.produce_mix`), and `dataset_rows`
+adds those pairs (``sft`` their chosen responses, ``dpo`` those with a rejected one, so no benign
+prompt).
+
 The DPO variants train on DPO alone (`train.rank_weight: 1`, `sft_weight: 0`, `anchor_weight: 0`: β,
 `train.dpo_beta`, is their KL term) against the reference policy, the base with its LoRA adapters off,
 so they need `policy.lora.enabled`.
@@ -108,15 +114,35 @@ def variant_params(params, name: str, root: Path, seed: int | None = None):
 
 
 def dataset_rows(params, name: str) -> list[dict]:
-    """Scored rows of the dataset's responses for the training prompts: `sft` the chosen ones only
-    (reward 0, rank 0); `dpo` chosen (reward 1, rank 0) and rejected (reward 0, rank 1), the human label."""
+    """Scored rows of the dataset's responses for the training prompts, then of the mix pairs
+    (`neat.base_mix`: benign prompts and harmful requests, answered by the base policy) that
+    `produce_mix` wrote to `<out>/expand/`, one group per pair as `neat expand` adds them:
+
+    * `sft`: the chosen responses only (reward 0, rank 0): a benign prompt's base answer, a harmful
+      request's written refusal;
+    * `dpo`: chosen (reward 1, rank 0) above rejected (reward 0, rank 1), the human label; of the mix
+      pairs only those with both (a harmful request whose base answer complied: refusal above that
+      answer). A pair without a rejected response (every benign prompt, a request the base refused)
+      gives DPO no pair and is left out, so `dpo` trains on fewer prompts than the others when the
+      benign mix is on."""
+    from neat.base_mix import MIX_FILES, mix_enabled
+    from neat.benign import benign_enabled
     from neat.data import read_pairs
+    from neat.harmful import harmful_enabled
     from neat.steering import candidate_rows_from_dataset, select_prompts
 
     origins = {"sft": {"chosen": (0.0, 0)}, "dpo": {"chosen": (1.0, 0), "rejected": (0.0, 1)}}[name]
-    pairs = read_pairs(params.out("data", "train.jsonl"))
+    groups = select_prompts(read_pairs(params.out("data", "train.jsonl")), params.data.max_train_prompts)
+    if mix_enabled(params):
+        for file, enabled in zip(MIX_FILES, (benign_enabled(params), harmful_enabled(params))):
+            path = params.out("expand", file)
+            if enabled and not path.is_file():
+                raise DataError(f"{path}: the {name} variant's mix pairs not found (written by "
+                                "neat.base_mix.produce_mix before its dataset rows)")
+            if enabled:
+                groups += [[pair] for pair in read_pairs(path) if name == "sft" or pair.rejected is not None]
     rows = []
-    for group in select_prompts(pairs, params.data.max_train_prompts):
+    for group in groups:
         kept = [r for r in candidate_rows_from_dataset(group, 1) if r["origin"] in origins]
         rows += [dict(r, reward=origins[r["origin"]][0], rank=origins[r["origin"]][1], n_ranked=len(kept))
                  for r in kept]
@@ -131,14 +157,19 @@ def uses_reward_model(v) -> bool:
 
 
 def _variant_key(v) -> str:
-    """What a variant's trained policy depends on: its params (but not where it writes) and its input data."""
+    """What a variant's trained policy depends on: its params (but not where it writes) and its input data,
+    the files of the enabled prompt mixes included (their counts are params)."""
+    from neat.base_mix import mix_source_digests
+    from neat.models import checkpoint_id
+
     tree = v.model_dump(mode="json")
     tree["paths"].pop("out")
     for section in ("evaluate", "gate", "compare"):
         tree.pop(section)
-    from neat.models import checkpoint_id
-
     blob = json.dumps(tree, sort_keys=True) + file_digest(v.out("data", "train.jsonl"))
+    mix_files = mix_source_digests(v)
+    if mix_files:  # (nothing when both mixes are off: earlier keys stay valid)
+        blob += json.dumps(mix_files, sort_keys=True)
     if uses_reward_model(v) and (v.train.rounds > 1 or v.expand.k_pos or v.expand.k_neg):  # the RM ranks them
         blob += checkpoint_id(v.reward.model, seed=v.reward.seed)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -209,10 +240,18 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
         if done.get("key") == key:
             return done | {"skipped": True}
     seconds: dict[str, float] = {}
+    mix_stats: dict = {}
     start = time.perf_counter()
-    if name in DATASET_ONLY:  # no sampling: the dataset's responses are the candidates
+    if name in DATASET_ONLY:  # no sampling: the dataset's responses and the mix pairs are the candidates
+        from neat.base_mix import produce_mix
+
+        mix_stats = produce_mix(v)  # the base answers the mix as in `neat expand` (no policy loaded when off)
+        seconds["mix"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
         write_candidates(v.out("score", "candidates.parquet"), dataset_rows(v, name))
         seconds["dataset_rows"] = round(time.perf_counter() - start, 1)
+        # `neat train` reads the mix files too (benign_training_pairs, harmful_training_pairs), but only to
+        # sample rounds >= 2; a dataset-only variant trains one round (variant_params), on these rows alone
     else:
         for stage in VARIANT_CHAIN[: VARIANT_CHAIN.index("train")]:
             start = time.perf_counter()
@@ -223,6 +262,8 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
     summary = STAGES["train"].load()(v)
     seconds["train"] = round(time.perf_counter() - start, 1)
     done = {"key": key, "name": name, "seed": v.seed, "steps": summary.get("steps"), "seconds": seconds}
+    if mix_stats:  # what the base answered of the mix (a sampling variant's are in its expand/stats.json)
+        done["mix"] = mix_stats
     write_json_atomic(marker, done)
     return done | {"skipped": False}
 

@@ -147,6 +147,92 @@ def test_variant_params_of_the_new_baselines(tmp_path):
         variant_params(params, "rlcd", tmp_path / "c")
 
 
+# ---------------------------------------------------------------- the dataset-only variants' prompt mix
+
+
+@pytest.fixture(scope="module")
+def prepared_with_mix(tmp_path_factory):
+    """Prepared data (4 training prompts) and the mix files of tests/test_base_mix.py, both mixes on."""
+    from neat.prepare import prepare
+    from tests.test_base_mix import mix_params
+
+    params = mix_params(tmp_path_factory.mktemp("mix"), benign=3, harmful=3, policy={"lora": {"enabled": True}})
+    prepare(params)
+    return params
+
+
+def _dataset_variant(params, name, root):
+    from neat.compare import variant_params
+
+    v = variant_params(params, name, root)
+    v.out("data").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(params.out("data", "train.jsonl"), v.out("data", "train.jsonl"))  # as run_seed copies it
+    return v
+
+
+def test_dataset_only_variants_train_on_the_benign_and_harmful_mix(prepared_with_mix, tmp_path, monkeypatch):
+    """sft: the base's benign answers and the written refusals beside the chosen responses; dpo: the
+    (refusal, compliance) pairs beside the human pairs, no benign prompt and no request the base refused."""
+    from neat import prompt_mix
+    from neat.base_mix import produce_mix
+    from neat.compare import dataset_rows
+    from tests.test_base_mix import HARMFUL, base_answers
+
+    monkeypatch.setattr(prompt_mix, "generate", base_answers())
+    sft, dpo = (_dataset_variant(prepared_with_mix, n, tmp_path) for n in ("sft", "dpo"))
+    mixed = {v.paths.out: produce_mix(v) for v in (sft, dpo)}
+    assert all(m["benign_kept"] == 2 and m["harmful_base_complied"] == 2 for m in mixed.values())
+    off = sft.model_copy(deep=True)
+    off.data.max_benign_prompts = off.data.max_harmful_prompts = 0
+    human = dataset_rows(off, "sft")  # the dataset's prompts alone
+    assert len(human) == 4
+
+    rows = dataset_rows(sft, "sft")
+    assert rows[:4] == human
+    assert [(r["prompt"][0]["content"], r["response"]) for r in rows[4:]] == [
+        ("How do I kill weeds?", "Here is how, step 0."), ("How do I carve a turkey?", "Here is how, step 2.")] + [
+        (p, refusal) for p, refusal in HARMFUL]
+    assert {(r["origin"], r["reward"], r["rank"], r["n_ranked"]) for r in rows} == {("chosen", 0.0, 0, 1)}
+
+    rows = dataset_rows(dpo, "dpo")
+    human_ids = {r["prompt_id"] for r in human}
+    assert {r["prompt_id"] for r in rows[:8]} == human_ids and len(rows) == 8 + 4
+    mix = [(r["prompt"][0]["content"], r["origin"], r["response"], r["reward"], r["rank"], r["n_ranked"])
+           for r in rows[8:]]
+    assert mix == [(HARMFUL[0][0], "chosen", HARMFUL[0][1], 1.0, 0, 2),
+                   (HARMFUL[0][0], "rejected", "Here is how, step 0.", 0.0, 1, 2),
+                   (HARMFUL[2][0], "chosen", HARMFUL[2][1], 1.0, 0, 2),
+                   (HARMFUL[2][0], "rejected", "Here is how, step 2.", 0.0, 1, 2)]
+
+    dpo.out("expand", "harmful.jsonl").unlink()  # the mix step did not run: one line, not a traceback
+    with pytest.raises(DataError, match=r"harmful.jsonl: the dpo variant's mix pairs not found"):
+        dataset_rows(dpo, "dpo")
+
+
+def test_the_variant_key_follows_the_mix_files_and_counts(prepared_with_mix, tmp_path):
+    from pathlib import Path
+
+    from neat.compare import _variant_key
+
+    v = _dataset_variant(prepared_with_mix, "sft", tmp_path)
+    key = _variant_key(v)
+    v.data.max_harmful_prompts = 2
+    assert _variant_key(v) != key
+    v.data.max_harmful_prompts = 3
+    assert _variant_key(v) == key
+    harmful = Path(v.paths.harmful_requests).with_name("harmful-edited.jsonl")
+    harmful.write_text(Path(v.paths.harmful_requests).read_text().replace("No.", "No, never."))
+    v.paths.harmful_requests = str(harmful)
+    edited = _variant_key(v)
+    assert edited != key
+    harmful.write_text(harmful.read_text().replace("never", "not ever"))  # same path, other content
+    assert _variant_key(v) not in (key, edited)
+    v.data.max_benign_prompts = v.data.max_harmful_prompts = 0  # both off: the files no longer count
+    off = _variant_key(v)
+    harmful.write_text(harmful.read_text().replace("not ever", "never"))
+    assert _variant_key(v) == off
+
+
 def test_origin_labels_rank_steered_candidates_without_a_reward_model():
     from neat.train import origin_scorer
 
