@@ -67,7 +67,7 @@ class DataParams(Section):
         32, ge=0, description="prompts of paths.benign_prompts the policy also trains on per round, answered by "
                              "the base policy (0 = none)")
     max_harmful_prompts: int = Field(
-        0, ge=0, description="requests of paths.harmful_requests the policy also trains on per round, with their "
+        8, ge=0, description="requests of paths.harmful_requests the policy also trains on per round, with their "
                              "written refusal as chosen and the base policy's compliance as rejected (0 = none)")
     max_row_chars: int = Field(200_000, ge=100, description="rows with more text than this are skipped as too_long")
 
