@@ -59,10 +59,27 @@ def mix_pairs(model, tokenizer, params, inputs: tuple[list[str], list[tuple[str,
 
 
 def write_mix_pairs(params, benign: list[PreferencePair], harmful: list[PreferencePair]) -> None:
-    """→ `<out>/expand/benign.jsonl` and `harmful.jsonl` (empty when the mix is off), what `neat train`
-    reads for its online rounds (`benign_training_pairs`, `harmful_training_pairs`)."""
+    """→ `<out>/expand/benign.jsonl` and `harmful.jsonl` (empty when the mix is off), what `read_mix_pairs`
+    reads back."""
     for name, pairs in zip(MIX_FILES, (benign, harmful)):
         write_pairs(params.out("expand", name), pairs)
+
+
+def read_mix_pairs(params, required_by: str | None = None) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(benign pairs, harmful pairs) written under `<out>/expand` (`write_mix_pairs`), none of a mix that is off.
+    A missing file of an enabled mix gives none (a run that trains without an expansion has none), or, when
+    `required_by` names who needs it, one DataError."""
+    from neat.data import read_pairs
+    from neat.errors import DataError
+
+    found = []
+    for file, enabled in zip(MIX_FILES, (benign_enabled(params), harmful_enabled(params))):
+        path = params.out("expand", file)
+        if enabled and not path.is_file() and required_by:
+            raise DataError(f"{path}: {required_by}'s mix pairs not found (written by "
+                            "neat.base_mix.produce_mix before its dataset rows)")
+        found.append(read_pairs(path) if enabled and path.is_file() else [])
+    return found[0], found[1]
 
 
 @contextlib.contextmanager

@@ -21,16 +21,6 @@ def benign_enabled(params) -> bool:
     return params.data.max_benign_prompts > 0
 
 
-def benign_training_pairs(params) -> list[PreferencePair]:
-    """The benign pairs `neat expand` kept (`<out>/expand/benign.jsonl`), for the online rounds.
-
-    Runs that train without an expansion (`neat compare`'s dataset-only variants) have none."""
-    from neat.data import read_pairs
-
-    path = params.out("expand", "benign.jsonl")
-    return read_pairs(path) if benign_enabled(params) and path.exists() else []
-
-
 def read_benign_prompts(path: str | Path) -> list[str]:
     """The prompts of a JSONL file of `{"prompt": "..."}` rows, in file order, duplicates dropped."""
     rows = read_text_rows(path, ("prompt",), what="benign prompts", param="paths.benign_prompts")

@@ -125,22 +125,14 @@ def dataset_rows(params, name: str) -> list[dict]:
       answer). A pair without a rejected response (every benign prompt, a request the base refused)
       gives DPO no pair and is left out, so `dpo` trains on fewer prompts than the others when the
       benign mix is on."""
-    from neat.base_mix import MIX_FILES, mix_enabled
-    from neat.benign import benign_enabled
+    from neat.base_mix import read_mix_pairs
     from neat.data import read_pairs
-    from neat.harmful import harmful_enabled
     from neat.steering import candidate_rows_from_dataset, select_prompts
 
     origins = {"sft": {"chosen": (0.0, 0)}, "dpo": {"chosen": (1.0, 0), "rejected": (0.0, 1)}}[name]
     groups = select_prompts(read_pairs(params.out("data", "train.jsonl")), params.data.max_train_prompts)
-    if mix_enabled(params):
-        for file, enabled in zip(MIX_FILES, (benign_enabled(params), harmful_enabled(params))):
-            path = params.out("expand", file)
-            if enabled and not path.is_file():
-                raise DataError(f"{path}: the {name} variant's mix pairs not found (written by "
-                                "neat.base_mix.produce_mix before its dataset rows)")
-            if enabled:
-                groups += [[pair] for pair in read_pairs(path) if name == "sft" or pair.rejected is not None]
+    benign, harmful = read_mix_pairs(params, required_by=f"the {name} variant")
+    groups += [[pair] for pair in benign + harmful if name == "sft" or pair.rejected is not None]
     rows = []
     for group in groups:
         kept = [r for r in candidate_rows_from_dataset(group, 1) if r["origin"] in origins]
@@ -250,7 +242,7 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
         start = time.perf_counter()
         write_candidates(v.out("score", "candidates.parquet"), dataset_rows(v, name))
         seconds["dataset_rows"] = round(time.perf_counter() - start, 1)
-        # `neat train` reads the mix files too (benign_training_pairs, harmful_training_pairs), but only to
+        # `neat train` reads the mix files too (read_mix_pairs), but only to
         # sample rounds >= 2; a dataset-only variant trains one round (variant_params), on these rows alone
     else:
         for stage in VARIANT_CHAIN[: VARIANT_CHAIN.index("train")]:

@@ -21,16 +21,6 @@ def harmful_enabled(params) -> bool:
     return params.data.max_harmful_prompts > 0
 
 
-def harmful_training_pairs(params) -> list[PreferencePair]:
-    """The harmful-request pairs `neat expand` wrote (`<out>/expand/harmful.jsonl`), for the online rounds.
-
-    Runs that train without an expansion (`neat compare`'s dataset-only variants) have none."""
-    from neat.data import read_pairs
-
-    path = params.out("expand", "harmful.jsonl")
-    return read_pairs(path) if harmful_enabled(params) and path.exists() else []
-
-
 def read_harmful_requests(path: str | Path) -> list[tuple[str, str]]:
     """(prompt, refusal) of a JSONL file of `{"prompt": "...", "refusal": "..."}` rows, in file order,
     repeated prompts dropped."""

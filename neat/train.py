@@ -14,8 +14,7 @@ import time
 
 import torch
 
-from neat.benign import benign_training_pairs
-from neat.harmful import harmful_training_pairs
+from neat.base_mix import read_mix_pairs
 from neat.candidates import SCORED_COLUMNS, read_candidates
 from neat.data import read_pairs
 from neat.io import write_json_atomic
@@ -86,7 +85,8 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     first_rows = read_candidates(scored_path, SCORED_COLUMNS, "score")
     pairs = read_pairs(params.out("data", "train.jsonl"))
     groups_source = select_prompts(pairs, params.data.max_train_prompts)
-    groups_source += [[pair] for pair in benign_training_pairs(params) + harmful_training_pairs(params)]
+    benign, harmful = read_mix_pairs(params)  # the online rounds sample them again
+    groups_source += [[pair] for pair in benign + harmful]
     model, tokenizer = load_trainable_policy(params)
     dev_source = dev_prompts(pairs, params)
     scorer = round_scorer(params) if params.train.rounds > 1 or dev_source else None
