@@ -30,7 +30,7 @@ from neat.data import read_pairs  # noqa: E402
 from neat.diagnostics import is_repetitive  # noqa: E402
 from neat.evaluate import fit_prompt, safety_rates, safety_subset, win_rate_ci  # noqa: E402
 from neat.steering import select_prompts  # noqa: E402
-from neat.generation import generate, use_engine  # noqa: E402
+from neat.generation import generate, use_generation_params  # noqa: E402
 from neat.judges import StringMatchJudge, read_safety_csv  # noqa: E402
 from neat.models import load_policy, load_reward_model, load_tokenizer  # noqa: E402
 from neat.reward import score_texts  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params, overrides=args.set)
-    use_engine(params.generation.engine, params.generation.batch_tokens)
+    use_generation_params(params.generation)
     out = Path(params.paths.out)
     hh, xs = dev_sets(params, args.hh_start, args.hh_prompts, args.xstest_prompts or None)
     started = time.perf_counter()

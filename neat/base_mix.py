@@ -109,13 +109,13 @@ def produce_mix(params) -> dict:
     """The mix pairs of a run that does not expand (`neat compare`'s dataset-only variants): the base
     policy, loaded once and only when a mix is on, answers them as in `neat expand` →
     `<out>/expand/benign.jsonl`, `harmful.jsonl` (empty files when both mixes are off). Returns the stats."""
-    from neat.generation import use_engine
+    from neat.generation import use_generation_params
 
     inputs = mix_inputs(params)  # a bad file stops before the policy loads
     if not mix_enabled(params):
         write_mix_pairs(params, [], [])
         return {}
-    use_engine(params.generation.engine, params.generation.batch_tokens)
+    use_generation_params(params.generation)
     with base_generator(params) as (model, tokenizer):
         benign, harmful, stats = mix_pairs(model, tokenizer, params, inputs)
     write_mix_pairs(params, benign, harmful)

@@ -143,6 +143,10 @@ class GenerationParams(Section):
     batch_tokens: int = Field(
         0, ge=0, description="lean engine: prompts per generation batch while rows x (longest prompt + "
                                 "max_new_tokens) fits this budget (prompts sorted by length); 0 = the stage's batch_size")
+    cpu_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="on CPU, generate with a copy of the policy in this dtype (LoRA merged): auto = bfloat16 "
+                            "where the CPU has native bf16 (AVX512-BF16/AMX: 2.5x the tokens/s on SmolLM2-135M), "
+                            "else the model's own; float32 = the exact path (greedy outputs equal to transformers')")
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=0.95, description="share of GPU memory vLLM may take (training shares the GPU in online rounds)")
     vllm_enforce_eager: bool = Field(False, description="skip CUDA-graph capture: faster start, slower decoding")
@@ -194,7 +198,10 @@ class TrainParams(Section):
     include_dataset_responses: bool = Field(True, description="keep chosen/rejected as candidates")
     shared_prompt: bool = Field(True, description="compute each prompt once for all its candidates (packed rows)")
     gradient_checkpointing: bool = False
-    bf16_autocast: bool = Field(False, description="GPU only")
+    bf16_autocast: bool | Literal["auto"] = Field(
+        "auto", description="forward passes in bfloat16 (torch.autocast) over float32 weights: auto = where the "
+                            "device has native bf16 (CUDA, or a CPU with AVX512-BF16/AMX: 1.7x faster LoRA steps on "
+                            "SmolLM2-135M); the LM head and log-softmax stay float32")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with several processes: replicate the model (ddp) or shard weights, grads and optimizer (fsdp)")
     logprob_chunk: int = Field(1024, ge=1)

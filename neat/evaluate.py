@@ -558,12 +558,12 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     `base_policy` replaces `policy.model` as the baseline (the promotion gate compares a candidate
     with production this way); `out_dir` replaces `<out>` as where the files go.
     """
-    from neat.generation import use_engine
+    from neat.generation import use_generation_params
     from neat.judges import read_safety_csv
     from neat.models import release_gpu_memory
     from neat.reward import score_texts
 
-    use_engine(params.generation.engine, params.generation.batch_tokens)
+    use_generation_params(params.generation)
     e = params.evaluate
     started = time.perf_counter()
     if params.generation.backend == "vllm":  # fail before any work when vLLM cannot run here

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from neat.base_mix import base_generator, mix_inputs, mix_pairs, write_mix_pairs
 from neat.benign import benign_enabled
 from neat.candidates import write_candidates
 from neat.harmful import harmful_enabled
 from neat.data import read_pairs
-from neat.generation import use_engine
+from neat.generation import use_generation_params
 from neat.steering import build_candidates, select_prompts, shard_groups
 
 
@@ -44,6 +46,11 @@ def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
         desc["engine"] = params.generation.engine
         if params.generation.batch_tokens:  # other batches, other per-batch seeds
             desc["batch_tokens"] = params.generation.batch_tokens
+    if params.generation.cpu_dtype != "float32":  # bf16 copies sample other tokens (auto: on bf16 CPUs)
+        from neat.models import native_bf16
+
+        desc["cpu_dtype"] = params.generation.cpu_dtype
+        desc["native_bf16"] = native_bf16(torch.device("cpu"))
     return fingerprint_of(desc, *extra)
 
 
@@ -54,7 +61,7 @@ def expand(params) -> dict:
     from neat.io import ShardStore, work_dir_for
     from neat.models import checkpoint_id
 
-    use_engine(params.generation.engine, params.generation.batch_tokens)
+    use_generation_params(params.generation)
     if params.generation.backend == "vllm":  # fail before any work when vLLM cannot run here
         from neat.vllm_backend import require_vllm
 

@@ -6,6 +6,7 @@ compute on padding and the KV cache serves every new token. Outputs come back in
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import sys
 from dataclasses import dataclass, field
@@ -86,6 +87,44 @@ def use_engine(engine: str, batch_tokens: int | None = None) -> None:
     _default_engine = engine
     if batch_tokens is not None:
         _default_batch_tokens = batch_tokens
+
+
+CPU_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_default_cpu_dtype = "float32"
+
+
+def use_generation_params(gen) -> None:
+    """Set what `generate` uses when its caller names nothing, from params' `generation` section:
+    the CPU engine, its batch token budget and the CPU dtype (every stage calls this first)."""
+    global _default_cpu_dtype
+    use_engine(gen.engine, gen.batch_tokens)
+    _default_cpu_dtype = gen.cpu_dtype
+
+
+def resolve_cpu_dtype(model, cpu_dtype: str | None = None) -> torch.dtype:
+    """The dtype a CPU generation runs in: auto = bfloat16 where the CPU has native bf16, else the model's."""
+    from neat.models import native_bf16
+
+    name = cpu_dtype or _default_cpu_dtype
+    param = next(model.parameters())
+    if param.device.type != "cpu":
+        return param.dtype  # GPUs generate in policy.dtype
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(param.device) else param.dtype
+    return CPU_DTYPES[name]
+
+
+def generation_copy(model, dtype: torch.dtype):
+    """`model` itself when it already has `dtype`, else a copy in `dtype` for generating (LoRA merged in
+    float32 first, so the copy holds the rounded merged weights); the training model is left as it is."""
+    if next(model.parameters()).dtype == dtype:
+        return model
+    clone = copy.deepcopy(model)
+    if hasattr(clone, "merge_and_unload"):  # peft: one weight per layer decodes faster than base + adapter
+        clone = clone.merge_and_unload()
+    for param in clone.parameters():
+        param.grad = None
+    return clone.to(dtype).eval()
 
 
 def resolve_engine(model, engine: str | None = None) -> str:
@@ -328,6 +367,7 @@ def generate(
     on_batch: Callable[[int], None] | None = None,
     engine: str | None = None,
     batch_tokens: int | None = None,
+    cpu_dtype: str | None = None,
 ) -> list[list[Generation]]:
     """Generate `num_return_sequences` responses per prompt (rendered prompt strings).
 
@@ -336,7 +376,9 @@ def generate(
     our lean decode loop (`lean_decode`: one prefill shared by a prompt's samples, and by the batch
     for the start all its prompts share) or transformers' `generate` (hf); both give the same greedy
     outputs and the same sampling distribution, but not the same samples for a seed. The lean engine
-    batches by `batch_tokens` (default: params' generation.batch_tokens; 0 = `batch_size` prompts). `model` may also be a `neat.vllm_backend.VllmEngine`
+    batches by `batch_tokens` (default: params' generation.batch_tokens; 0 = `batch_size` prompts). On CPU,
+    `cpu_dtype` (default: params' generation.cpu_dtype; float32 when no stage set it) may make it generate
+    with a bfloat16 copy of `model` (`generation_copy`). `model` may also be a `neat.vllm_backend.VllmEngine`
     (generation.backend: vllm): the call is then delegated to it, with the same contract
     (`batch_size` is left to vLLM's scheduler).
     """
@@ -348,6 +390,7 @@ def generate(
         return []
     device = next(model.parameters()).device
     lean = resolve_engine(model, engine) == "lean"
+    model = generation_copy(model, resolve_cpu_dtype(model, cpu_dtype))
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     stop = _stop_ids(tokenizer, model)

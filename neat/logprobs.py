@@ -80,7 +80,14 @@ def _logit_postprocessor(lm: nn.Module):
 
 
 def _chunk_logps(head: nn.Module, post, hidden: Tensor, targets: Tensor) -> Tensor:
-    logits = post(head(hidden).float())
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        # bf16 autocast: a logit of 20 rounds to steps of 0.125 in bf16; the head runs at its weights' dtype
+        with torch.autocast(device, enabled=False):
+            weight = getattr(head, "weight", None)
+            logits = post(head(hidden.to(weight.dtype) if weight is not None else hidden).float())
+    else:
+        logits = post(head(hidden).float())
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
 
 

@@ -97,7 +97,7 @@ class Stage:
         return getattr(importlib.import_module(module), func)
 
 
-GENERATION = ("generation.backend", "generation.engine")
+GENERATION = ("generation.backend", "generation.engine", "generation.cpu_dtype")
 
 STAGES: dict[str, Stage] = {
     s.name: s

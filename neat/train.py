@@ -64,10 +64,10 @@ def dev_prompts(pairs, params) -> list:
 
 def train(params, resume: bool = False, stop_after_steps: int | None = None) -> dict:
     """Stage: online rounds of ranking-loss training → `<out>/policy` (merged HF checkpoint)."""
-    from neat.generation import use_engine
+    from neat.generation import use_generation_params
     from neat.models import save_model
 
-    use_engine(params.generation.engine, params.generation.batch_tokens)
+    use_generation_params(params.generation)
     if params.generation.backend == "vllm" and params.train.rounds > 1:  # checked before round 1, not after it
         from neat.distributed import world_size_from_env
         from neat.vllm_backend import BackendUnavailable, require_vllm

@@ -23,6 +23,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("NEAT_CACHE_DIR", str(ROOT / ".cache" / "neat"))
 
 
+@pytest.fixture(autouse=True)
+def _generation_defaults():
+    """Stages set `generate`'s defaults from their params (engine, batch budget, CPU dtype), also from
+    module-scoped fixtures that run stages: every test starts and ends with the library's own defaults,
+    so a stage run with bf16 somewhere does not change another test's numbers."""
+    from neat import generation
+
+    def reset():
+        generation._default_engine, generation._default_batch_tokens = "lean", 0
+        generation._default_cpu_dtype = "float32"
+
+    reset()
+    yield
+    reset()
+
+
 @pytest.fixture
 def hh_slice() -> Path:
     if not HH_SLICE.exists():
@@ -47,7 +63,9 @@ FORMER_DEFAULTS = {
     "policy": {"lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "reward": {"epochs": 2, "lr": 5e-5, "max_length": 256},
     "expand": {"k_pos": 2, "k_neg": 2, "demo_origins": ["positive", "negative"], "max_new_tokens": 48},
-    "train": {"rounds": 2, "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0, "lr": 1e-4},
+    "train": {"rounds": 2, "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0, "lr": 1e-4,
+              "bf16_autocast": False},
+    "generation": {"cpu_dtype": "float32"},
     "evaluate": {"max_prompts": 48, "max_safety_prompts": None, "max_new_tokens": 48},
     "gate": {"metrics": []},
 }

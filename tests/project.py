@@ -39,6 +39,8 @@ TINY = {
     "evaluate.max_safety_prompts": 4,
     "evaluate.max_new_tokens": 4,
     "evaluate.bootstrap": 100,
+    "train.bf16_autocast": False,  # float32: the same numbers on machines with and without native bf16
+    "generation.cpu_dtype": "float32",
 }
 
 

@@ -186,6 +186,64 @@ def test_engine_switch(tiny, monkeypatch):
         generation.use_engine("vllm")
 
 
+def test_generation_copy_leaves_the_training_model_alone(tiny):
+    """A bf16 copy for generating: LoRA merged, the trained model keeps its dtype, adapters and mode."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, prompts = tiny
+    assert generation.generation_copy(model, torch.float32) is model  # same dtype: no copy
+    peft = get_peft_model(__import__("copy").deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a non-zero adapter, so merging matters
+    peft.train()
+    clone = generation.generation_copy(peft, torch.bfloat16)
+    assert not hasattr(clone, "peft_config") and not clone.training
+    assert {p.dtype for p in clone.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in peft.parameters()} == {torch.float32} and peft.training and hasattr(peft, "peft_config")
+    ids = torch.tensor([tok(prompts[1], add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        want, got, base = (torch.softmax(m(input_ids=ids).logits.float(), -1) for m in (peft, clone, model))
+
+    def tv(p, q):  # the largest total-variation distance over positions
+        return float(0.5 * (p - q).abs().sum(-1).max())
+
+    # the copy follows the adapted model (merged), within bf16 rounding; not the base
+    assert tv(got, want) < 0.1 and tv(base, want) > 3 * tv(got, want), (tv(got, want), tv(base, want))
+
+
+def test_cpu_dtype_auto_follows_native_bf16(tiny, monkeypatch):
+    import neat.models
+
+    model, tok, prompts = tiny
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(neat.models, "native_bf16", lambda device, native=native: native)
+        assert generation.resolve_cpu_dtype(model, "auto") == want
+    assert generation.resolve_cpu_dtype(model, "bfloat16") == torch.bfloat16
+    assert generation.resolve_cpu_dtype(model, "float32") == torch.float32
+    assert generation.resolve_cpu_dtype(model) == torch.float32  # no stage set it: the exact path
+
+
+def test_bf16_generation_keeps_the_distribution(tiny):
+    """Teacher-forced on the float32 path's own greedy tokens, the bf16 copy's next-token distributions
+    stay close to float32's at every position (what `generation.cpu_dtype: bfloat16` trades for speed)."""
+    model, tok, prompts = tiny
+    fp32 = generate(model, tok, prompts, max_new_tokens=12, batch_size=3, cpu_dtype="float32")
+    bf16 = generate(model, tok, prompts, max_new_tokens=12, batch_size=3, cpu_dtype="bfloat16")
+    assert [len(g) for g in bf16] == [1] * len(prompts) and model.dtype == torch.float32
+    clone = generation.generation_copy(model, torch.bfloat16)
+    tv = []  # total variation distance per position
+    for prompt, gens in zip(prompts, fp32):
+        ids = torch.tensor([tok(prompt + gens[0].text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            p32 = torch.softmax(model(input_ids=ids).logits.float(), -1)
+            p16 = torch.softmax(clone(input_ids=ids).logits.float(), -1)
+        tv += (0.5 * (p32 - p16).abs().sum(-1)).flatten().tolist()
+    # (the random tiny model's large weights magnify rounding; unrelated distributions are ~0.5-1 apart)
+    assert sum(tv) / len(tv) < 0.05 and max(tv) < 0.2, (sum(tv) / len(tv), max(tv))
+
+
 @pytest.mark.slow
 def test_greedy_identical_to_hf_smollm2():
     from neat.data import read_preferences

@@ -176,3 +176,23 @@ def test_length_normalised():
     s = torch.tensor([-6.0, -3.0, 0.0])
     n = torch.tensor([3, 1, 0])
     assert length_normalised(s, n).tolist() == [-2.0, -3.0, 0.0]
+
+
+def test_lm_head_stays_float32_under_bf16_autocast(model):
+    """Under CPU bf16 autocast the decoder's matmuls run in bf16, but the LM head and log-softmax run in
+    float32 on the final hidden states: a bf16 head would round logits (steps of 0.125 at 20)."""
+    ids, att, resp = batch("right")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = response_logprobs(model, ids, att, resp)
+        hidden = model.model(input_ids=ids, attention_mask=att, position_ids=positions(att)).last_hidden_state
+        bf16_head = model.lm_head(hidden)
+    assert bf16_head.dtype == torch.bfloat16
+    assert (bf16_head.float() - F.linear(hidden.float(), model.lm_head.weight)).abs().max() > 0
+    logits = F.linear(hidden.float(), model.lm_head.weight)  # float32 head on the same hidden states
+    logp = F.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
+    want = torch.where(resp[:, 1:].bool(), logp, torch.zeros_like(logp)).sum(1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        fp32, _ = naive(model, ids, att, resp)
+    torch.testing.assert_close(got, fp32, atol=0.1, rtol=0)  # bf16 decoder: close to float32, not equal

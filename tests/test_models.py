@@ -70,6 +70,21 @@ def test_resolve_device_and_dtype():
             resolve_device("cuda:1")
 
 
+def test_bf16_autocast_setting(monkeypatch):
+    import neat.models as models
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(models, "native_bf16", lambda device, native=native: native)
+        assert models.autocast_device("auto", cpu) == ("cpu" if native else None)
+        assert models.autocast_device(True, cpu) == "cpu" and models.autocast_device(False, cpu) is None
+    assert models.autocast_device(True, torch.device("mps")) is None  # autocast only on cpu/cuda here
+    monkeypatch.undo()
+    # what torch reports for this CPU (AVX512-BF16 / AMX); the flags only read CPUID
+    assert models.native_bf16(cpu) in (True, False)
+    assert models.native_bf16(torch.device("mps")) is False
+
+
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("NEAT_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"

@@ -32,6 +32,9 @@ def tiny_overrides(out):
         "train.batch_size=3",
         "train.max_response_tokens=32",
         "train.max_prompt_tokens=128",
+        # the bf16 paths on every machine (emulated where the CPU lacks native bf16; tiny model, cheap)
+        "train.bf16_autocast=true",
+        "generation.cpu_dtype=bfloat16",
     ]
 
 

@@ -24,6 +24,7 @@ from neat.encoding import PromptCandidates, batch_tokens, collate, collate_packe
 from neat.errors import TrainingError
 from neat.io import write_json_atomic
 from neat.losses import LOSSES
+from neat.models import autocast_device
 from neat.progress import tqdm
 from neat.steering import build_candidates
 from neat.training.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
@@ -93,7 +94,7 @@ class Trainer:
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.shared_prompt = self.cfg.shared_prompt and supports_packing(model)
-        self.autocast = bool(self.cfg.bf16_autocast) and next(model.parameters()).device.type == "cuda"
+        self.autocast = autocast_device(self.cfg.bf16_autocast, next(model.parameters()).device)
 
     @property
     def is_main(self) -> bool:
@@ -290,7 +291,7 @@ class Trainer:
             tokens += 0 if phantom else batch_tokens(batch)
             last = i == len(batches) - 1
             sync = self.strategy.gradient_sync(last)  # gradients synchronised after the last micro-batch only
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+            amp = torch.autocast(self.autocast, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
             with sync:
                 with amp:
                     loss, stats = step_loss(self.forward_model, batch, cfg, self.loss_fn, self.strategy, phantom,
