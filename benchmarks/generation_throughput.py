@@ -11,7 +11,10 @@ greedy single-sample pass evaluation and the online probe use.
 
 Engines: hf (transformers' generate, expand.batch_size prompts per batch), lean_bs (the lean loop at
 the same batch_size: shared prefill of the common prompt start, KV cache written in place, finished
-rows dropped) and lean (the lean loop with params' generation.batch_tokens budget, i.e. the default).
+rows dropped), lean (the lean loop with params' generation.batch_tokens budget) — all three float32 —
+and lean_bf16 (lean with a bfloat16 copy of the model: the default where the CPU has native bf16,
+generation.cpu_dtype: auto). lean_bf16's fraction of the bound is against the bf16 matmul rate, and
+`greedy_identical_bf16_vs_float32` says how many greedy answers the bf16 copy leaves unchanged.
 
 The machine is shared with other jobs, so the engines are timed interleaved in one process
 (alternating which goes first each round) and the JSON reports per-round paired ratios and their
@@ -38,11 +41,11 @@ HH_SLICE = ROOT.parent / "shared/data/hh-rlhf/harmless-base-test.first1000.jsonl
 DEMO = ROOT / "data/demo/hh_demo.jsonl"
 
 
-def matmul_flops(seconds: float = 2.0) -> float:
+def matmul_flops(seconds: float = 2.0, dtype=None) -> float:
     import torch
 
     n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     reps, t0 = 0, time.perf_counter()
@@ -82,7 +85,7 @@ def main() -> None:
 
     from neat.config import load_params
     from neat.generation import generate
-    from neat.models import load_policy
+    from neat.models import load_policy, native_bf16
 
     params = load_params(ROOT / "params.yaml")
     cfg = params.expand
@@ -100,13 +103,17 @@ def main() -> None:
     }
     workloads = {name: workloads[name] for name in args.workloads.split(",")}
     budget = params.generation.batch_tokens if args.batch_tokens is None else args.batch_tokens
-    engines = {"hf": dict(engine="hf"), "lean_bs": dict(engine="lean", batch_tokens=0),
-               "lean": dict(engine="lean", batch_tokens=budget)}
+    f32 = dict(cpu_dtype="float32")
+    engines = {"hf": dict(engine="hf", **f32), "lean_bs": dict(engine="lean", batch_tokens=0, **f32),
+               "lean": dict(engine="lean", batch_tokens=budget, **f32),
+               "lean_bf16": dict(engine="lean", batch_tokens=budget, cpu_dtype="bfloat16")}
     for kw in engines.values():  # warm-up
         generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, **kw)
     rate = {name: {e: [] for e in engines} for name in workloads}
+    greedy_texts = {e: [] for e in engines}
     cpu_rate = {name: {e: [] for e in engines} for name in workloads}
     mm = [matmul_flops()]
+    mm_bf16 = matmul_flops(dtype=torch.bfloat16)
     for r in range(args.rounds):
         for name, kw in workloads.items():
             for engine in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
@@ -116,6 +123,8 @@ def main() -> None:
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 n = sum(g.n_tokens for gs in gens for g in gs)
                 rate[name][engine].append(n / dt)
+                if name == "greedy" and r == 0:
+                    greedy_texts[engine] = [gs[0].text for gs in gens]
                 cpu_rate[name][engine].append(n / dc * torch.get_num_threads())  # tokens/s had we had the threads' cores
                 print(f"round {r} {name} {engine}: {rate[name][engine][-1]:.1f} tokens/s "
                       f"({cpu_rate[name][engine][-1]:.1f} per CPU-time) load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
@@ -131,7 +140,12 @@ def main() -> None:
         "matmul_gflops": round(matmul / 1e9, 1), "matmul_gflops_range": [round(min(mm) / 1e9, 1), round(max(mm) / 1e9, 1)],
         "gflop_per_token": round(flops_per_token / 1e9, 3),
         "bound_tokens_per_s": round(matmul / flops_per_token, 1),
+        "matmul_gflops_bf16": round(mm_bf16 / 1e9, 1), "native_bf16": native_bf16(torch.device("cpu")),
+        "bound_tokens_per_s_bf16": round(mm_bf16 / flops_per_token, 1),
     }
+    if greedy_texts["lean"] and greedy_texts["lean_bf16"]:  # bf16 rounding: greedy paths part somewhere
+        same = sum(a == b for a, b in zip(greedy_texts["lean"], greedy_texts["lean_bf16"]))
+        out["greedy_identical_bf16_vs_float32"] = round(same / len(greedy_texts["lean"]), 3)
     for name in workloads:
         hf = rate[name]["hf"]
         out[name] = {}
@@ -139,7 +153,8 @@ def main() -> None:
             ours = rate[name][engine]
             out[name][f"{engine}_tokens_per_s"] = round(statistics.median(ours), 1)
             out[name][f"{engine}_tokens_per_cpu_s"] = round(statistics.median(cpu_rate[name][engine]), 1)
-            out[name][f"{engine}_fraction_of_bound"] = round(statistics.median(ours) * flops_per_token / matmul, 3)
+            bound = mm_bf16 if engine.endswith("bf16") else matmul  # each against its own dtype's matmul rate
+            out[name][f"{engine}_fraction_of_bound"] = round(statistics.median(ours) * flops_per_token / bound, 3)
             if engine != "hf":
                 ratios = [b / a for a, b in zip(hf, ours)]
                 out[name][f"{engine}_speedup_median"] = round(statistics.median(ratios), 2)

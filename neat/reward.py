@@ -191,14 +191,15 @@ def _pair_fields(pair) -> tuple[list[dict], str, str]:
 
 def train_bradley_terry(model, tokenizer, pairs, *, epochs: int, lr: float, batch_size: int, max_length: int,
                         seed: int, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, autocast: str | None = None) -> dict:
     """Train in place on preference pairs with loss −log σ(r_chosen − r_rejected), AdamW, constant lr.
 
     Deterministic given `seed` (on CPU): the pair order of every epoch comes from a seeded
     `torch.Generator`, and dropout draws from the global RNG seeded with `seed` inside
     `torch.random.fork_rng`, so the caller's RNG state is left untouched. Gradients are clipped to
     `max_grad_norm`. Returns the history: `loss` (one value per optimizer step), `epoch_loss`,
-    `steps`, `pairs`, `seconds`. A non-finite loss stops training with a `ModelError`.
+    `steps`, `pairs`, `seconds`. A non-finite loss stops training with a `ModelError`. `autocast`
+    ("cpu", "cuda" or None): the forward passes in bf16 autocast over the float32 weights.
     """
     pairs = [_pair_fields(p) for p in pairs]
     if not pairs:
@@ -226,7 +227,8 @@ def train_bradley_terry(model, tokenizer, pairs, *, epochs: int, lr: float, batc
                     idx = order[start:start + batch_size]
                     batch = encode(tokenizer, [prompts[i] for i in idx] * 2,
                                    [pairs[i][1] for i in idx] + [pairs[i][2] for i in idx], max_length)
-                    rewards = _rewards(model, batch)
+                    with torch.autocast(autocast or "cpu", dtype=torch.bfloat16, enabled=autocast is not None):
+                        rewards = _rewards(model, batch)
                     margin = rewards[:len(idx)] - rewards[len(idx):]
                     loss = -F.logsigmoid(margin).mean()
                     if not torch.isfinite(loss):
@@ -385,10 +387,11 @@ def fit_reward_model(model, tokenizer, eval_pairs, train_pairs, cfg, *, seed: in
     device = str(_device_of(model))
     if train_pairs is None:
         return {"eval_accuracy": pairwise_accuracy(model, tokenizer, eval_pairs, **common), "device": device}
-    from neat.models import save_model
+    from neat.models import autocast_device, save_model
 
     before = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
-    history = train_bradley_terry(model, tokenizer, train_pairs, epochs=cfg.epochs, lr=cfg.lr, seed=seed, **common)
+    history = train_bradley_terry(model, tokenizer, train_pairs, epochs=cfg.epochs, lr=cfg.lr, seed=seed, **common,
+                                  autocast=autocast_device(cfg.bf16_autocast, _device_of(model)))
     after = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
     save_model(model, tokenizer, save_to)
     return {"eval_accuracy_before": before, "eval_accuracy": after, "epochs": cfg.epochs, "steps": history["steps"],

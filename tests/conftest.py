@@ -61,7 +61,7 @@ FORMER_DEFAULTS = {
               "refusal_examples": "data/demo/refusal_examples.jsonl"},
     "data": {"max_train_prompts": None, "max_benign_prompts": 0, "max_harmful_prompts": 0},
     "policy": {"lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
-    "reward": {"epochs": 2, "lr": 5e-5, "max_length": 256},
+    "reward": {"epochs": 2, "lr": 5e-5, "max_length": 256, "bf16_autocast": False},
     "expand": {"k_pos": 2, "k_neg": 2, "demo_origins": ["positive", "negative"], "max_new_tokens": 48},
     "train": {"rounds": 2, "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0, "lr": 1e-4,
               "bf16_autocast": False},

@@ -39,6 +39,7 @@ TINY = {
     "evaluate.max_safety_prompts": 4,
     "evaluate.max_new_tokens": 4,
     "evaluate.bootstrap": 100,
+    "reward.bf16_autocast": False,
     "train.bf16_autocast": False,  # float32: the same numbers on machines with and without native bf16
     "generation.cpu_dtype": "float32",
 }

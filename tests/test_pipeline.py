@@ -34,6 +34,7 @@ def tiny_overrides(out):
         "train.max_prompt_tokens=128",
         # the bf16 paths on every machine (emulated where the CPU lacks native bf16; tiny model, cheap)
         "train.bf16_autocast=true",
+        "reward.bf16_autocast=true",
         "generation.cpu_dtype=bfloat16",
     ]
 

@@ -171,6 +171,20 @@ def test_bradley_terry_learns_an_easy_preference(tokenizer):
     assert after > 0.9, (before, after, history["epoch_loss"])
 
 
+def test_bradley_terry_under_bf16_autocast(tokenizer):
+    """bf16 forward passes (reward.bf16_autocast): the weights stay float32 and it still learns; the
+    losses differ from float32's, so autocast is really on."""
+    train, held_out = synthetic_pairs(48, seed=1), synthetic_pairs(24, seed=2)
+    fp32, bf16 = tiny_model(tokenizer, seed=0), tiny_model(tokenizer, seed=0)
+    plain = train_bradley_terry(fp32, tokenizer, train, seed=0, progress=False, **FAST)
+    history = train_bradley_terry(bf16, tokenizer, train, seed=0, progress=False, autocast="cpu", **FAST)
+    assert {p.dtype for p in bf16.parameters()} == {torch.float32}
+    assert history["loss"] != plain["loss"]
+    assert history["epoch_loss"][-1] < history["epoch_loss"][0]
+    acc = pairwise_accuracy(bf16, tokenizer, held_out, batch_size=16, max_length=FAST["max_length"], progress=False)
+    assert acc > 0.9
+
+
 def test_bradley_terry_is_deterministic_given_seed(tokenizer):
     pairs, probe = synthetic_pairs(16, seed=3), synthetic_pairs(6, seed=4)
     kw = dict(FAST, epochs=2)
