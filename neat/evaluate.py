@@ -187,7 +187,10 @@ def train_eval_rm(params, progress: bool = True) -> dict:
                                              dtype="float32", trust_remote_code=r.trust_remote_code,
                                              seed=e.reward_seed)
         metrics["judge_pairs"] = len(pairs)
-    metrics |= fit_reward_model(model, tokenizer, eval_pairs, pairs, r, seed=e.reward_seed,
+    # the judge trains in float32 whatever reward.bf16_autocast says: its held-out accuracy was 0.646 in
+    # float32 and 0.583 under bf16 autocast (one seed each, 144 pairs), and it costs 40 s, not minutes
+    metrics |= fit_reward_model(model, tokenizer, eval_pairs, pairs, r.model_copy(update={"bf16_autocast": False}),
+                                seed=e.reward_seed,
                                 save_to=params.out("eval_reward_model"), progress=progress)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     metrics = json_safe(metrics)

@@ -6,7 +6,6 @@ compute on padding and the KV cache serves every new token. Outputs come back in
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import sys
@@ -125,13 +124,7 @@ def generation_copy(model, dtype: torch.dtype):
         clone = clone.merge_and_unload()
     for param in clone.parameters():
         param.grad = None
-    clone = clone.to(dtype).eval()
-    if next(clone.parameters()).device.type == "cpu" and hasattr(clone, "set_attn_implementation"):
-        # torch's CPU flash-attention kernel is slow for one query row; eager (softmax in float32) made
-        # SmolLM2 bf16 decode steps 55-60 -> 41-51 ms and prefill 1.1 -> 0.8 s at batch 8 x 220 tokens
-        with contextlib.suppress(Exception):  # a model without eager attention keeps its own
-            clone.set_attn_implementation("eager")
-    return clone
+    return clone.to(dtype).eval()
 
 
 def resolve_engine(model, engine: str | None = None) -> str:

@@ -200,7 +200,6 @@ def test_generation_copy_leaves_the_training_model_alone(tiny):
     peft.train()
     clone = generation.generation_copy(peft, torch.bfloat16)
     assert not hasattr(clone, "peft_config") and not clone.training
-    assert clone.config._attn_implementation == "eager" and model.config._attn_implementation != "eager"
     assert {p.dtype for p in clone.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in peft.parameters()} == {torch.float32} and peft.training and hasattr(peft, "peft_config")
     ids = torch.tensor([tok(prompts[1], add_special_tokens=False)["input_ids"]])
