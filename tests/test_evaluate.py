@@ -59,6 +59,25 @@ def test_eval_reward_model_is_trained_on_the_judge_split(evaluated):
     assert 0 <= saved["eval_accuracy"] <= 1
 
 
+def test_eval_reward_model_trains_in_float32_whatever_reward_autocast_says(tmp_path, monkeypatch):
+    """reward.bf16_autocast speeds up the training RM; the judge (evaluation RM) keeps float32."""
+    import neat.reward
+    from neat.evaluate import train_eval_rm
+
+    seen = []
+    real = neat.reward.train_bradley_terry
+    monkeypatch.setattr(neat.reward, "train_bradley_terry",
+                        lambda *a, autocast=None, **kw: seen.append(autocast) or real(*a, autocast=autocast, **kw))
+    params = make_params(tmp_path / "out", reward={"bf16_autocast": True})
+    prepare(params)
+    train_eval_rm(params, progress=False)
+    assert seen == [None]
+    from neat.reward import train_rm
+
+    train_rm(params)
+    assert seen == [None, "cpu"]  # the training RM does follow it
+
+
 def test_evaluate_writes_every_file(evaluated):
     params, _, metrics = evaluated
     gens = [json.loads(x) for x in params.out("evaluate", "generations.jsonl").read_text().splitlines()]
