@@ -63,6 +63,7 @@ def test_eval_reward_model_trains_in_float32_whatever_reward_autocast_says(tmp_p
     """reward.bf16_autocast speeds up the training RM; the judge (evaluation RM) keeps float32."""
     import neat.reward
     from neat.evaluate import train_eval_rm
+    from neat.reward import train_rm
 
     seen = []
     real = neat.reward.train_bradley_terry
@@ -72,8 +73,6 @@ def test_eval_reward_model_trains_in_float32_whatever_reward_autocast_says(tmp_p
     prepare(params)
     train_eval_rm(params, progress=False)
     assert seen == [None]
-    from neat.reward import train_rm
-
     train_rm(params)
     assert seen == [None, "cpu"]  # the training RM does follow it
 
