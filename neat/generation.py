@@ -301,14 +301,57 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def _samplers(temperature: float, top_p: float) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    if temperature > 0:
-        procs = warpers(temperature, top_p)
+NUCLEUS_WIDTHS = (64, 1024)  # top-k widths searched for a row's top-p nucleus before sorting its vocabulary
 
+
+def nucleus(logits: torch.Tensor, temperature: float, top_p: float):
+    """The tokens HF's temperature and top-p warpers keep, and their sampling weights, as groups of rows:
+    [(row indices, token ids [rows, n], weights [rows, n])]; a weight is zero outside the nucleus, and
+    `torch.multinomial` normalises them.
+
+    A token is kept when the probability of the tokens ranked above it is below `top_p` (HF removes
+    the low tail whose cumulative probability is <= 1 - top_p; the top token always stays). HF sorts
+    the whole vocabulary of every row at every step: 30 ms of a 16-row step on 2 cores, a third of a
+    sampled expansion. Here each row's nucleus is looked for among its top 64 tokens, then its top
+    1024 (SmolLM2 at temperature 0.9, top-p 0.95: 74 % and 99 % of rows), and only rows whose nucleus
+    is wider still sort their vocabulary.
+    """
+    probs = torch.softmax(logits / temperature, dim=-1)
+    todo, groups = torch.arange(len(probs)), []
+    for width in (*NUCLEUS_WIDTHS, None):
+        rows = probs[todo]
+        if width is None or width >= rows.shape[-1]:
+            top, ids = rows.sort(dim=-1, descending=True)
+            covered = torch.ones(len(rows), dtype=torch.bool)
+        else:
+            top, ids = rows.topk(width, dim=-1)
+            covered = top.sum(-1) >= top_p
+        top, ids = top[covered], ids[covered]
+        keep = (top.cumsum(-1) - top) < top_p
+        keep[:, 0] = True
+        groups.append((todo[covered], ids, top * keep))
+        todo = todo[~covered]
+        if not len(todo):
+            break
+    return groups
+
+
+def _samplers(temperature: float, top_p: float) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    if temperature > 0 and top_p < 1.0:
         def choose(logits, step):
-            for proc in procs:
-                logits = proc(None, logits)
-            return torch.multinomial(torch.nn.functional.softmax(logits, dim=-1), num_samples=1).squeeze(1)
+            # one uniform draw per row, mapped through the row's nucleus CDF: which group a row falls in
+            # does not change the random numbers other rows get, and a sample moves only if its draw
+            # lies within rounding of a CDF step (so two processes' last-bit differences rarely matter)
+            u = torch.rand(len(logits), dtype=torch.float64)
+            tokens = torch.empty(len(logits), dtype=torch.long)
+            for rows, ids, weights in nucleus(logits, temperature, top_p):
+                cdf = weights.double().cumsum(-1)
+                pick = torch.searchsorted(cdf, (u[rows] * cdf[:, -1])[:, None], right=True)
+                tokens[rows] = ids.gather(1, pick.clamp(max=ids.shape[1] - 1)).squeeze(1)
+            return tokens
+    elif temperature > 0:
+        def choose(logits, step):
+            return torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1).squeeze(1)
     else:
         def choose(logits, step):
             return torch.argmax(logits, dim=-1)

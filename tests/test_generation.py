@@ -127,6 +127,46 @@ def test_sampling_distribution_matches_hf(tiny, temperature, top_p):
     _assert_same_distributions(seen, out.scores)
 
 
+@pytest.mark.parametrize("temperature,top_p", [(0.9, 0.95), (0.7, 0.5), (1.3, 0.99)])
+def test_nucleus_keeps_hf_top_p_tokens_and_probabilities(temperature, top_p):
+    """`nucleus` (top candidates, whole-vocabulary sort only where needed) keeps the tokens HF's
+    temperature + top-p warpers keep, with the same renormalised probabilities: on peaked rows (nucleus
+    among the candidates), flat rows (nucleus wider than them: the sorting fallback) and ties."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = 3000
+    peaked = torch.randn(40, vocab, generator=gen) * 6
+    flat = torch.randn(40, vocab, generator=gen) * 0.01
+    medium = torch.full((4, vocab), -30.0)  # a nucleus of ~100-500 tokens: the top-1024 pass
+    medium[:, :500] = torch.linspace(0, -1, 500)
+    ties = torch.full((4, vocab), -30.0)  # tied top tokens (a cut inside a tie is arbitrary in both)
+    ties[:, 7:12] = 2.0
+    mixed = torch.cat([peaked[:3], flat[:3], medium[:2]])
+    for logits in (peaked, flat, ties, medium, mixed):
+        processed = logits.clone()
+        for proc in warpers(temperature, top_p):
+            processed = proc(None, processed)
+        expected = torch.softmax(processed, -1)
+        ours = torch.zeros_like(logits)
+        for rows, ids, weights in generation.nucleus(logits, temperature, top_p):
+            ours[rows] = torch.zeros_like(logits[rows]).scatter(1, ids, weights)
+        ours = ours / ours.sum(-1, keepdim=True)
+        assert torch.equal(ours > 0, torch.isfinite(processed))
+        torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+    widths = {ids.shape[1] for _, ids, _ in generation.nucleus(mixed, temperature, top_p)}
+    assert widths == {64, 1024, vocab}  # peaked rows from the top 64, medium from the top 1024, flat sorted
+
+
+def test_nucleus_sampler_draws_from_the_nucleus():
+    """The lean loop's sampler: draws only nucleus tokens, at their probabilities (10 000 draws)."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    choose = generation._samplers(1.0, 0.9)  # nucleus: the first three tokens (0.5 + 0.3 < 0.9)
+    torch.manual_seed(0)
+    draws = choose(logits.repeat(10_000, 1), 0)
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[3] == 0
+    torch.testing.assert_close(freq[:3], torch.tensor([0.5, 0.3, 0.15]) / 0.95, atol=0.02, rtol=0)
+
+
 def test_greedy_identical_to_hf_with_token_budget(tiny):
     """Lean batches sized by a token budget (here: all prompts in one batch, or one prompt per batch)
     give HF's greedy outputs at batch_size 4."""
