@@ -145,7 +145,7 @@ class GenerationParams(Section):
                             "finished rows leave the batch), hf = transformers' generate; same greedy outputs and "
                             "sampling distribution, different samples for a seed")
     batch_tokens: int = Field(
-        0, ge=0, description="lean engine: prompts per generation batch while rows x (longest prompt + "
+        8192, ge=0, description="lean engine: prompts per generation batch while rows x (longest prompt + "
                                 "max_new_tokens) fits this budget (prompts sorted by length); 0 = the stage's batch_size")
     cpu_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="on CPU, generate with a copy of the policy in this dtype (LoRA merged): auto = bfloat16 "
