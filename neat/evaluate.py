@@ -465,6 +465,7 @@ def evaluation_metrics(records: list[dict], safety_records: list[dict], *, n_res
         ratio["ratio"], ratio["ci_low"], ratio["ci_high"]
     out["chosen_tokens"] = int(sum(tokens))
     out.update(answer_diagnostics(records, n_resamples=n_resamples, seed=seed))
+    out.update(degenerate_loses_win_rate([records[i] for i in finite], n_resamples=n_resamples, seed=seed))
     for who in ("base", "trained"):
         refused = [r[f"{who}_refused"] for r in records if r.get(f"{who}_refused") is not None]
         out[f"{'' if who == 'trained' else 'base_'}heldout_refusal_rate"] = (sum(refused) / len(refused)) if refused else None
@@ -510,6 +511,28 @@ def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> d
         for key in ("distinct_1", "distinct_2", "mean_words", "empty_rate"):
             out[f"{prefix}{key}"] = stats[key]
     return out
+
+
+DEGENERATE_PENALTY = 1e6  # below any reward: a degenerate answer loses to any other, two of them compare by reward
+
+
+def degenerate_loses_win_rate(records: list[dict], *, n_resamples: int, seed: int) -> dict:
+    """The win rate when a degenerate greedy answer (repetitive or empty) loses to one that is not,
+    whatever the evaluation RM says (it has rewarded "I'm not sure what you mean. I'm not sure what you
+    mean. …" over its base's answer); answers alike in that respect compare by reward, ties ½."""
+    from neat.diagnostics import is_repetitive
+
+    if not records or not all("base_response" in r and "trained_response" in r for r in records):
+        return {}
+
+    def adjusted(r, who):
+        text = r[f"{who}_response"]
+        return r[f"{who}_reward"] - DEGENERATE_PENALTY * float(not text.strip() or is_repetitive(text))
+
+    win = win_rate_ci([adjusted(r, "trained") for r in records], [adjusted(r, "base") for r in records],
+                      n_resamples=n_resamples, seed=seed)
+    return {"win_rate_degenerate_loses": win["win_rate"], "win_rate_degenerate_loses_ci_low": win["ci_low"],
+            "win_rate_degenerate_loses_ci_high": win["ci_high"]}
 
 
 def read_online_curve(params) -> list[dict]:

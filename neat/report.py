@@ -400,6 +400,8 @@ def _report(params, top) -> dict:
                    f"{' (significant)' if ev.get('eval_reward_diff_significant') else ''} |",
                    f"| win rate of trained over base (ties ½) | | {format_interval(ev, 'win_rate')} | "
                    f"{ev.get('wins')} wins / {ev.get('ties')} ties / {ev.get('losses')} losses |",
+                   f"| win rate, a repetitive or empty answer losing to any other | | "
+                   f"{format_interval(ev, 'win_rate_degenerate_loses')} | |",
                    f"| perplexity on held-out chosen responses | {format_interval(ev, 'base_perplexity', 2)} | "
                    f"{format_interval(ev, 'perplexity', 2)} | ratio {format_interval(ev, 'perplexity_ratio')} |",
                    "| refusal rate on held-out prompts (judge) | "

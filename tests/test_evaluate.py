@@ -126,6 +126,24 @@ def _record(base, trained, refused=(False, False), nll=(2.0, 1.0), tokens=2):
             "chosen_tokens": tokens, "base_samples": [], "trained_samples": []}
 
 
+def test_degenerate_answer_loses_whatever_its_reward():
+    """A repetitive or empty greedy answer loses to a clean one even when the evaluation RM prefers it;
+    two clean (or two degenerate) answers compare by reward, as in the plain win rate."""
+    from neat.evaluate import evaluation_metrics
+
+    loop = "I'm not sure what you mean. " * 8
+    answers = [(0.0, 1.0, "Sure, here is how.", loop),            # RM prefers the loop: plain win, here a loss
+               (1.0, 0.0, loop, "I can't help with that."),          # base loops: a win though its reward is higher
+               (0.0, 1.0, "One answer.", "Another answer."),         # clean vs clean: by reward, a win
+               (1.0, 0.0, loop, loop.upper()),                       # both loop: by reward, a loss
+               (0.0, 1.0, "An answer.", "")]                          # empty: a loss
+    records = [_record(b, t) | {"base_response": br, "trained_response": tr} for b, t, br, tr in answers]
+    m = evaluation_metrics(records, [], n_resamples=200, seed=0)
+    assert m["win_rate"] == pytest.approx(3 / 5)
+    assert m["win_rate_degenerate_loses"] == pytest.approx(2 / 5)
+    assert m["win_rate_degenerate_loses_ci_low"] <= 0.4 <= m["win_rate_degenerate_loses_ci_high"]
+
+
 def test_metrics_on_a_known_case():
     from neat.evaluate import evaluation_metrics
 
