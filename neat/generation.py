@@ -135,18 +135,6 @@ def resolve_engine(model, engine: str | None = None) -> str:
     return engine if next(model.parameters()).device.type == "cpu" else "hf"
 
 
-def warpers(temperature: float, top_p: float) -> list:
-    """The logits warpers HF's `generate` builds for do_sample with this temperature and top_p (top_k off)."""
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
-
-    out = []
-    if temperature != 1.0:
-        out.append(TemperatureLogitsWarper(temperature))
-    if top_p < 1.0:
-        out.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
-    return out
-
-
 def _hf_batch(model, input_ids, attention, *, max_new_tokens, temperature, top_p, k, pad_id, stop) -> list[list[int]]:
     """transformers' `generate` on one left-padded batch: new token ids per row (prompt-major, k per prompt)."""
     sample = temperature > 0
@@ -306,8 +294,8 @@ NUCLEUS_WIDTHS = (64, 1024)  # top-k widths searched for a row's top-p nucleus b
 
 def nucleus(logits: torch.Tensor, temperature: float, top_p: float):
     """The tokens HF's temperature and top-p warpers keep, and their sampling weights, as groups of rows:
-    [(row indices, token ids [rows, n], weights [rows, n])]; a weight is zero outside the nucleus, and
-    `torch.multinomial` normalises them.
+    [(row indices, token ids [rows, n], weights [rows, n])]; the kept tokens come first, a weight is zero
+    outside the nucleus, and the weights are not normalised.
 
     A token is kept when the probability of the tokens ranked above it is below `top_p` (HF removes
     the low tail whose cumulative probability is <= 1 - top_p; the top token always stays). HF sorts

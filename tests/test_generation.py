@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neat import generation
-from neat.generation import generate, lean_decode, warpers
+from neat.generation import generate, lean_decode
 from tests.conftest import ROOT
 
 CACHE = str(ROOT / ".cache" / "neat")
@@ -80,6 +80,19 @@ def test_sampling_reproducible_from_seed(tiny):
     assert _as_tuples(a) == _as_tuples(generate(model, tok, prompts, seed=3, **kw))
     assert _as_tuples(a) != _as_tuples(generate(model, tok, prompts, seed=4, **kw))
     assert all(len(gs) == 2 for gs in a)
+
+
+def warpers(temperature: float, top_p: float) -> list:
+    """The reference: the logits warpers HF's `generate` builds for do_sample with this temperature and
+    top_p (top_k off)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    out = []
+    if temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return out
 
 
 def _hf_samples_to_force(model, tok, input_ids, attention, temperature, top_p, k, steps):
