@@ -27,7 +27,8 @@ def write_candidates(path: str | Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([{k: r.get(k) for k in r} for r in rows])
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # pyarrow takes the columns from the first row only
+    table = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

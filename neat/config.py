@@ -181,6 +181,11 @@ class TrainParams(Section):
     degenerate: Literal["last", "exclude"] = Field(
         "last", description="candidates flagged degenerate (empty, short, repetitive): ranked below every other "
                             "candidate of their prompt, so the ranking loss pushes them down (last), or left out")
+    loop_probes: bool = Field(
+        True, description="every round, the policy answers its training prompts unsteered and greedily (as evaluation "
+                           "does); the answers flagged degenerate (repetitive, empty, short) join the candidates as "
+                           "origin `probe`, ranked last (needs degenerate: last). Sampled candidates rarely loop, so "
+                           "without them training never sees the loops greedy decoding falls into")
     anchor_weight: float = Field(
         1.0, ge=0, description="weight of ½(log π(y|x) − log π_ref(y|x))² per candidate (length-normalised), the "
                                "reference being the policy with its LoRA adapters off: keeps the policy near the base")

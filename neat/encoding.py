@@ -66,7 +66,9 @@ def encode_response(tokenizer, text: str, max_tokens: int) -> list[int]:
     return ids[:max_tokens]
 
 
-ORIGINS = ("chosen", "rejected", "positive", "negative")  # where a candidate response came from
+# where a candidate response came from; `probe`: the policy's own unsteered greedy answer, kept only when
+# degenerate (train.loop_probes), ranked last
+ORIGINS = ("chosen", "rejected", "positive", "negative", "probe")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from neat.formatting import format_interval, format_number
 from neat.io import atomic_path
 from neat.stage_inputs import check_online_entries, read_csv_output, read_json_output, read_jsonl_output
 
-ORIGIN_COLORS = {"chosen": "#2b8a3e", "rejected": "#c92a2a", "positive": "#1971c2", "negative": "#e67700"}
+ORIGIN_COLORS = {"chosen": "#2b8a3e", "rejected": "#c92a2a", "positive": "#1971c2", "negative": "#e67700", "probe": "#868e96"}
 CAVEAT = (
     "**Caveat — the judge.** Rewards here come from the *evaluation* reward model, a small MiniLM "
     "classifier trained on a few preference pairs held out from training (the judge split, its own "
@@ -219,6 +219,11 @@ def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Pa
                   + f" | {format_number(dev.get('reward_mean'))} | {format_number(eval_by_round.get(e['round']))} | "
                   f"{format_number(dev.get('repetition_rate'), 2)} | {format_number(acc, 2)} |")
     md.append("")
+    loops = [e for e in online if "greedy_loops" in e]
+    if loops:
+        md += ["Degenerate greedy answers to the round's own training prompts, ranked last as `probe` candidates "
+               "(`train.loop_probes`): " + ", ".join(f"round {e['round']} {e['greedy_loops']} of {e.get('prompts', '?')}"
+                                                       for e in loops) + ".", ""]
     if ev and ev.get("changed_share") is not None:
         md += ["| held-out greedy answers | base | trained |", "|---|---|---|",
                f"| changed from base | | {format_interval(ev, 'changed_share', 2)} |",

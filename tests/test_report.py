@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from neat.encoding import ORIGINS
 from neat.errors import DataError
 from tests.conftest import make_test_params
 
@@ -86,7 +87,7 @@ def test_report_writes_markdown_figures_and_plot_data(tmp_path):
     with (folder / "reward_by_origin.csv").open() as fh:
         by_origin = list(csv.DictReader(fh))
     assert {(r["round"], r["origin"]) for r in by_origin} == {(str(r), o) for r in (1, 2)
-                                                              for o in ("chosen", "rejected", "positive", "negative")}
+                                                              for o in ORIGINS}
     chosen1 = next(r for r in by_origin if r["round"] == "1" and r["origin"] == "chosen")
     assert chosen1["n"] == "4"  # the NaN reward is left out
     assert params.out("plots", "reward_by_origin.csv").read_text() == (folder / "reward_by_origin.csv").read_text()
@@ -133,6 +134,13 @@ def test_report_shows_the_online_curve_and_degeneration(tmp_path):
     assert "0.30" in row1 and "-0.20" in row1 and "| 0.110 | 0.010 | 0.25 |" in row1
     assert "| 2 | 0.71 |" in md and "| after training |" in md and "0.040" in md
     assert f"{metrics['changed_share']:.2f}" in md  # held-out answers changed from base
+    assert "loop_probes" not in md  # no probes, no line about them
+    online[0] |= {"greedy_loops": 3, "prompts": 40}
+    online[1] |= {"greedy_loops": 1, "prompts": 40}
+    write_json_atomic(params.out("train", "online.json"), online)
+    report(params)
+    md = params.out("report", "report.md").read_text()
+    assert "round 1 3 of 40, round 2 1 of 40." in md
     write_json_atomic(params.out("train", "online.json"), {"not": "a list"})
     with pytest.raises(DataError, match="online.json"):
         report(params)

@@ -472,3 +472,58 @@ def test_sft_target_positive_distils_only_samples_that_beat_rejected():
         _, stats = step_loss(model, batch, cfg, LOSSES[cfg.loss])
     expected = -float(sums[both].sum()) / float(n[both].sum())
     assert math.isclose(stats["sft_loss"], expected, rel_tol=1e-5)
+
+
+def test_loop_probes_rank_the_policys_degenerate_greedy_answers_last(tmp_path):
+    """train.loop_probes: every round, the policy's unsteered greedy answers that are degenerate join the
+    candidates as `probe`, ranked below the prompt's other candidates, and training pushes them down."""
+    from neat.candidates import read_candidates
+    from neat.encoding import fit_turns
+    from neat.generation import generate
+
+    pairs, rows = synthetic_rows()
+    params = make_params(tmp_path, loop_probes=True, rounds=2, lr=3e-3, epochs_per_round=2)
+    params.expand.max_new_tokens = 24  # the repetition check needs >= 16 tokens
+    model, tokenizer = load_trainable_policy(params)
+    groups_source = select_prompts(pairs, 6)
+    texts = [fit_turns(tokenizer, g[0].prompt, params.train.max_prompt_tokens)[0] for g in groups_source]
+    greedy = generate(model, tokenizer, texts, max_new_tokens=24, seed=0, min_tokens=params.expand.min_response_tokens)
+    looping = {g[0].prompt_id: gen[0].text for g, gen in zip(groups_source, greedy) if gen[0].degenerate}
+    assert looping, "the tiny random model's greedy answers should include a loop"
+
+    trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), scorer=fake_scorer, progress=False)
+    trainer.run(rows, groups_source, pairs, fingerprint_="fp")
+    round_1 = read_candidates(params.out("train") / "rounds" / "round_1.parquet", ("origin", "degenerate", "reward"))
+    probes = {r["prompt_id"]: r["response"] for r in round_1 if r["origin"] == "probe"}
+    assert probes == looping
+    assert all(r["degenerate"] for r in round_1 if r["origin"] == "probe")
+    assert len(round_1) == len(rows) + len(looping)  # the expansion's rows, unchanged, and the probes
+    groups = groups_from_scored(round_1, "last")
+    for g in groups:
+        for origin, reward in zip(g.origins, g.rewards):
+            if origin == "probe":
+                assert reward < min(w for o, w in zip(g.origins, g.rewards) if o != "probe")
+    assert trainer.rounds_log[0]["greedy_loops"] == len(looping)
+    assert "greedy_loops" in trainer.rounds_log[1]
+    round_2 = read_candidates(params.out("train") / "rounds" / "round_2.parquet", ("origin",))
+    assert sum(r["origin"] == "probe" for r in round_2) == trainer.rounds_log[1]["greedy_loops"]
+
+
+def test_a_probe_ranked_last_loses_log_probability(tmp_path):
+    pairs, rows = synthetic_rows()
+    loop = "no no no no no no no no no no no no no no no no no no no no"
+    probed = rows + [{"prompt_id": p.prompt_id, "prompt": p.prompt, "origin": "probe", "response": loop,
+                      "reward": 5.0, "rank": None, "degenerate": True} for p in pairs]
+    params = make_params(tmp_path, lr=3e-3, epochs_per_round=4, sft_weight=0.1)
+    model, tokenizer = load_trainable_policy(params)
+
+    def probe_logp():
+        groups = groups_from_scored(probed, "last")
+        batch = collate(tokenizer, groups, 96, 24, tokenizer.pad_token_id)
+        with torch.no_grad():
+            return step_loss(model, batch, params.train, LOSSES["rrhf"])[1]["logp_probe"]
+
+    before = probe_logp()
+    Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
+        probed, select_prompts(pairs, 6), pairs, fingerprint_="x")
+    assert probe_logp() < before - 0.5

@@ -130,9 +130,14 @@ class Trainer:
         batches = math.ceil(n_groups * self.cfg.epochs_per_round / self.cfg.batch_size)
         return math.ceil(batches / self.cfg.grad_accum)
 
+    @property
+    def loop_probes(self) -> bool:
+        return self.cfg.loop_probes and self.cfg.degenerate == "last"
+
     def round_rows(self, round_: int, first_rows: list[dict], groups_source, demo_pool, policy_id: str) -> list[dict]:
-        """Round 1: the scored expansion; later rounds: fresh samples from the current policy, scored."""
-        if round_ == 1:
+        """Round 1: the scored expansion; later rounds: fresh samples from the current policy, scored.
+        With `train.loop_probes`, every round adds the policy's degenerate greedy answers (`greedy_loops`)."""
+        if round_ == 1 and not self.loop_probes:
             return first_rows
         # Sampled once per run and round, kept beside the resumable state (outside the DVC outputs, which
         # DVC deletes before a rerun) and keyed by the run's fingerprint: a resumed run trains on exactly
@@ -148,18 +153,51 @@ class Trainer:
         if not self.is_main:  # the main process samples and scores the round; the others read it
             self.strategy.barrier()
             return read_candidates(path)
+        rows: list[dict] = []
         with self._sampler(policy) as sampler:
-            rows, _ = build_candidates(
-                sampler, self.tokenizer, groups_source, demo_pool, self.params.expand, seed=self.params.seed,
-                policy_id=policy_id, round_=round_, progress=self.progress,
-                include_dataset=self.cfg.include_dataset_responses,
-            )
+            if round_ > 1:
+                rows, _ = build_candidates(
+                    sampler, self.tokenizer, groups_source, demo_pool, self.params.expand, seed=self.params.seed,
+                    policy_id=policy_id, round_=round_, progress=self.progress,
+                    include_dataset=self.cfg.include_dataset_responses,
+                )
+            if self.loop_probes:
+                rows += self.greedy_loops(sampler, groups_source, round_, policy_id)
         del policy, sampler
-        rows = self.scorer(rows)
+        rows = self._score(rows)
+        if round_ == 1:  # the expansion is scored already; its ranks do not depend on unranked (degenerate) rows
+            rows = first_rows + rows
         write_candidates(path, rows)
         write_candidates(published, rows)
         self.strategy.barrier()
         return rows
+
+    def _score(self, rows: list[dict]) -> list[dict]:
+        if self.scorer is not None:
+            return self.scorer(rows) if rows else []
+        return [dict(r, reward=math.nan, rank=None, n_ranked=0) for r in rows]  # single round, no dev curve
+
+    def greedy_loops(self, policy, groups_source, round_: int, policy_id: str) -> list[dict]:
+        """The policy's unsteered greedy answers to the round's prompts (as `evaluate` decodes) that are
+        degenerate (repetitive, empty, short), as candidate rows of origin `probe`; ranked last, they
+        push down what greedy decoding loops into, which sampled candidates (T = 0.9) rarely show."""
+        import json
+
+        from neat.generation import generate
+
+        cfg = self.params.expand
+        heads = [g[0] for g in groups_source]
+        texts = [fit_turns(self.tokenizer, p.prompt, self.cfg.max_prompt_tokens)[0] for p in heads]
+        with tqdm(total=len(texts), desc=f"loop probes round {round_}", unit="prompt",
+                  disable=not self.progress) as bar:
+            gens = generate(policy, self.tokenizer, texts, max_new_tokens=cfg.max_new_tokens,
+                            batch_size=cfg.batch_size, seed=self.params.seed, min_tokens=cfg.min_response_tokens,
+                            on_batch=bar.update)
+        settings = json.dumps({"temperature": 0.0, "max_new_tokens": cfg.max_new_tokens})
+        return [dict(prompt_id=p.prompt_id, prompt=p.prompt, origin="probe", response=g[0].text,
+                     steering_prompt=None, n_demos=0, generation=settings, seed=self.params.seed,
+                     policy_id=policy_id, round=round_, n_tokens=g[0].n_tokens, flags=g[0].flags, degenerate=True)
+                for p, g in zip(heads, gens) if g[0].degenerate]
 
     def probe(self, label: str, round_: int, dev_source) -> dict | None:
         """Collective: the current policy answers the dev prompts unsteered (greedy); the training reward
@@ -268,6 +306,9 @@ class Trainer:
                  "reward_by_origin": {o: v["mean"] for o, v in sep.get("by_origin", {}).items()},
                  "p_positive_over_negative": sep.get("positive_over_negative", {}).get("p"),
                  "p_chosen_over_rejected": sep.get("chosen_over_rejected", {}).get("p")}
+        if self.loop_probes:  # how many of the round's prompts the policy answers with a loop (greedy)
+            entry["greedy_loops"] = sum(1 for r in rows if r["origin"] == "probe")
+            entry["prompts"] = len({r["prompt_id"] for r in rows})
         if dev_source:
             entry["dev"] = self.probe(f"before round {round_}", round_, dev_source)
         return entry
