@@ -64,7 +64,7 @@ FORMER_DEFAULTS = {
     "reward": {"epochs": 2, "lr": 5e-5, "max_length": 256, "bf16_autocast": False},
     "expand": {"k_pos": 2, "k_neg": 2, "demo_origins": ["positive", "negative"], "max_new_tokens": 48},
     "train": {"rounds": 2, "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0, "lr": 1e-4,
-              "bf16_autocast": False},
+              "bf16_autocast": False, "loop_probes": False},
     "generation": {"cpu_dtype": "float32"},
     "evaluate": {"max_prompts": 48, "max_safety_prompts": None, "max_new_tokens": 48},
     "gate": {"metrics": []},
