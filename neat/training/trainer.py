@@ -183,38 +183,39 @@ class Trainer:
         push down what greedy decoding loops into, which sampled candidates (T = 0.9) rarely show."""
         import json
 
+        heads = [g[0] for g in groups_source]
+        gens = self.greedy_answers(policy, heads, progress=f"loop probes round {round_}")
+        settings = json.dumps({"temperature": 0.0, "max_new_tokens": self.params.expand.max_new_tokens})
+        return [dict(prompt_id=p.prompt_id, prompt=p.prompt, origin="probe", response=g.text,
+                     steering_prompt=None, n_demos=0, generation=settings, seed=self.params.seed,
+                     policy_id=policy_id, round=round_, n_tokens=g.n_tokens, flags=g.flags, degenerate=True)
+                for p, g in zip(heads, gens) if g.degenerate]
+
+    def greedy_answers(self, sampler, heads, progress: str | None = None) -> list:
+        """One `Generation` per prompt: the policy's unsteered greedy answer, rendered and decoded alike for the
+        online curve's dev prompts and the loop probes (`expand.max_new_tokens`); `progress` names a bar."""
         from neat.generation import generate
 
         cfg = self.params.expand
-        heads = [g[0] for g in groups_source]
         texts = [fit_turns(self.tokenizer, p.prompt, self.cfg.max_prompt_tokens)[0] for p in heads]
-        with tqdm(total=len(texts), desc=f"loop probes round {round_}", unit="prompt",
-                  disable=not self.progress) as bar:
-            gens = generate(policy, self.tokenizer, texts, max_new_tokens=cfg.max_new_tokens,
+        with tqdm(total=len(texts), desc=progress, unit="prompt", disable=not (self.progress and progress)) as bar:
+            gens = generate(sampler, self.tokenizer, texts, max_new_tokens=cfg.max_new_tokens,
                             batch_size=cfg.batch_size, seed=self.params.seed, min_tokens=cfg.min_response_tokens,
                             on_batch=bar.update)
-        settings = json.dumps({"temperature": 0.0, "max_new_tokens": cfg.max_new_tokens})
-        return [dict(prompt_id=p.prompt_id, prompt=p.prompt, origin="probe", response=g[0].text,
-                     steering_prompt=None, n_demos=0, generation=settings, seed=self.params.seed,
-                     policy_id=policy_id, round=round_, n_tokens=g[0].n_tokens, flags=g[0].flags, degenerate=True)
-                for p, g in zip(heads, gens) if g[0].degenerate]
+        return [g[0] for g in gens]
 
     def probe(self, label: str, round_: int, dev_source) -> dict | None:
         """Collective: the current policy answers the dev prompts unsteered (greedy); the training reward
         model scores the answers. One point of the online curve (None on non-main processes)."""
         from neat.diagnostics import mean_or_none, text_stats
-        from neat.generation import generate
 
         policy = self.full_policy()
         if not self.is_main:
             self.strategy.barrier()
             return None
         groups = [g[0] for g in dev_source]
-        texts = [fit_turns(self.tokenizer, p.prompt, self.cfg.max_prompt_tokens)[0] for p in groups]
         with self._sampler(policy) as sampler:
-            gens = generate(sampler, self.tokenizer, texts, max_new_tokens=self.params.expand.max_new_tokens,
-                            batch_size=self.params.expand.batch_size, seed=self.params.seed)
-        responses = [g[0].text for g in gens]
+            responses = [g.text for g in self.greedy_answers(sampler, groups)]
         rows = [{"prompt_id": p.prompt_id, "prompt": p.prompt, "origin": "unsteered", "response": r}
                 for p, r in zip(groups, responses)]
         rewards = [row["reward"] for row in self.scorer(rows)] if self.scorer else [None] * len(rows)
