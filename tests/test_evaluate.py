@@ -236,3 +236,22 @@ def test_online_curve_is_scored_per_probe_in_order(tmp_path):
     params.out("train", "online.json").write_text("[{")
     with pytest.raises(DataError, match="online.json"):
         read_online_curve(params)
+
+
+def test_perplexity_rows_batched_by_length_come_back_in_input_order():
+    """response_nll sorts rows by length before batching: each row's NLL equals its own one-row pass,
+    in the caller's order; bf16 autocast stays within 2 % of float32 per row."""
+    from neat.evaluate import response_nll
+    from neat.models import load_policy
+
+    model, tok = load_policy("builtin:tiny-random", cache_dir=CACHE, device="cpu", seed=1)
+    prompts = [[{"role": "user", "content": "word " * n}] for n in (30, 2, 17, 1, 45, 8)]
+    responses = ["a reply " * n for n in (1, 9, 3, 6, 2, 12)]
+    sizes = dict(max_prompt_tokens=96, max_response_tokens=32)
+    batched, counts = response_nll(model, tok, prompts, responses, batch_size=4, **sizes)
+    alone = [response_nll(model, tok, [p], [r], batch_size=1, **sizes) for p, r in zip(prompts, responses)]
+    assert counts == [c[0] for _, c in alone] and len(set(counts)) > 3
+    assert batched == pytest.approx([n[0] for n, _ in alone], rel=1e-5)
+    bf16, bf16_counts = response_nll(model, tok, prompts, responses, batch_size=4, autocast="cpu", **sizes)
+    assert bf16_counts == counts
+    assert bf16 == pytest.approx(batched, rel=0.02) and bf16 != batched
