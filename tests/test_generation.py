@@ -312,3 +312,43 @@ def test_greedy_identical_to_hf_smollm2():
     kw = dict(max_new_tokens=40, batch_size=4)
     assert _as_tuples(generate(model, tok, prompts, engine="lean", **kw)) == \
         _as_tuples(generate(model, tok, prompts, engine="hf", **kw))
+
+
+def test_generation_copy_is_kept_and_refreshed_to_the_current_weights(tiny):
+    """The second call returns the same copy object, rewritten in place: bit for bit what a fresh
+    deepcopy + merge_and_unload + cast gives from the model's weights as they are now."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, prompts = tiny
+    peft = get_peft_model(__import__("copy").deepcopy(model),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    first = generation.generation_copy(peft, torch.bfloat16)
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    with torch.no_grad():  # what a training step does: adapters and a trainable non-LoRA weight move
+        for name, p in peft.named_parameters():
+            if "lora_" in name or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    again = generation.generation_copy(peft, torch.bfloat16)
+    assert again is first
+    fresh = generation._fresh_copy(peft, torch.bfloat16)
+    now, want = again.state_dict(), fresh.state_dict()
+    assert now.keys() == want.keys()
+    assert all(torch.equal(now[k], want[k]) for k in want)
+    assert any(not torch.equal(now[k], before[k]) for k in want if "q_proj" in k)
+    assert any(not torch.equal(now[k], before[k]) for k in want if "norm" in k)
+    out_again = generate(again, tok, prompts[:2], max_new_tokens=6, cpu_dtype="bfloat16")
+    out_fresh = generate(fresh, tok, prompts[:2], max_new_tokens=6, cpu_dtype="bfloat16")
+    assert [g[0].text for g in out_again] == [g[0].text for g in out_fresh]
+
+
+def test_generation_copy_falls_back_to_a_fresh_copy_when_weights_cannot_be_mapped(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, prompts = tiny
+    peft = get_peft_model(__import__("copy").deepcopy(model),
+                          LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    first = generation.generation_copy(peft, torch.bfloat16)
+    second = generation.generation_copy(peft, torch.bfloat16)
+    assert second is not first  # lm_head lives under modules_to_save: no in-place refresh
+    want = generation._fresh_copy(peft, torch.bfloat16).state_dict()
+    assert all(torch.equal(second.state_dict()[k], v) for k, v in want.items())
