@@ -565,8 +565,13 @@ def online_eval_rewards(online: list[dict], scores: Sequence[float]) -> dict:
 
 
 def eval_rm_accuracy(params) -> float | None:
-    """The evaluation RM's pairwise accuracy on the eval split, from `train-eval-rm`'s metrics (None if absent)."""
-    path = params.out("metrics", "eval_reward_model.json")
+    """The evaluation RM's pairwise accuracy on the eval split, from the metrics `train-eval-rm` wrote beside
+    it (`<run>/metrics/eval_reward_model.json` for `<run>/eval_reward_model`, also when a compare variant
+    evaluates with its parent run's RM); None when unknown (a given RM, or no metrics)."""
+    model_dir = Path(eval_reward_model_ref(params))
+    if not model_dir.is_dir():  # a hub id or builtin: its accuracy on this eval split is not known
+        return None
+    path = model_dir.parent / "metrics" / "eval_reward_model.json"
     try:
         value = json.loads(path.read_text(encoding="utf-8")).get("eval_accuracy")
     except (OSError, ValueError, AttributeError):

@@ -376,6 +376,11 @@ def test_two_seeds_of_neat_and_sft_at_equal_budget_resumed_seed_by_seed(prepared
     gens = {s: [json.loads(x) for x in open(params.out("compare", "neat", f"seed{s}", "evaluate", "generations.jsonl"))]
             for s in (0, 1)}
     assert [g["base_response"] for g in gens[0]] == [g["base_response"] for g in gens[1]]
+    # each seed reports the accuracy of the evaluation RM it was judged by: the parent run's
+    rm_accuracy = json.loads(params.out("metrics", "eval_reward_model.json").read_text())["eval_accuracy"]
+    for seed in (0, 1):
+        seed_metrics = json.loads(params.out("compare", "neat", f"seed{seed}", "metrics", "evaluate.json").read_text())
+        assert seed_metrics["eval_rm_accuracy"] == pytest.approx(rm_accuracy)
 
     # again: every seed is reused; then a seed whose evaluation is gone is evaluated again, alone
     evaluated = []
