@@ -122,12 +122,12 @@ def generation_copy(model, dtype: torch.dtype):
     """`model` itself when it already has `dtype`, else a copy in `dtype` for generating (LoRA merged in
     float32 first, so the copy holds the rounded merged weights); the training model is left as it is.
 
-    The copy is kept for the model's lifetime and refreshed in place at the next call: a deepcopy of a
-    peft-wrapped SmolLM2 costs 1.35 s of Python per online round and probe, the refresh a weight copy.
+    The copy is kept for the model's lifetime and refreshed in place at the next call: a deepcopy + merge +
+    cast of the peft-wrapped SmolLM2 takes 0.4-0.7 s per online round and probe, the refresh 0.1 s.
     """
-    kept = _copies.get(model)
     if next(model.parameters()).dtype == dtype:
         return model
+    kept = _copies.get(model)
     if kept is not None and kept[0] == dtype and _refresh_copy(kept[1], model):
         return kept[1]
     clone = _fresh_copy(model, dtype)
@@ -180,8 +180,9 @@ def _merged_sources(model) -> dict | None:
 
 @torch.no_grad()
 def _refresh_copy(clone, model) -> bool:
-    """Write `model`'s current merged weights into its kept copy; False (copy untouched) if some weight of
-    the copy has no source in `model` (the structure changed, or a layer cannot be merged here)."""
+    """Write `model`'s current merged weights into its kept copy; False if some weight of the copy has no
+    source of its shape in `model` (the structure changed, or a layer cannot be merged here): the copy may
+    then be half written, and the caller replaces it with a fresh one."""
     sources = _merged_sources(model)
     targets = dict(clone.named_parameters())
     if sources is None or not set(targets) <= set(sources):
