@@ -8,11 +8,12 @@ training reward model and the same number of optimizer steps:
 * ``rrhf`` — the online-RRHF ablation: `expand.k_neg: 0`, everything else equal;
 * ``sft`` — supervised fine-tuning on the dataset's chosen responses only: one candidate per prompt
   (so the ranking term is 0 and the loss is the SFT term), `train.rounds: 1` with
-  `epochs_per_round` multiplied by the rounds, hence the same optimizer steps and lr schedule;
+  `epochs_per_round` multiplied by the rounds and `train.steps_per_round` set to NEAT's steps over
+  all rounds (`matched_steps`), hence the same optimizer steps and lr schedule;
 * ``neat_pro`` — ``neat`` with the PRO loss (`train.loss: pro`);
 * ``dpo`` — offline DPO on the dataset's chosen/rejected responses only, chosen above rejected by the
-  human label (`train.pair_labels: origin`); no sampling, one round with the epochs multiplied as for
-  ``sft``;
+  human label (`train.pair_labels: origin`); no sampling, one round of NEAT's steps as for ``sft`` (it
+  has pairs for fewer prompts, so it visits them more often);
 * ``online_dpo`` — ``neat``'s candidates (sampled, scored, every round), DPO on each prompt's
   best-vs-worst pair by reward;
 * ``rlcd`` — DPO on (positive-steered, negative-steered) pairs labelled by their origin
@@ -124,7 +125,7 @@ def dataset_rows(params, name: str) -> list[dict]:
       pairs only those with both (a harmful request whose base answer complied: refusal above that
       answer). A pair without a rejected response (every benign prompt, a request the base refused)
       gives DPO no pair and is left out, so `dpo` trains on fewer prompts than the others when the
-      benign mix is on."""
+      benign mix is on (and visits them more often: `matched_steps`)."""
     from neat.base_mix import read_mix_pairs
     from neat.data import read_pairs
     from neat.steering import candidate_rows_from_dataset, select_prompts
@@ -143,6 +144,25 @@ def dataset_rows(params, name: str) -> list[dict]:
     return rows
 
 
+def matched_steps(params, v) -> int:
+    """The optimizer steps of a dataset-only variant (`v`, one round): NEAT's over the run's rounds on the
+    prompts `neat expand` samples, the training prompts plus the mix's benign prompts and harmful requests.
+    `dpo`, which has a pair for fewer of them, visits its prompts more often to take as many steps. (NEAT
+    trains on fewer when a prompt drops out, e.g. a benign prompt the base refused; then it takes at most
+    a step per round less.)"""
+    import math
+
+    from neat.base_mix import mix_inputs
+    from neat.data import read_pairs
+    from neat.steering import select_prompts
+
+    t = params.train
+    benign, harmful = mix_inputs(v)
+    n = len(select_prompts(read_pairs(v.out("data", "train.jsonl")), v.data.max_train_prompts)) + len(benign) + len(harmful)
+    per_round = t.steps_per_round or math.ceil(math.ceil(max(n, 1) * t.epochs_per_round / t.batch_size) / t.grad_accum)
+    return per_round * t.rounds
+
+
 def uses_reward_model(v) -> bool:
     """Whether the training reward model labels (or, for the logs, scores) a variant's candidates."""
     return v.train.pair_labels == "reward"
@@ -158,6 +178,8 @@ def _variant_key(v) -> str:
     tree["paths"].pop("out")
     for section in ("evaluate", "gate", "compare"):
         tree.pop(section)
+    if tree["train"].get("steps_per_round") is None:  # (unset: keys from before the option stay valid)
+        tree["train"].pop("steps_per_round", None)
     blob = json.dumps(tree, sort_keys=True) + file_digest(v.out("data", "train.jsonl"))
     mix_files = mix_source_digests(v)
     if mix_files:  # (nothing when both mixes are off: earlier keys stay valid)
@@ -273,16 +295,25 @@ def _slim(rows: list[dict], fields: tuple[str, ...]) -> list[dict]:
     return [{k: r.get(k) for k in fields} for r in rows]
 
 
+def seed_params(params, name: str, seed: int):
+    """The params variant `name` trains with under `seed` (`variant_params`), with the prepared data copied
+    to its output folder and, for a dataset-only variant, NEAT's optimizer steps (`matched_steps`)."""
+    v = variant_params(params, name, params.out("compare"), seed)
+    for part in ("train.jsonl", "eval.jsonl"):  # what the chain reads of the prepared data
+        v.out("data").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(params.out("data", part), v.out("data", part))
+    if name in DATASET_ONLY:  # as many optimizer steps as NEAT, however many prompts have a pair
+        v.train.steps_per_round = matched_steps(params, v)
+    return v
+
+
 def run_seed(params, name: str, seed: int, progress: bool = True) -> dict:
     """Train (unless up to date) and evaluate (unless up to date) variant `name` with `seed` → its metrics,
     per-prompt scores, steps and seconds."""
     from neat.evaluate import evaluate
     from neat.io import read_jsonl
 
-    v = variant_params(params, name, params.out("compare"), seed)
-    for part in ("train.jsonl", "eval.jsonl"):  # what the chain reads of the prepared data
-        v.out("data").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(params.out("data", part), v.out("data", part))
+    v = seed_params(params, name, seed)
     trained = train_variant(v, name, progress=progress)
     ev = evaluation_params(v, params)
     key = _evaluation_key(ev, trained["key"])

@@ -201,6 +201,10 @@ class TrainParams(Section):
     batch_size: int = Field(2, ge=1, description="prompts per step (each with all its candidates)")
     grad_accum: int = Field(1, ge=1)
     epochs_per_round: int = Field(1, ge=1)
+    steps_per_round: Optional[int] = Field(
+        None, ge=1, description="optimizer steps per round: the round visits its prompts in seeded epoch permutations, "
+                                "as many as it needs, and stops there; null = `epochs_per_round` passes. `neat compare` "
+                                "sets it for the dataset-only variants (sft, dpo) so that they take NEAT's steps")
     max_prompt_tokens: int = Field(384, ge=8)
     max_response_tokens: int = Field(128, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end of round only")

@@ -209,6 +209,36 @@ def test_dataset_only_variants_train_on_the_benign_and_harmful_mix(prepared_with
         dataset_rows(dpo, "dpo")
 
 
+def test_dataset_only_variants_take_neats_steps_however_many_prompts_have_a_pair(prepared_with_mix, tmp_path,
+                                                                                monkeypatch):
+    """NEAT: 2 rounds x ceil((4 prompts + 3 benign + 3 harmful) / 2) = 10 steps. sft has a candidate for 9
+    prompts (the base refused a benign one); dpo a pair for 6 (the human pairs and the 2 requests the base
+    complied with), which at 2 epochs used to be 6 steps."""
+    from neat import prompt_mix
+    from neat.candidates import read_candidates
+    from neat.compare import seed_params, train_variant
+    from tests.test_base_mix import base_answers
+
+    monkeypatch.setattr(prompt_mix, "generate", base_answers())
+    params = prepared_with_mix.model_copy(deep=True)
+    params.train.rounds = 2
+    params.reward.model, params.reward.train = "builtin:tiny-random", False  # the online curve scores with it
+    params.paths.out = str(tmp_path / "out")
+    params.out("data").mkdir(parents=True)
+    for part in ("train.jsonl", "eval.jsonl"):
+        shutil.copy2(prepared_with_mix.out("data", part), params.out("data", part))
+    steps = {}
+    for name in ("sft", "dpo"):
+        v = seed_params(params, name, 0)
+        assert (v.train.rounds, v.train.epochs_per_round, v.train.steps_per_round) == (1, 2, 10)
+        done = train_variant(v, name, progress=False)
+        with open(v.out("train", "log.csv")) as fh:
+            logged = list(csv.DictReader(fh))
+        groups = {r["prompt_id"] for r in read_candidates(v.out("score", "candidates.parquet"))}
+        steps[name] = (done["steps"], len(logged), len(groups))
+    assert steps == {"sft": (10, 10, 9), "dpo": (10, 10, 6)}
+
+
 def test_the_variant_key_follows_the_mix_files_and_counts(prepared_with_mix, tmp_path):
     from pathlib import Path
 
@@ -439,3 +469,24 @@ def test_every_variant_runs_end_to_end_at_equal_steps(prepared, tmp_path, monkey
     online = log("online_dpo")
     assert any(float(r["reward_chosen"]) not in (0.0, 1.0) for r in online)
     assert json.loads(params.out("compare", "compare.json").read_text())["reference"] == "neat"
+
+
+def test_the_variant_key_leaves_out_an_unset_steps_per_round_and_follows_a_set_one(tmp_path):
+    """Keys of variants trained before `train.steps_per_round` existed stay valid while it is unset."""
+    import copy
+
+    from neat.compare import _variant_key, variant_params
+
+    params = make_params(tmp_path / "out", policy={"lora": {"enabled": True}},
+                         reward={"model": "builtin:tiny-random", "train": False})
+    v = variant_params(params, "neat", tmp_path / "c")
+    v.out("data").mkdir(parents=True)
+    v.out("data", "train.jsonl").write_text("{}\n")
+    before_the_option = v.model_dump(mode="json")
+    before_the_option["train"].pop("steps_per_round")
+    object.__setattr__(v, "model_dump", lambda mode=None: copy.deepcopy(before_the_option))  # the old schema's dump
+    old_key = _variant_key(v)
+    object.__delattr__(v, "model_dump")
+    assert _variant_key(v) == old_key
+    v.train.steps_per_round = 10
+    assert _variant_key(v) != old_key

@@ -527,3 +527,28 @@ def test_a_probe_ranked_last_loses_log_probability(tmp_path):
     Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False).run(
         probed, select_prompts(pairs, 6), pairs, fingerprint_="x")
     assert probe_logp() < before - 0.5
+
+
+def test_steps_per_round_repeats_epoch_permutations_and_cuts_at_the_last_step():
+    from types import SimpleNamespace
+
+    from neat.training.groups import round_order
+
+    def batches(epochs, steps, accum=1, n=5):
+        cfg = SimpleNamespace(epochs_per_round=epochs, steps_per_round=steps, grad_accum=accum, batch_size=2)
+        me = SimpleNamespace(cfg=cfg, params=SimpleNamespace(seed=3))
+        return Trainer.round_batches(me, n, 2), Trainer.steps_per_round(me, n)
+
+    plain, n_plain = batches(1, None)
+    assert n_plain == 3 and [i for b in plain for i in b] == round_order(5, 3, 2, 1)
+    # 7 steps of 2 prompts over 5 prompts: three epoch permutations, cut after the 14th prompt
+    seven, n_seven = batches(1, 7)
+    assert n_seven == 7 and len(seven) == 7 and all(len(b) == 2 for b in seven)
+    assert [i for b in seven for i in b] == round_order(5, 3, 2, 3)[:14]
+    assert seven[:2] == plain[:2]  # the first epoch is visited as without the option
+    # grad_accum 2: 7 optimizer steps are 14 micro-batches
+    accum, n_accum = batches(1, 7, accum=2)
+    assert n_accum == 7 and len(accum) == 14
+    # fewer steps than the epochs' passes: the round stops there
+    short, n_short = batches(2, 2)
+    assert n_short == 2 and short == batches(2, None)[0][:2]

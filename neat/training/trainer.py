@@ -126,9 +126,24 @@ class Trainer:
         return fn(self.tokenizer, groups, self.cfg.max_prompt_tokens, self.cfg.max_response_tokens, self.pad_id)
 
     def steps_per_round(self, n_groups: int) -> int:
-        """Optimizer steps of one round, as the loop takes them (epochs are concatenated, then batched)."""
+        """Optimizer steps of one round, as the loop takes them (epochs are concatenated, then batched):
+        `train.steps_per_round` when set, else `epochs_per_round` passes over the round's prompts."""
+        if self.cfg.steps_per_round:
+            return self.cfg.steps_per_round
         batches = math.ceil(n_groups * self.cfg.epochs_per_round / self.cfg.batch_size)
         return math.ceil(batches / self.cfg.grad_accum)
+
+    def round_batches(self, n_groups: int, round_: int) -> list[list[int]]:
+        """The round's micro-batches of prompt indices. With `train.steps_per_round`, as many seeded epoch
+        permutations as the steps need (never fewer than `epochs_per_round`), cut at the last step's
+        micro-batch; the first epochs are the same permutations as without it."""
+        cfg = self.cfg
+        epochs = cfg.epochs_per_round
+        if cfg.steps_per_round:
+            epochs = max(epochs, math.ceil(cfg.steps_per_round * cfg.grad_accum * cfg.batch_size / n_groups))
+        order = round_order(n_groups, self.params.seed, round_, epochs)
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        return batches[: cfg.steps_per_round * cfg.grad_accum] if cfg.steps_per_round else batches
 
     @property
     def loop_probes(self) -> bool:
@@ -267,8 +282,7 @@ class Trainer:
             groups = groups_from_scored(rows, self.cfg.degenerate, self.cfg.pair_labels)
             if not groups:
                 raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
-            order = round_order(len(groups), self.params.seed, round_, cfg.epochs_per_round)
-            batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            batches = self.round_batches(len(groups), round_)
             while position < len(batches):
                 step_batches = batches[position : position + cfg.grad_accum]
                 record = self._optimizer_step([[groups[i] for i in b] for b in step_batches], round_, step)
