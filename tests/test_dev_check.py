@@ -26,3 +26,19 @@ def test_xstest_dev_rows_lie_outside_both_evaluation_subsets_and_hh_dev_outside_
     assert len(xs) == len(rows) - EVAL_SUBSET and {r["label"] for r in xs} == {"safe", "unsafe"}
     first = [g[0].prompt_id for g in select_prompts(read_pairs(tmp_path / "data/train.jsonl"), None)]
     assert [p.prompt_id for p in hh] == first[4:10]
+
+
+def test_steering_separation_averages_pairwise_wins_per_prompt_with_ties_half():
+    from benchmarks.steering_separation import per_prompt_p
+
+    rows = [  # prompt a: positives 0.5, 0.1 vs negatives 0.3 → pairs 1, 0 → 0.5
+        {"prompt_id": "a", "origin": "positive", "r": 0.5}, {"prompt_id": "a", "origin": "positive", "r": 0.1},
+        {"prompt_id": "a", "origin": "negative", "r": 0.3},
+        # prompt b: a tie → 0.5; prompt c has no negative and is left out
+        {"prompt_id": "b", "origin": "positive", "r": 0.2}, {"prompt_id": "b", "origin": "negative", "r": 0.2},
+        {"prompt_id": "c", "origin": "positive", "r": 9.0},
+        # prompt d: the negative wins → 0
+        {"prompt_id": "d", "origin": "negative", "r": 1.0}, {"prompt_id": "d", "origin": "positive", "r": -1.0},
+    ]
+    assert per_prompt_p(rows, "r", "positive", "negative") == [0.5, 0.5, 0.0]
+    assert per_prompt_p(rows, "r", "negative", "positive") == [0.5, 0.5, 1.0]
