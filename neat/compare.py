@@ -150,17 +150,14 @@ def matched_steps(params, v) -> int:
     `dpo`, which has a pair for fewer of them, visits its prompts more often to take as many steps. (NEAT
     trains on fewer when a prompt drops out, e.g. a benign prompt the base refused; then it takes at most
     a step per round less.)"""
-    import math
-
     from neat.base_mix import mix_inputs
     from neat.data import read_pairs
     from neat.steering import select_prompts
+    from neat.training.groups import round_steps
 
-    t = params.train
     benign, harmful = mix_inputs(v)
     n = len(select_prompts(read_pairs(v.out("data", "train.jsonl")), v.data.max_train_prompts)) + len(benign) + len(harmful)
-    per_round = t.steps_per_round or math.ceil(math.ceil(max(n, 1) * t.epochs_per_round / t.batch_size) / t.grad_accum)
-    return per_round * t.rounds
+    return round_steps(max(n, 1), params.train) * params.train.rounds
 
 
 def uses_reward_model(v) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from neat.encoding import PromptCandidates
@@ -63,3 +65,11 @@ def round_order(n: int, seed: int, round_: int, epochs: int) -> list[int]:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + round_ * 101 + epoch)
         order += torch.randperm(n, generator=gen).tolist()
     return order
+
+
+def round_steps(n_groups: int, cfg) -> int:
+    """Optimizer steps of one round of `n_groups` prompts under the `train` section `cfg`:
+    `steps_per_round` when set, else `epochs_per_round` passes batched by `batch_size` and `grad_accum`."""
+    if cfg.steps_per_round:
+        return cfg.steps_per_round
+    return math.ceil(math.ceil(n_groups * cfg.epochs_per_round / cfg.batch_size) / cfg.grad_accum)

@@ -28,7 +28,7 @@ from neat.models import autocast_device
 from neat.progress import tqdm
 from neat.steering import build_candidates
 from neat.training.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
-from neat.training.groups import groups_from_scored, round_order
+from neat.training.groups import groups_from_scored, round_order, round_steps
 from neat.training.objective import batch_counts, step_loss
 from neat.training.records import online_summary, write_log
 from neat.training.strategy import strategy_for
@@ -128,10 +128,7 @@ class Trainer:
     def steps_per_round(self, n_groups: int) -> int:
         """Optimizer steps of one round, as the loop takes them (epochs are concatenated, then batched):
         `train.steps_per_round` when set, else `epochs_per_round` passes over the round's prompts."""
-        if self.cfg.steps_per_round:
-            return self.cfg.steps_per_round
-        batches = math.ceil(n_groups * self.cfg.epochs_per_round / self.cfg.batch_size)
-        return math.ceil(batches / self.cfg.grad_accum)
+        return round_steps(n_groups, self.cfg)
 
     def round_batches(self, n_groups: int, round_: int) -> list[list[int]]:
         """The round's micro-batches of prompt indices. With `train.steps_per_round`, as many seeded epoch
