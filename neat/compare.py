@@ -41,7 +41,9 @@ answers). The prepared data is copied there and the reward models of `<out>` are
 `<out>/metrics/compare/<name>.json`. `neat compare-table` (neat/compare_table.py) turns them into the
 table. `neat compare` runs the variants in order, then the table; it produces missing upstream outputs
 (prepared data, reward models) first and reuses a seed whose inputs and params are unchanged since its
-last run (`variant.json`, `evaluated.json`), so a killed comparison continues seed by seed.
+last run (`variant.json`, `evaluated.json`), so a killed comparison continues seed by seed. Variants of a
+seed whose round-1 inputs are the same (``neat``, ``neat_pro``, ``online_dpo``) sample and score round 1
+once: the later ones copy the earlier one's `expand/` and `score/` (`round_one_fingerprint`).
 """
 
 from __future__ import annotations
@@ -238,6 +240,61 @@ def label_by_origin(v) -> dict:
     return {"candidates": len(rows)}
 
 
+# ---------------------------------------------------------------- round 1, shared between variants
+# `neat`, `neat_pro` and `online_dpo` of a seed expand the same prompts from the same base with the same
+# params and score them with the same reward model: their round-1 candidates are identical, so a variant
+# copies them from another variant of its seed whose stage ran under the same fingerprint (the one that
+# keys the stage's own resume shards) instead of sampling them again. `round1.json` in a seed's folder
+# holds the fingerprint each of its round-1 stages last completed under.
+ROUND_ONE_MARKER = "round1.json"
+
+
+def round_one_fingerprint(v, stage: str) -> str | None:
+    """What a variant's `expand` or `score` output depends on (None: a stage that is not shared)."""
+    from neat.expand import expand_fingerprint
+    from neat.models import checkpoint_id
+    from neat.reward import reward_model_ref, score_fingerprint
+
+    if stage == "expand":
+        train_path = v.out("data", "train.jsonl")
+        return expand_fingerprint(v, train_path, checkpoint_id(v.policy.model, seed=v.seed))
+    if stage == "score" and uses_reward_model(v) and v.out("expand", "candidates.parquet").is_file():
+        return score_fingerprint(v, v.out("expand", "candidates.parquet"), reward_model_ref(v))
+    return None
+
+
+def _round_one_marks(seed_dir: Path) -> dict:
+    try:
+        return json.loads((seed_dir / ROUND_ONE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _mark_round_one(v, stage: str, fingerprint: str | None) -> None:
+    marks = _round_one_marks(v.out()) | {stage: fingerprint}
+    write_json_atomic(v.out(ROUND_ONE_MARKER), {k: f for k, f in marks.items() if f})
+
+
+def _round_one_donor(v, stage: str, fingerprint: str | None) -> Path | None:
+    """Another variant's seed folder (same seed) whose `stage` completed under `fingerprint`."""
+    if fingerprint is None:
+        return None
+    here = v.out().resolve()
+    for seed_dir in sorted(here.parent.parent.glob(f"*/{here.name}")):
+        if seed_dir.resolve() != here and _round_one_marks(seed_dir).get(stage) == fingerprint \
+                and (seed_dir / stage).is_dir():
+            return seed_dir
+    return None
+
+
+def _copy_dir(source: Path, target: Path) -> None:
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
 def train_variant(v, name: str, progress: bool = True) -> dict:
     """Expand → score → train for one variant and seed (SFT, DPO: dataset rows → train; rlcd: candidates
     labelled by origin instead of scored); skipped when up to date."""
@@ -251,6 +308,7 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
         if done.get("key") == key:
             return done | {"skipped": True}
     seconds: dict[str, float] = {}
+    reused: dict[str, str] = {}
     mix_stats: dict = {}
     start = time.perf_counter()
     if name in DATASET_ONLY:  # no sampling: the dataset's responses and the mix pairs are the candidates
@@ -266,8 +324,16 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
     else:
         for stage in VARIANT_CHAIN[: VARIANT_CHAIN.index("train")]:
             start = time.perf_counter()
-            run = label_by_origin if stage == "score" and not uses_reward_model(v) else STAGES[stage].load()
-            run(v)
+            fingerprint = round_one_fingerprint(v, stage)
+            donor = _round_one_donor(v, stage, fingerprint)
+            _mark_round_one(v, stage, None)  # (a kill mid-stage leaves no stale claim for others to copy)
+            if donor is not None:
+                _copy_dir(donor / stage, v.out(stage))
+                reused[stage] = str(donor.relative_to(donor.parents[1]))
+            else:
+                run = label_by_origin if stage == "score" and not uses_reward_model(v) else STAGES[stage].load()
+                run(v)
+            _mark_round_one(v, stage, fingerprint)
             seconds[stage] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     summary = STAGES["train"].load()(v)
@@ -275,6 +341,8 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
     done = {"key": key, "name": name, "seed": v.seed, "steps": summary.get("steps"), "seconds": seconds}
     if mix_stats:  # what the base answered of the mix (a sampling variant's are in its expand/stats.json)
         done["mix"] = mix_stats
+    if reused:  # round-1 stages copied from another variant of the same seed (their seconds: the copy's)
+        done["reused"] = reused
     write_json_atomic(marker, done)
     return done | {"skipped": False}
 

@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -240,7 +241,6 @@ def test_dataset_only_variants_take_neats_steps_however_many_prompts_have_a_pair
 
 
 def test_the_variant_key_follows_the_mix_files_and_counts(prepared_with_mix, tmp_path):
-    from pathlib import Path
 
     from neat.compare import _variant_key
 
@@ -431,6 +431,7 @@ def test_two_seeds_of_neat_and_sft_at_equal_budget_resumed_seed_by_seed(prepared
 def test_every_variant_runs_end_to_end_at_equal_steps(prepared, tmp_path, monkeypatch):
     """All seven variants on the tiny model (with LoRA: the DPO reference is the base without adapters);
     the variants labelled by origin (dpo, rlcd) never score with the training reward model."""
+    import neat.expand
     import neat.reward
     import neat.train
     from neat.compare import VARIANTS, compare
@@ -439,15 +440,29 @@ def test_every_variant_runs_end_to_end_at_equal_steps(prepared, tmp_path, monkey
     params.policy.lora.enabled = True
     names = list(VARIANTS)
     assert len(names) == 7
-    scored_by_rm = []
-    for module, name in ((neat.train, "reward_scorer"), (neat.reward, "score")):
+    scored_by_rm, score_stage, expanded = [], [], []
+    spies = ((neat.train, "reward_scorer", [scored_by_rm]), (neat.reward, "score", [scored_by_rm, score_stage]),
+             (neat.expand, "expand", [expanded]))
+    for module, name, calls in spies:
         real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda p, real=real: scored_by_rm.append(p.paths.out) or real(p))
+        monkeypatch.setattr(module, name,
+                            lambda p, real=real, calls=calls: [c.append(p.paths.out) for c in calls] and real(p))
     summary = compare(params, names, progress=False)
     assert [v["name"] for v in summary["variants"]] == names
     assert summary["equal_steps"] and {v["steps"] for v in summary["variants"]} == {4}
     assert not [o for o in scored_by_rm if "/rlcd/" in o or "/dpo/" in o]
     assert [o for o in scored_by_rm if "/online_dpo/" in o]  # the spies do see a variant ranked by reward
+    # round 1 is sampled once for the variants that share its inputs: neat_pro and online_dpo copy neat's
+    # expanded and scored candidates; rrhf (no negatives) and rlcd (no dataset responses) expand their own
+    assert sorted(Path(o).parent.name for o in expanded) == ["neat", "rlcd", "rrhf"]
+    assert [Path(o).parent.name for o in score_stage] == ["neat", "rrhf"]
+    seed_dir = params.out("compare")
+    for name in ("neat_pro", "online_dpo"):
+        for part in ("expand/candidates.parquet", "score/candidates.parquet"):
+            assert (seed_dir / name / "seed0" / part).read_bytes() == (seed_dir / "neat" / "seed0" / part).read_bytes()
+        assert json.loads((seed_dir / name / "seed0" / "variant.json").read_text())["reused"] == {
+            "expand": "neat/seed0", "score": "neat/seed0"}
+    assert "reused" not in json.loads((seed_dir / "rlcd" / "seed0" / "variant.json").read_text())
     table = params.out("compare", "table.md").read_text()
     assert all(f"| {name} | 0 |" in table for name in names)
 
