@@ -505,3 +505,27 @@ def test_the_variant_key_leaves_out_an_unset_steps_per_round_and_follows_a_set_o
     assert _variant_key(v) == old_key
     v.train.steps_per_round = 10
     assert _variant_key(v) != old_key
+
+
+def test_round_one_is_copied_only_from_a_seed_whose_stage_finished_under_the_same_fingerprint(tmp_path):
+    from types import SimpleNamespace
+
+    from neat.compare import _mark_round_one, _round_one_donor
+
+    def variant(name, seed):
+        return SimpleNamespace(out=lambda *parts: tmp_path.joinpath(name, f"seed{seed}", *parts))
+
+    neat, rrhf, pro, pro1 = variant("neat", 0), variant("rrhf", 0), variant("neat_pro", 0), variant("neat_pro", 1)
+    for v, fingerprint in ((neat, "a"), (rrhf, "b")):
+        v.out("expand").mkdir(parents=True)
+        _mark_round_one(v, "expand", fingerprint)
+    assert _round_one_donor(pro, "expand", "a") == tmp_path / "neat" / "seed0"
+    assert _round_one_donor(pro, "expand", "b") == tmp_path / "rrhf" / "seed0"
+    assert _round_one_donor(pro, "expand", "c") is None  # other inputs: sampled again
+    assert _round_one_donor(pro1, "expand", "a") is None  # another seed's candidates are other samples
+    assert _round_one_donor(pro, "score", "a") is None  # neat never finished a score under it
+    assert _round_one_donor(pro, "expand", None) is None  # a stage that is not shared (rlcd's origin labels)
+    assert _round_one_donor(neat, "expand", "a") is None  # never itself
+    _mark_round_one(neat, "expand", None)  # neat expands again (killed midway: its folder is half-written)
+    assert _round_one_donor(pro, "expand", "a") is None
+    assert json.loads(neat.out("round1.json").read_text()) == {}
