@@ -106,8 +106,9 @@ def variant_params(params, name: str, root: Path, seed: int | None = None):
     if name == "neat_pro":
         v.train.loss = "pro"
     if name in DPO_VARIANTS:
-        v.train.loss = "dpo"
-        v.train.rank_weight, v.train.sft_weight, v.train.anchor_weight = 1.0, 0.0, 0.0
+        v.train.loss, v.train.rank_weight = "dpo", 1.0
+        if not (params.compare.dpo_brake and name in ("dpo", "online_dpo")):
+            v.train.sft_weight, v.train.anchor_weight = 0.0, 0.0
     if name in ("dpo", "rlcd"):
         v.train.pair_labels = "origin"
     if name == "rlcd":

@@ -278,6 +278,11 @@ class CompareParams(Section):
         description="`neat compare`'s variants, in the table's order, each with its training seeds (the run's "
                     "sampling, data order and LoRA init; evaluation keeps `seed`); compare/dvc.yaml runs one "
                     "stage instance per variant")
+    dpo_brake: bool = Field(
+        False,
+        description="`dpo` and `online_dpo` keep NEAT's SFT term on the chosen response and its log-prob anchor to "
+                    "the base (train.sft_weight, train.anchor_weight) beside the DPO loss; false: pure DPO, as TRL "
+                    "trains it. `rlcd` (no dataset responses) stays pure either way")
 
     @model_validator(mode="after")
     def _seeds_are_given_once(self) -> "CompareParams":

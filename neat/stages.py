@@ -185,7 +185,7 @@ STAGES |= {
         Stage("compare-variant", "neat.compare:compare_variant",
               "train and evaluate one variant of the comparison, once per seed",
               dvc_file=COMPARE_DVC_YAML, foreach=("compare.variants", "--variant"),
-              deps=_VARIANT_DEPS, params=(*_VARIANT_PARAMS, f"compare.variants.{EACH}"),
+              deps=_VARIANT_DEPS, params=(*_VARIANT_PARAMS, f"compare.variants.{EACH}", "compare.dpo_brake"),
               outs=(out(f"compare/{EACH}"), out(f"compare/per_prompt/{EACH}.json")),
               metrics=((out(f"metrics/compare/{EACH}.json"), UNCACHED),)),
         Stage("compare-table", "neat.compare_table:compare_table",

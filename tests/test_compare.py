@@ -149,6 +149,21 @@ def test_variant_params_of_the_new_baselines(tmp_path):
         variant_params(params, "rlcd", tmp_path / "c")
 
 
+def test_the_dpo_brake_keeps_sft_and_anchor_for_the_dpo_variants_with_human_answers_only(tmp_path):
+    from neat.compare import variant_params
+
+    params = make_params(tmp_path / "out", policy={"lora": {"enabled": True}},
+                         train={"sft_weight": 0.7, "anchor_weight": 0.3, "rank_weight": 0.1})
+    pure = {n: variant_params(params, n, tmp_path / "c").train for n in ("dpo", "online_dpo", "rlcd")}
+    params.compare.dpo_brake = True
+    braked = {n: variant_params(params, n, tmp_path / "c").train for n in ("dpo", "online_dpo", "rlcd", "neat")}
+    for name in ("dpo", "online_dpo"):
+        assert (braked[name].loss, braked[name].rank_weight) == ("dpo", 1.0)
+        assert (braked[name].sft_weight, braked[name].anchor_weight) == (0.7, 0.3)
+        assert (pure[name].sft_weight, pure[name].anchor_weight) == (0.0, 0.0)
+    assert braked["rlcd"] == pure["rlcd"] and (braked["neat"].loss, braked["neat"].rank_weight) == ("rrhf", 0.1)
+
+
 # ---------------------------------------------------------------- the dataset-only variants' prompt mix
 
 
@@ -262,6 +277,16 @@ def test_the_variant_key_follows_the_mix_files_and_counts(prepared_with_mix, tmp
     off = _variant_key(v)
     harmful.write_text(harmful.read_text().replace("not ever", "never"))
     assert _variant_key(v) == off
+
+
+def test_a_braked_dpo_is_another_policy_whose_key_never_reuses_a_pure_run(prepared_with_mix, tmp_path):
+    from neat.compare import _variant_key
+
+    params = prepared_with_mix.model_copy(deep=True)
+    params.policy.lora.enabled = True
+    pure = _variant_key(_dataset_variant(params, "dpo", tmp_path / "pure"))
+    params.compare.dpo_brake = True
+    assert _variant_key(_dataset_variant(params, "dpo", tmp_path / "braked")) != pure
 
 
 def test_origin_labels_rank_steered_candidates_without_a_reward_model():
