@@ -168,14 +168,19 @@ def uses_reward_model(v) -> bool:
     return v.train.pair_labels == "reward"
 
 
-def _variant_key(v) -> str:
+def _variant_key(v, legacy: bool = False) -> str:
     """What a variant's trained policy depends on: its params (but not where it writes) and its input data,
-    the files of the enabled prompt mixes included (their counts are params)."""
+    the files of the enabled prompt mixes included (their counts are params), and the training reward
+    model's content where the variant uses it. `legacy`: the key as computed before session 15, which also
+    hashed the reward model's path (under `<out>`, so a run moved to another `paths.out` retrained); it is
+    still accepted so that finished runs stay valid."""
     from neat.base_mix import mix_source_digests
     from neat.models import checkpoint_id
 
     tree = v.model_dump(mode="json")
     tree["paths"].pop("out")
+    if not legacy:
+        tree["reward"].pop("model")
     for section in ("evaluate", "gate", "compare"):
         tree.pop(section)
     if tree["train"].get("steps_per_round") is None:  # (unset: keys from before the option stay valid)
@@ -189,9 +194,10 @@ def _variant_key(v) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _evaluation_key(ev, trained_key: str) -> str:
+def _evaluation_key(ev, trained_key: str, legacy: bool = False) -> str:
     """What a variant's evaluation depends on besides its policy: the evaluate params, the run's seed, the
-    held-out and safety prompts, the judge's files and the evaluation reward model."""
+    held-out and safety prompts, the judge's files and the evaluation reward model's content (`legacy`:
+    its path as well, as before session 15; see `_variant_key`)."""
     from neat.evaluate import eval_reward_model_ref
     from neat.models import checkpoint_id
 
@@ -199,7 +205,10 @@ def _evaluation_key(ev, trained_key: str) -> str:
     if ev.evaluate.judge == "learned":
         files.append(ev.paths.refusal_examples)
     digests = [file_digest(f) if Path(f).is_file() else None for f in files]
-    blob = json.dumps([trained_key, ev.seed, ev.evaluate.model_dump(mode="json"), ev.policy.model, digests,
+    evaluate = ev.evaluate.model_dump(mode="json")
+    if not legacy:
+        evaluate.pop("reward_model")
+    blob = json.dumps([trained_key, ev.seed, evaluate, ev.policy.model, digests,
                        checkpoint_id(eval_reward_model_ref(ev))], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -306,7 +315,7 @@ def train_variant(v, name: str, progress: bool = True) -> dict:
     marker = v.out("variant.json")
     if marker.is_file() and v.out("policy").is_dir() and v.out("metrics", "train.json").is_file():
         done = json.loads(marker.read_text())
-        if done.get("key") == key:
+        if done.get("key") in (key, _variant_key(v, legacy=True)):
             return done | {"skipped": True}
     seconds: dict[str, float] = {}
     reused: dict[str, str] = {}
@@ -385,7 +394,8 @@ def run_seed(params, name: str, seed: int, progress: bool = True) -> dict:
     key = _evaluation_key(ev, trained["key"])
     marker = v.out("evaluated.json")
     done = json.loads(marker.read_text()) if marker.is_file() else {}
-    if done.get("key") == key and v.out("metrics", "evaluate.json").is_file():
+    if done.get("key") in (key, _evaluation_key(ev, trained["key"], legacy=True)) \
+            and v.out("metrics", "evaluate.json").is_file():
         metrics = json.loads(v.out("metrics", "evaluate.json").read_text())
         evaluate_seconds = done["seconds"]
     else:

@@ -533,6 +533,38 @@ def test_the_variant_key_leaves_out_an_unset_steps_per_round_and_follows_a_set_o
     assert _variant_key(v) != old_key
 
 
+def test_a_run_moved_to_another_out_folder_keeps_its_keys_while_the_reward_models_content_counts(tmp_path):
+    """The keys follow the reward models' content, not their paths under `<out>`: a comparison copied or
+    moved to another `paths.out` reuses its trained policies and evaluations; changed RM weights do not."""
+    from neat.compare import _evaluation_key, _variant_key, evaluation_params, variant_params
+
+    keys = {}
+    for out in ("a", "b"):
+        params = make_params(tmp_path / out, policy={"lora": {"enabled": True}})
+        for rm in ("reward_model", "eval_reward_model"):
+            params.out(rm).mkdir(parents=True)
+            params.out(rm, "config.json").write_text('{"hidden": 8}')
+        v = variant_params(params, "neat", params.out("compare"))
+        v.out("data").mkdir(parents=True)
+        v.out("data", "train.jsonl").write_text("{}\n")
+        v.out("data", "eval.jsonl").write_text("{}\n")
+        trained = _variant_key(v)
+        keys[out] = (trained, _evaluation_key(evaluation_params(v, params), trained),
+                     _variant_key(v, legacy=True))
+    assert keys["a"][:2] == keys["b"][:2]
+    assert keys["a"][2] != keys["b"][2]  # the old keys hashed the paths
+    params.out("reward_model", "config.json").write_text('{"hidden": 16}')  # other training-RM weights
+    assert _variant_key(v) != keys["b"][0]
+    sft = variant_params(params, "sft", params.out("compare"))  # no reward model in its training
+    sft.out("data").mkdir(parents=True)
+    sft.out("data", "train.jsonl").write_text("{}\n")
+    before = _variant_key(sft)
+    params.out("reward_model", "config.json").write_text('{"hidden": 32}')
+    assert _variant_key(sft) == before
+    params.out("eval_reward_model", "config.json").write_text('{"hidden": 16}')
+    assert _evaluation_key(evaluation_params(v, params), keys["b"][0]) != keys["b"][1]
+
+
 def test_round_one_is_copied_only_from_a_seed_whose_stage_finished_under_the_same_fingerprint(tmp_path):
     from types import SimpleNamespace
 
