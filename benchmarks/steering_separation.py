@@ -17,6 +17,7 @@ prompt. One JSON line, appended to --results:
     dvc repro train_eval_rm      # needs <out>/data, <out>/reward_model, <out>/eval_reward_model
     python benchmarks/steering_separation.py --name default
     python benchmarks/steering_separation.py --name no-demos -S 'expand.demo_origins=[]'
+    python benchmarks/steering_separation.py --name smollm2-rm --rm smollm2=path/to/reward_model  # + its P
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def main() -> None:
     ap.add_argument("--hh-start", type=int, default=200)
     ap.add_argument("--hh-prompts", type=int, default=48)
     ap.add_argument("--results", default=None, help="default <out>/steering_separation/results.jsonl")
+    ap.add_argument("--rm", action="append", default=[], metavar="NAME=PATH",
+                    help="another reward model to score the same samples with (e.g. one trained on another backbone)")
     args = ap.parse_args()
+    extra_rms = dict(spec.split("=", 1) for spec in args.rm)
 
     params = load_params(args.params, overrides=args.set)
     use_generation_params(params.generation)
@@ -86,7 +90,7 @@ def main() -> None:
     for g in groups:
         rows += candidate_rows_from_dataset(g, 1)
     judge = StringMatchJudge()
-    for name, ref in (("train_rm", out / "reward_model"), ("eval_rm", out / "eval_reward_model")):
+    for name, ref in (("train_rm", out / "reward_model"), ("eval_rm", out / "eval_reward_model"), *extra_rms.items()):
         rm, rm_tok = load_reward_model(str(ref), cache_dir=params.paths.cache, device="cpu")
         scores = score_texts(rm, rm_tok, [r["prompt"] for r in rows], [r["response"] for r in rows],
                              batch_size=params.reward.batch_size, max_length=params.reward.max_length, progress=False)
@@ -111,6 +115,10 @@ def main() -> None:
         "p_positive_over_negative": interval(per_prompt_p(rows, "train_rm", "positive", "negative"), seed),
         "p_positive_over_negative_eval_rm": interval(per_prompt_p(rows, "eval_rm", "positive", "negative"), seed),
         "p_chosen_over_rejected": interval(per_prompt_p(rows, "train_rm", "chosen", "rejected"), seed),
+        **{f"p_positive_over_negative_{name}": interval(per_prompt_p(rows, name, "positive", "negative"), seed)
+           for name in extra_rms},
+        **{f"p_chosen_over_rejected_{name}": interval(per_prompt_p(rows, name, "chosen", "rejected"), seed)
+           for name in extra_rms},
         "by_origin": by_origin,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -121,7 +129,8 @@ def main() -> None:
         fh.write(json.dumps(result) + "\n")
     with (path.parent / f"{args.name}-samples.jsonl").open("w") as fh:
         for r in rows:
-            fh.write(json.dumps({k: r[k] for k in ("prompt_id", "origin", "response", "train_rm", "eval_rm")}) + "\n")
+            fh.write(json.dumps({k: r[k] for k in ("prompt_id", "origin", "response", "train_rm", "eval_rm", *extra_rms)})
+                     + "\n")
 
 
 if __name__ == "__main__":

@@ -42,3 +42,27 @@ def test_steering_separation_averages_pairwise_wins_per_prompt_with_ties_half():
     ]
     assert per_prompt_p(rows, "r", "positive", "negative") == [0.5, 0.5, 0.0]
     assert per_prompt_p(rows, "r", "negative", "positive") == [0.5, 0.5, 1.0]
+
+
+def test_reward_model_sweep_reports_each_setting_and_their_ensemble_on_the_dev_cut(tmp_path):
+    """Two backbones in one run (the sweep that compared MiniLM with SmolLM2): one JSON line per setting
+    with its dev accuracy, then the ensemble's, all on the same 20 % cut of the train split."""
+    import json
+    import subprocess
+    import sys
+
+    from benchmarks.reward_model_sweep import _accuracy
+    from neat.prepare import prepare
+
+    assert _accuracy([0.5, -0.1, 0.0, 2.0]) == 0.625  # a tie counts 1/2
+    prepare(load_params(ROOT / "params.yaml", overrides=[f"paths.out={tmp_path}",
+                                                         f"paths.data={ROOT / 'data/demo/hh_demo.jsonl'}"]))
+    cmd = [sys.executable, str(ROOT / "benchmarks/reward_model_sweep.py"), "--train",
+           str(tmp_path / "data/train.jsonl"), "--model", "builtin:tiny-random", "--cache", str(ROOT / ".cache/neat"),
+           "32,1,1e-3,8", "32,1,1e-3,8,builtin:tiny-random,bf16"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line.get("autocast") for line in lines] == ["none", "bf16", None]
+    assert lines[0]["pairs"] == 8 and lines[0]["dev_pairs"] == lines[2]["dev_pairs"] > 0
+    assert all(0.0 <= line["dev_accuracy"] <= 1.0 for line in lines)
+    assert lines[2]["ensemble_of"] == cmd[-2:] and 0.0 <= lines[2]["settings_agree"] <= 1.0
