@@ -21,11 +21,12 @@ import json
 import random
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from neat.data import read_pairs
-from neat.models import load_reward_model
+from neat.models import load_reward_model, save_model
 from neat.reward import _pair_fields, score_texts, train_bradley_terry
 
 
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--cache", default=".cache/neat")
     parser.add_argument("--autocast", choices=("none", "bf16"), default="none",
                         help="bf16: forward passes under CPU bf16 autocast (as reward.bf16_autocast does)")
+    parser.add_argument("--save", default=None, help="save setting i's reward model to SAVE/i (e.g. for "
+                        "benchmarks/steering_separation.py --rm)")
     args = parser.parse_args()
     pairs = read_pairs(args.train)
     order = list(range(len(pairs)))
@@ -58,6 +61,8 @@ def main() -> None:
                              [c for _, c, _ in dev_fields] + [r for _, _, r in dev_fields],
                              batch_size=32, max_length=int(max_length), progress=False)
         margins.append([scores[i] - scores[len(dev) + i] for i in range(len(dev))])
+        if args.save:
+            save_model(model, tokenizer, Path(args.save) / str(len(margins) - 1))
         print(json.dumps({"model": model_ref, "max_length": int(max_length), "epochs": int(epochs), "lr": float(lr),
                           "pairs": len(fit[: int(n)]), "autocast": autocast, "dev_pairs": len(dev),
                           "dev_accuracy": round(_accuracy(margins[-1]), 4), "train_seconds": round(seconds, 1),

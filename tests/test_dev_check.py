@@ -59,10 +59,11 @@ def test_reward_model_sweep_reports_each_setting_and_their_ensemble_on_the_dev_c
                                                          f"paths.data={ROOT / 'data/demo/hh_demo.jsonl'}"]))
     cmd = [sys.executable, str(ROOT / "benchmarks/reward_model_sweep.py"), "--train",
            str(tmp_path / "data/train.jsonl"), "--model", "builtin:tiny-random", "--cache", str(ROOT / ".cache/neat"),
-           "32,1,1e-3,8", "32,1,1e-3,8,builtin:tiny-random,bf16"]
+           "--save", str(tmp_path / "rms"), "32,1,1e-3,8", "32,1,1e-3,8,builtin:tiny-random,bf16"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line.get("autocast") for line in lines] == ["none", "bf16", None]
     assert lines[0]["pairs"] == 8 and lines[0]["dev_pairs"] == lines[2]["dev_pairs"] > 0
     assert all(0.0 <= line["dev_accuracy"] <= 1.0 for line in lines)
     assert lines[2]["ensemble_of"] == cmd[-2:] and 0.0 <= lines[2]["settings_agree"] <= 1.0
+    assert (tmp_path / "rms/0/config.json").is_file() and (tmp_path / "rms/1/config.json").is_file()
