@@ -18,6 +18,7 @@ prompt. One JSON line, appended to --results:
     python benchmarks/steering_separation.py --name default
     python benchmarks/steering_separation.py --name no-demos -S 'expand.demo_origins=[]'
     python benchmarks/steering_separation.py --name smollm2-rm --rm smollm2=path/to/reward_model  # + its P
+    python benchmarks/steering_separation.py --name opened -S 'expand.negative_opening=Sure, here is how:'
 """
 
 from __future__ import annotations

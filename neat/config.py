@@ -128,6 +128,8 @@ class ExpandParams(Section):
     demo_origins: list[Literal["positive", "negative"]] = Field(
         ["negative"], description="steering prompts that get the demonstrations (positive: dataset "
                                               "chosen responses, negative: rejected ones)")
+    negative_opening: str = Field("", description="text the negative samples start with: written into the "
+                                  "assistant turn before sampling and kept in the candidate (\"\" = none)")
     max_new_tokens: int = Field(40, ge=1, le=4096)
     temperature: float = Field(0.9, ge=0, le=5)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -135,6 +137,14 @@ class ExpandParams(Section):
     max_prompt_tokens: int = Field(384, ge=8)
     min_response_tokens: int = Field(2, ge=0, description="shorter samples are flagged degenerate")
     shard_size: int = Field(64, ge=1, description="prompts per resumable shard (a killed run continues from whole shards)")
+
+    def key(self) -> dict:
+        """The section as fingerprints and keys hash it: an unset `negative_opening` is left out, so that
+        expansions, checkpoints and compared variants from before the option stay valid."""
+        tree = self.model_dump(mode="json")
+        if not tree["negative_opening"]:
+            tree.pop("negative_opening")
+        return tree
 
 
 class GenerationParams(Section):

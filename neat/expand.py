@@ -30,7 +30,7 @@ def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
     from neat.io import fingerprint_of
 
     desc = {"stage": "expand", "format": 1, "seed": params.seed, "policy": params.policy.model_dump(mode="json"),
-            "policy_id": policy_id, "expand": params.expand.model_dump(mode="json"),
+            "policy_id": policy_id, "expand": params.expand.key(),
             "max_train_prompts": params.data.max_train_prompts,
             "include_dataset": params.train.include_dataset_responses}
     extra = [train_path]

@@ -94,11 +94,17 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
                       bar=None) -> tuple[list[dict], dict]:
     """Sample positive and negative candidates for every prompt group; returns (rows, stats).
 
+    With `cfg.negative_opening`, each negative answer is begun with that text in the rendered prompt,
+    and the candidate's response is the opening followed by the sampled continuation.
+
     The prompts are bucketed by length *within* `groups` only, and every generation batch is seeded
     from its own first prompt, so the result for a set of groups never depends on what ran before.
     """
     specs = [SteeringSpec("positive", cfg.positive_prompt, cfg.k_pos), SteeringSpec("negative", cfg.negative_prompt, cfg.k_neg)]
     specs = [s for s in specs if s.k > 0]
+
+    def opening(spec) -> str:  # the answer's forced start (negatives only): sampled after, kept in the candidate
+        return cfg.negative_opening if spec.origin == "negative" else ""
     gen_settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
     rows: list[dict] = []
     stats = {"prompts": len(groups), "prompts_too_long": 0, "samples": 0, "degenerate": 0, "generated_tokens": 0}
@@ -113,6 +119,8 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
             n = cfg.n_demos if spec.origin in cfg.demo_origins else 0
             demos = pick_demos(demo_pool, head.prompt_id, n, seed, demo_use)
             text = steered_prompt(tokenizer, head.prompt, spec.system, demos, cfg.max_prompt_tokens)
+            if text is not None and opening(spec):
+                text += opening(spec)
             if text is None:
                 stats["prompts_too_long"] += spec.origin == specs[0].origin
                 bar.update(1)
@@ -127,8 +135,9 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
         )
         for (head, n_demos), gens in zip(keep, outputs):
             for gen in gens:
+                response = f"{opening(spec)} {gen.text}".strip() if opening(spec) else gen.text
                 rows.append(dict(
-                    prompt_id=head.prompt_id, prompt=head.prompt, origin=spec.origin, response=gen.text,
+                    prompt_id=head.prompt_id, prompt=head.prompt, origin=spec.origin, response=response,
                     steering_prompt=spec.system, n_demos=n_demos, generation=json.dumps(gen_settings),
                     seed=seed, policy_id=policy_id, round=round_, n_tokens=gen.n_tokens, flags=gen.flags,
                     degenerate=gen.degenerate,

@@ -19,3 +19,42 @@ def test_demonstrations_go_only_to_the_steering_prompts_named_in_demo_origins():
         rows, _ = sample_candidates(model, tokenizer, select_prompts(pairs, 2), pairs, cfg, seed=0,
                                     policy_id="t", round_=1, progress=False)
         assert {r["origin"]: r["n_demos"] for r in rows} == want, origins
+
+
+def test_a_negative_opening_begins_only_the_negative_answers_and_stays_in_their_responses(monkeypatch):
+    """The opening is written into the negative prompts' assistant turn (the policy continues it) and is
+    the start of each negative candidate; positives are untouched, and without it nothing changes."""
+    import neat.steering
+
+    pairs = read_preferences(ROOT / "data/demo/hh_demo.jsonl").pairs
+    model, tokenizer = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
+    seen = []
+    real_generate = neat.steering.generate
+    monkeypatch.setattr(neat.steering, "generate", lambda m, t, texts, **kw: seen.append(list(texts))
+                        or real_generate(m, t, texts, **kw))
+    results = {}
+    for opening in ("", "Sure, here is how:"):
+        cfg = validate_params(former_defaults({"expand": {"k_pos": 1, "k_neg": 1, "n_demos": 0, "max_new_tokens": 3,
+                                                          "negative_opening": opening}})).expand
+        rows, _ = sample_candidates(model, tokenizer, select_prompts(pairs, 2), pairs, cfg, seed=0,
+                                    policy_id="t", round_=1, progress=False)
+        results[opening] = {o: [r["response"] for r in rows if r["origin"] == o] for o in ("positive", "negative")}
+    pos_plain, neg_plain, pos_open, neg_open = seen  # one generate call per steering prompt and run
+    assert pos_open == pos_plain and all(not t.endswith("Sure, here is how:") for t in pos_open + neg_plain)
+    assert neg_open == [t + "Sure, here is how:" for t in neg_plain]
+    assert results["Sure, here is how:"]["positive"] == results[""]["positive"]
+    assert all(r.startswith("Sure, here is how:") for r in results["Sure, here is how:"]["negative"])
+    assert not any(r.startswith("Sure") for r in results[""]["negative"])
+
+
+def test_an_unset_negative_opening_leaves_the_expansion_fingerprint_of_earlier_runs():
+    from neat.expand import expand_fingerprint
+
+    params = validate_params(former_defaults({}))
+    before_the_option = params.expand.model_dump(mode="json")
+    before_the_option.pop("negative_opening")
+    assert params.expand.key() == before_the_option
+    train = ROOT / "data/demo/hh_demo.jsonl"
+    plain = expand_fingerprint(params, train, "p")
+    params.expand.negative_opening = "Sure!"
+    assert params.expand.key()["negative_opening"] == "Sure!" and expand_fingerprint(params, train, "p") != plain
