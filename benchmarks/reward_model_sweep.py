@@ -27,7 +27,7 @@ import torch
 
 from neat.data import read_pairs
 from neat.models import load_reward_model, save_model
-from neat.reward import _pair_fields, score_texts, train_bradley_terry
+from neat.reward import pair_fields, score_texts, train_bradley_terry
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     random.Random(0).shuffle(order)
     cut = int(0.8 * len(pairs))
     fit, dev = [pairs[i] for i in order[:cut]], [pairs[i] for i in order[cut:]]
-    dev_fields = [_pair_fields(p) for p in dev]
+    dev_fields = [pair_fields(p) for p in dev]
     margins = []
     for spec in args.settings:
         max_length, epochs, lr, n, *rest = spec.split(",")

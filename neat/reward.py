@@ -183,7 +183,7 @@ def score_texts(model, tokenizer, prompts: list[list[dict]], responses: list[str
 # ---------------------------------------------------------------- Bradley–Terry training
 
 
-def _pair_fields(pair) -> tuple[list[dict], str, str]:
+def pair_fields(pair) -> tuple[list[dict], str, str]:
     if isinstance(pair, dict):
         return pair["prompt"], pair["chosen"], pair["rejected"]
     return pair.prompt, pair.chosen, pair.rejected
@@ -201,7 +201,7 @@ def train_bradley_terry(model, tokenizer, pairs, *, epochs: int, lr: float, batc
     `steps`, `pairs`, `seconds`. A non-finite loss stops training with a `ModelError`. `autocast`
     ("cpu", "cuda" or None): the forward passes in bf16 autocast over the float32 weights.
     """
-    pairs = [_pair_fields(p) for p in pairs]
+    pairs = [pair_fields(p) for p in pairs]
     if not pairs:
         raise DataError("no preference pairs to train the reward model on")
     prompts = [reward_input(p) for p, _, _ in pairs]
@@ -254,7 +254,7 @@ def pairwise_accuracy(model, tokenizer, pairs, *, batch_size: int, max_length: i
 
     NaN for an empty list.
     """
-    pairs = [_pair_fields(p) for p in pairs]
+    pairs = [pair_fields(p) for p in pairs]
     if not pairs:
         return math.nan
     prompts = [p for p, _, _ in pairs]
