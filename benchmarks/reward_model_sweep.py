@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from neat.data import read_pairs
+from neat.diagnostics import compare_scores
 from neat.models import load_reward_model, save_model
 from neat.reward import pair_fields, score_texts, train_bradley_terry
 
@@ -77,7 +78,7 @@ def main() -> None:
 
 def _accuracy(margins: list[float]) -> float:
     """Share of pairs whose chosen response outscores the rejected one, ties ½ (as `pairwise_accuracy`)."""
-    return sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)
+    return sum(compare_scores(m, 0.0) for m in margins) / len(margins)
 
 
 if __name__ == "__main__":

@@ -102,9 +102,6 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
     """
     specs = [SteeringSpec("positive", cfg.positive_prompt, cfg.k_pos), SteeringSpec("negative", cfg.negative_prompt, cfg.k_neg)]
     specs = [s for s in specs if s.k > 0]
-
-    def opening(spec) -> str:  # the answer's forced start (negatives only): sampled after, kept in the candidate
-        return cfg.negative_opening if spec.origin == "negative" else ""
     gen_settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
     rows: list[dict] = []
     stats = {"prompts": len(groups), "prompts_too_long": 0, "samples": 0, "degenerate": 0, "generated_tokens": 0}
@@ -113,19 +110,18 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
         bar = tqdm(total=len(groups) * len(specs), desc=f"expand round {round_}", unit="prompt", disable=not progress)
     for spec in specs:
         demo_use = "chosen" if spec.origin == "positive" else "rejected"
+        opening = cfg.negative_opening if spec.origin == "negative" else ""  # the answer's forced start, kept
         texts, keep = [], []
         for group in groups:
             head = group[0]
             n = cfg.n_demos if spec.origin in cfg.demo_origins else 0
             demos = pick_demos(demo_pool, head.prompt_id, n, seed, demo_use)
             text = steered_prompt(tokenizer, head.prompt, spec.system, demos, cfg.max_prompt_tokens)
-            if text is not None and opening(spec):
-                text += opening(spec)
             if text is None:
                 stats["prompts_too_long"] += spec.origin == specs[0].origin
                 bar.update(1)
                 continue
-            texts.append(text)
+            texts.append(text + opening)
             keep.append((head, (len(demos) // 2)))
         outputs = generate(
             model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -135,7 +131,7 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
         )
         for (head, n_demos), gens in zip(keep, outputs):
             for gen in gens:
-                response = f"{opening(spec)} {gen.text}".strip() if opening(spec) else gen.text
+                response = f"{opening} {gen.text}".strip() if opening else gen.text
                 rows.append(dict(
                     prompt_id=head.prompt_id, prompt=head.prompt, origin=spec.origin, response=response,
                     steering_prompt=spec.system, n_demos=n_demos, generation=json.dumps(gen_settings),
