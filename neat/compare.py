@@ -179,7 +179,7 @@ def _variant_key(v, legacy: bool = False) -> str:
 
     tree = v.model_dump(mode="json")
     tree["paths"].pop("out")
-    tree["expand"] = v.expand.key()
+    tree["expand"], tree["train"] = v.expand.key(), v.train.key()
     if not legacy:
         tree["reward"].pop("model")
     for section in ("evaluate", "gate", "compare"):

@@ -196,6 +196,14 @@ class TrainParams(Section):
                            "does); the answers flagged degenerate (repetitive, empty, short) join the candidates as "
                            "origin `probe`, ranked last (needs degenerate: last). Sampled candidates rarely loop, so "
                            "without them training never sees the loops greedy decoding falls into")
+    benign_refusals: Literal["reward", "last"] = Field(
+        "reward", description="candidates of the benign mix's prompts (requests to answer, paths.benign_prompts) that "
+                              "the string-match judge calls refusals: ranked by their reward like any (reward), or "
+                              "below every other candidate of their prompt (last). The reward model, trained on HH's "
+                              "evasive chosen answers, ranks refusals first even there")
+    benign_refusal_text: str = Field(
+        "", description="with benign_refusals: last, this refusal also joins every benign prompt's candidates in every "
+                        "round, ranked last: the contrast the policy's own samples seldom give; empty = none")
     anchor_weight: float = Field(
         1.0, ge=0, description="weight of ½(log π(y|x) − log π_ref(y|x))² per candidate (length-normalised), the "
                                "reference being the policy with its LoRA adapters off: keeps the policy near the base")
@@ -228,6 +236,23 @@ class TrainParams(Section):
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with several processes: replicate the model (ddp) or shard weights, grads and optimizer (fsdp)")
     logprob_chunk: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _refusal_text_needs_last(self) -> "TrainParams":
+        if self.benign_refusal_text.strip() and self.benign_refusals != "last":
+            raise ValueError("train.benign_refusal_text joins the benign prompts' candidates ranked last: "
+                             "set train.benign_refusals: last with it")
+        return self
+
+    def key(self) -> dict:
+        """The section as the checkpoint fingerprint and compare keys hash it: the benign-refusal options are
+        left out while unset, so that checkpoints and compared variants from before them stay valid."""
+        tree = self.model_dump(mode="json")
+        if tree["benign_refusals"] == "reward":
+            tree.pop("benign_refusals")
+        if not tree["benign_refusal_text"].strip():
+            tree.pop("benign_refusal_text")
+        return tree
 
 
 class EvaluateParams(Section):

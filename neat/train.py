@@ -94,7 +94,7 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
     (out_dir / "rounds").mkdir(parents=True, exist_ok=True)  # a DVC output even with a single round
     started = time.perf_counter()
     trainer = Trainer(params, model, tokenizer, out_dir=out_dir, scorer=scorer,
-                      state_dir=state_dir_for(params))
+                      state_dir=state_dir_for(params), answer_only={pair.prompt_id for pair in benign})
     summary = trainer.run(first_rows, groups_source, pairs, fingerprint_=fingerprint(params, scored_path),
                           resume=resume, stop_after_steps=stop_after_steps, dev_source=dev_source)
     if "stopped_at_step" in summary:

@@ -552,3 +552,68 @@ def test_steps_per_round_repeats_epoch_permutations_and_cuts_at_the_last_step():
     # fewer steps than the epochs' passes: the round stops there
     short, n_short = batches(2, 2)
     assert n_short == 2 and short == batches(2, None)[0][:2]
+
+
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def _benign_rows():
+    """Prompt `b` is a benign-mix request, `h` is not; both have a refusing sample the reward model liked best."""
+    return [_row("b", "chosen", "Pull them by hand after rain.", 0.2), _row("b", "positive", REFUSAL, 0.9),
+            _row("b", "negative", "Boil water and pour it over them.", 0.5),
+            _row("h", "chosen", "I won't help with that.", 0.4), _row("h", "positive", REFUSAL, 0.9)]
+
+
+def test_benign_refusals_rank_last_and_the_refusal_text_joins_each_benign_prompt():
+    from neat.training.groups import mark_benign_refusals
+
+    b, h = groups_from_scored(mark_benign_refusals(_benign_rows(), {"b"}, "I can't help you with that."))
+    # the benign prompt: its refusing sample and the written refusal sit below its worst answer
+    assert b.origins == ["chosen", "negative", "positive", "rejected"]
+    assert b.responses[2:] == [REFUSAL, "I can't help you with that."]
+    assert b.rewards == [0.2, 0.5, pytest.approx(-0.8), pytest.approx(-0.8)]
+    # any other prompt keeps the reward model's order, refusals included
+    assert h.origins == ["chosen", "positive"] and h.rewards == [0.4, 0.9]
+    unmarked = groups_from_scored(mark_benign_refusals(_benign_rows(), {"b"}))
+    assert unmarked[0].origins == ["chosen", "negative", "positive"]  # no text: nothing added
+
+
+def test_a_trainer_with_benign_refusals_last_pushes_down_the_refusal_its_reward_model_ranks_first(tmp_path):
+    pairs, rows = synthetic_rows()
+    benign = {p.prompt_id for p in pairs}
+    # the reward model's favourite on every prompt: a refusal (as HH's RM does)
+    rows += [{"prompt_id": p.prompt_id, "prompt": p.prompt, "origin": "positive", "response": REFUSAL,
+              "reward": 2.0, "rank": 0} for p in pairs]
+
+    def refusal_logp(model, tokenizer, ids):
+        groups = groups_from_scored([r for r in rows if r["prompt_id"] in ids])
+        batch = collate(tokenizer, groups, 96, 24, tokenizer.pad_token_id)
+        with torch.no_grad():
+            return step_loss(model, batch, params.train, LOSSES["rrhf"])[1]["logp_positive"]
+
+    gaps = {}
+    for option in ("reward", "last"):
+        params = make_params(tmp_path / option, lr=3e-3, epochs_per_round=4, sft_weight=0.1, rank_weight=1.0,
+                             benign_refusals=option)
+        model, tokenizer = load_trainable_policy(params)
+        before = refusal_logp(model, tokenizer, benign)
+        trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False, answer_only=benign)
+        trainer.run(rows, select_prompts(pairs, 6), pairs, fingerprint_=option)
+        gaps[option] = refusal_logp(model, tokenizer, benign) - before
+        entry = trainer.rounds_log[0]
+        if option == "last":  # the round's log counts the policy's samples that refuse a benign request
+            assert entry["benign_samples"] == 12 and entry["benign_samples_refused"] == 6
+        else:
+            assert "benign_samples" not in entry
+    # same init, data and steps: ranked first the refusal is learned (+1.6 nats/token here); ranked last it
+    # rises only with everything the SFT term lifts (+0.3)
+    assert gaps["reward"] > 1.0 and gaps["last"] < gaps["reward"] - 1.0
+
+
+def test_benign_refusal_text_needs_benign_refusals_last_and_unset_options_leave_keys_alone():
+    from neat.config import TrainParams
+
+    with pytest.raises(ValueError, match="benign_refusals: last"):
+        TrainParams(benign_refusal_text="I can't help with that.")
+    assert "benign_refusals" not in TrainParams().key() and "benign_refusal_text" not in TrainParams().key()
+    assert TrainParams(benign_refusals="last").key()["benign_refusals"] == "last"

@@ -28,8 +28,8 @@ def state_dir_for(params) -> Path:
 
 def fingerprint(params, scored_path: Path) -> str:
     """What a checkpoint was trained from; resuming under anything else would mix two runs."""
-    keys = {k: getattr(params, k).model_dump(mode="json") for k in ("policy", "train", "data")}
-    keys["expand"] = params.expand.key()  # (hashed with sorted keys: the order is irrelevant)
+    keys = {k: getattr(params, k).model_dump(mode="json") for k in ("policy", "data")}
+    keys["expand"], keys["train"] = params.expand.key(), params.train.key()  # (hashed with sorted keys)
     # (train.parallel counts too: sharded and replicated runs keep the optimizer state in different layouts)
     keys["seed"] = params.seed
     if params.generation.backend != "hf" or params.generation.engine != "hf":  # online rounds sample with another engine

@@ -23,11 +23,15 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: st
     `degenerate="last"`: a candidate flagged degenerate (empty, short, repetitive) joins its prompt's
     group with a reward 1 below the group's lowest, so the ranking loss pushes it under every other
     candidate (a reward model that was never shown such text may score it high). A prompt with
-    nothing but degenerate candidates stays out.
+    nothing but degenerate candidates stays out. A row marked `ranked_last` (`mark_benign_refusals`) joins
+    the bottom the same way, whatever its reward and `degenerate`.
     """
     groups: dict[str, PromptCandidates] = {}
     worst: dict[str, list[dict]] = {}
     for row in rows:
+        if row.get("ranked_last"):
+            worst.setdefault(row["prompt_id"], []).append(row)
+            continue
         if row.get("rank") is None:
             if degenerate == "last" and row.get("degenerate", False):
                 worst.setdefault(row["prompt_id"], []).append(row)
@@ -46,6 +50,29 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: st
             g.rewards.append(floor)
             g.origins.append(row["origin"])
     return list(groups.values())
+
+
+def mark_benign_refusals(rows: list[dict], answer_only: set[str], refusal_text: str = "") -> list[dict]:
+    """`train.benign_refusals: last`: new rows where the candidates of the prompts in `answer_only` (the benign
+    mix: requests the policy should answer) that the string-match judge calls refusals are marked `ranked_last`,
+    plus, with `refusal_text`, that refusal as one more `rejected` candidate of each such prompt, also last.
+    The reward model is not asked: trained on HH's evasive chosen answers, it ranks refusals first there too."""
+    from neat.judges import StringMatchJudge
+
+    picked = [i for i, r in enumerate(rows) if r["prompt_id"] in answer_only]
+    refused = StringMatchJudge()([rows[i]["response"] for i in picked]) if picked else []
+    flagged = {i for i, r in zip(picked, refused) if r}
+    out = [dict(row, ranked_last=True) if i in flagged else row for i, row in enumerate(rows)]
+    if refusal_text.strip():
+        heads: dict[str, dict] = {}
+        for i in picked:
+            heads.setdefault(rows[i]["prompt_id"], rows[i])
+        out += [dict(prompt_id=pid, prompt=head["prompt"], origin="rejected", response=refusal_text.strip(),
+                     steering_prompt=None, n_demos=0, generation=None, seed=None, policy_id="benign_refusal_text",
+                     round=head.get("round"), n_tokens=None, flags=[], degenerate=False, reward=math.nan, rank=None,
+                     n_ranked=0, ranked_last=True)
+                for pid, head in heads.items()]
+    return out
 
 
 def _label(row: dict, labels: str) -> float:

@@ -28,7 +28,7 @@ from neat.models import autocast_device
 from neat.progress import tqdm
 from neat.steering import build_candidates
 from neat.training.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
-from neat.training.groups import groups_from_scored, round_order, round_steps
+from neat.training.groups import groups_from_scored, mark_benign_refusals, round_order, round_steps
 from neat.training.objective import batch_counts, step_loss
 from neat.training.records import online_summary, write_log
 from neat.training.strategy import strategy_for
@@ -72,8 +72,10 @@ class Trainer:
     """Holds the policy, the optimisation state and the round data of one training run."""
 
     def __init__(self, params, model, tokenizer, *, out_dir: Path, scorer=None, progress: bool = True,
-                 state_dir: Path | None = None):
+                 state_dir: Path | None = None, answer_only: set[str] | None = None):
         self.params, self.cfg = params, params.train
+        # the benign mix's prompt ids: with train.benign_refusals: last their refusing candidates rank last
+        self.answer_only = set(answer_only or ()) if self.cfg.benign_refusals == "last" else set()
         self.model, self.tokenizer = model, tokenizer
         self.out_dir = Path(out_dir)
         self.state_dir = Path(state_dir) if state_dir else self.out_dir / "state"
@@ -251,7 +253,7 @@ class Trainer:
         self.fingerprint = fingerprint_
         self.rounds_log: list[dict] = []
         # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
-        n_prompts = max(1, len(groups_from_scored(first_rows, self.cfg.degenerate, self.cfg.pair_labels)))
+        n_prompts = max(1, len(self.groups(first_rows)))
         total = self.steps_per_round(n_prompts) * cfg.rounds
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
         start_round, position, step = 1, 0, 0
@@ -276,7 +278,7 @@ class Trainer:
             rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
             if position == 0 and not any(r["round"] == round_ for r in self.rounds_log):
                 self.rounds_log.append(self._round_entry(round_, rows, dev_source))
-            groups = groups_from_scored(rows, self.cfg.degenerate, self.cfg.pair_labels)
+            groups = self.groups(rows)
             if not groups:
                 raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
             batches = self.round_batches(len(groups), round_)
@@ -308,6 +310,13 @@ class Trainer:
         self.strategy.barrier()
         return {"steps": step, "rounds": cfg.rounds, **online_summary(self.rounds_log, final)}
 
+    def groups(self, rows: list[dict]) -> list[PromptCandidates]:
+        """The round's scored rows as the prompts the losses rank (`train.degenerate`, `pair_labels`, and
+        `benign_refusals` decide where each candidate goes)."""
+        if self.answer_only:
+            rows = mark_benign_refusals(rows, self.answer_only, self.cfg.benign_refusal_text)
+        return groups_from_scored(rows, self.cfg.degenerate, self.cfg.pair_labels)
+
     def _round_entry(self, round_: int, rows: list[dict], dev_source) -> dict:
         """What the round trains on (reward by origin, P(positive > negative)) and, before it trains, the
         policy's unsteered answers to the dev prompts."""
@@ -318,6 +327,13 @@ class Trainer:
                  "reward_by_origin": {o: v["mean"] for o, v in sep.get("by_origin", {}).items()},
                  "p_positive_over_negative": sep.get("positive_over_negative", {}).get("p"),
                  "p_chosen_over_rejected": sep.get("chosen_over_rejected", {}).get("p")}
+        if self.answer_only:  # the policy's own samples that refuse a request it should answer
+            from neat.judges import StringMatchJudge
+
+            own = [r["response"] for r in rows if r["prompt_id"] in self.answer_only
+                   and r["origin"] in ("positive", "negative")]
+            entry["benign_samples"] = len(own)
+            entry["benign_samples_refused"] = sum(StringMatchJudge()(own)) if own else 0
         if self.loop_probes:  # how many of the round's prompts the policy answers with a loop (greedy)
             entry["greedy_loops"] = sum(1 for r in rows if r["origin"] == "probe")
             entry["prompts"] = len({r["prompt_id"] for r in rows})
