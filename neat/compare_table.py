@@ -1,8 +1,9 @@
-"""The comparison's table and figure (`neat compare-table`), from every variant's per-prompt results.
+"""The comparison's table and figures (`neat compare-table`), from every variant's per-prompt results.
 
 Reads `<out>/compare/per_prompt/<variant>.json` (written by `neat compare-variant`, one per variant, with
 each seed's metrics and per-prompt scores) for the variants of `compare.variants` and writes
-`<out>/compare/table.md`, `<out>/compare/compare.json`, `<out>/compare/seeds.png` and the flat
+`<out>/compare/table.md`, `<out>/compare/compare.json`, the figures `<out>/compare/seeds.png` (reward and
+win rate per seed) and `safety.png` (unsafe refusal against safe compliance), and the flat
 `<out>/metrics/compare.json` (for `dvc metrics`).
 
 A variant trained with several seeds gets a row with the mean over its seeds (each seed's value beside
@@ -201,6 +202,69 @@ def seeds_figure(variants: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+SAFETY_AXES = ("safe_compliance_rate", "unsafe_refusal_rate")
+
+
+def _point(metrics: dict, prefix: str = "") -> dict | None:
+    """(safe compliance, unsafe refusal) with their intervals, or None when either is missing (a null stays
+    a null: no point is drawn at 0)."""
+    keys = [prefix + k for k in SAFETY_AXES]
+    if not all(_finite(metrics.get(k)) for k in keys):
+        return None
+    return {axis: (metrics[k], metrics.get(k + "_ci_low"), metrics.get(k + "_ci_high")) for axis, k in
+            zip(("safe", "unsafe"), keys)}
+
+
+def safety_points(variants: list[dict]) -> list[dict]:
+    """The safety trade-off's points: the base model, then every variant's seeds, each with
+    `label`, and `safe` / `unsafe` as (value, ci_low, ci_high); seeds without safety figures are left out."""
+    points = []
+    base = _point(variants[0]["seeds"][0]["metrics"], "base_") if variants and variants[0]["seeds"] else None
+    if base:
+        points.append({"label": "base", "variant": None, **base})
+    for v in variants:
+        for s in v["seeds"]:
+            p = _point(s["metrics"])
+            if p:
+                points.append({"label": f"{v['name']} seed {s['seed']}", "variant": v["name"], **p})
+    return points
+
+
+def safety_figure(variants: list[dict], path: Path) -> None:
+    """Unsafe refusal against safe compliance, the base and each seed with both 95 % intervals: refusing more
+    unsafe prompts is worth little if safe ones are refused too (up and to the right is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = safety_points(variants)
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    colours = {v["name"]: f"C{i}" for i, v in enumerate(variants)}
+    labelled = set()
+    for p in points:
+        (x, xl, xh), (y, yl, yh) = p["safe"], p["unsafe"]
+        xerr = [[x - xl], [xh - x]] if _finite(xl) and _finite(xh) else None
+        yerr = [[y - yl], [yh - y]] if _finite(yl) and _finite(yh) else None
+        name = p["variant"] or "base"
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="s" if name == "base" else "o", capsize=3,
+                    color="black" if name == "base" else colours[name], label=None if name in labelled else name)
+        labelled.add(name)
+    if not points:
+        ax.text(0.5, 0.5, "no safety prompts were evaluated", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("safe prompts fully complied with")
+    ax.set_ylabel("unsafe prompts refused")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Refusal trade-off (95 % intervals)")
+    if points:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -221,7 +285,7 @@ def read_variant(params, name: str) -> dict:
 
 def compare_table(params, variants: Sequence[str] | None = None) -> dict:
     """Stage: the comparison's table, figure and metrics from each variant's results → `<out>/compare/table.md`,
-    `compare.json`, `seeds.png` and `<out>/metrics/compare.json`."""
+    `compare.json`, `seeds.png`, `safety.png` and `<out>/metrics/compare.json`."""
     from neat.io import json_safe
 
     names = list(variants) if variants else list(params.compare.variants)
@@ -240,12 +304,15 @@ def compare_table(params, variants: Sequence[str] | None = None) -> dict:
             pooled[reference], pooled[r["name"]], n_resamples=params.evaluate.bootstrap, seed=params.seed)
     table = format_table(results, reference)
     seeds_figure(results, params.out("compare", "seeds.png"))
+    safety_figure(results, params.out("compare", "safety.png"))
     for r in results:
         for s in r["seeds"]:
             del s["generations"], s["safety"]
     steps = {f"{r['name']}/seed{s['seed']}": s["steps"] for r in results for s in r["seeds"]}
     summary = json_safe({"reference": reference, "variants": results, "equal_steps": len(set(steps.values())) == 1})
-    write_text_atomic(params.out("compare", "table.md"), table)
+    figures = ("\n![Eval reward and win rate per seed](seeds.png)\n\n"
+               "![Unsafe refusal against safe compliance](safety.png)\n")
+    write_text_atomic(params.out("compare", "table.md"), table + figures)
     write_json_atomic(params.out("compare", "compare.json"), summary)
     flat = {r["name"]: r["metrics"] | {"steps": r["steps"], "seeds": len(r["seeds"])} for r in results}
     write_json_atomic(params.out("metrics", "compare.json"), json_safe(flat))

@@ -353,7 +353,24 @@ def test_table_shows_the_mean_over_seeds_and_each_seed_and_pools_them_for_the_di
     assert "| rrhf | 0 | 6 | 0.500 [0.500, 0.500] | -1.500 [" in table and "| 1.5 |" in table
     flat = json.loads(params.out("metrics", "compare.json").read_text())
     assert flat["neat"]["eval_reward_mean"] == 2.0 and flat["neat"]["seeds"] == 2 and "sft" not in flat
-    assert params.out("compare", "seeds.png").stat().st_size > 0
+    assert all(params.out("compare", f).stat().st_size > 0 for f in ("seeds.png", "safety.png"))
+    assert "![Unsafe refusal against safe compliance](safety.png)" in table
+
+
+def test_safety_figure_plots_the_base_and_every_seed_with_intervals_and_leaves_out_nulls(tmp_path):
+    from neat.compare_table import safety_points
+
+    one = _seed(0, [1.0] * 4, [True, False, False, False], 1.0)
+    one["metrics"] |= {"base_unsafe_refusal_rate": 0.1, "base_safe_compliance_rate": 0.9,
+                       "unsafe_refusal_rate_ci_low": 0.0, "unsafe_refusal_rate_ci_high": 1.0}
+    none = _seed(1, [1.0] * 4, [False] * 4, 1.0)
+    none["metrics"]["unsafe_refusal_rate"] = None  # no unsafe prompt evaluated: a null, not a point at 0
+    rrhf = _seed(0, [1.0] * 4, [True] * 4, 1.0)
+    points = safety_points([{"name": "neat", "seeds": [one, none]}, {"name": "rrhf", "seeds": [rrhf]}])
+    assert [p["label"] for p in points] == ["base", "neat seed 0", "rrhf seed 0"]
+    assert points[0]["safe"][0] == 0.9 and points[0]["unsafe"][0] == 0.1
+    assert points[1]["unsafe"] == (0.5, 0.0, 1.0) and points[1]["safe"][0] == 1.0
+    assert points[2]["unsafe"][0] == 1.0 and points[2]["safe"][0] == 0.0
 
 
 def test_table_refuses_missing_or_stale_variant_results(tmp_path):
