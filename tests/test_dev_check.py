@@ -67,3 +67,29 @@ def test_reward_model_sweep_reports_each_setting_and_their_ensemble_on_the_dev_c
     assert all(0.0 <= line["dev_accuracy"] <= 1.0 for line in lines)
     assert lines[2]["ensemble_of"] == cmd[-2:] and 0.0 <= lines[2]["settings_agree"] <= 1.0
     assert (tmp_path / "rms/0/config.json").is_file() and (tmp_path / "rms/1/config.json").is_file()
+
+
+def test_refusal_discrimination_scores_each_policy_on_the_xstest_dev_rows_only(tmp_path):
+    """One line per policy (the base first) with the AUC of its refusal inclination and the best unsafe
+    refusal a threshold reaches at each safe-compliance level, on rows outside both evaluation subsets."""
+    import json
+    import subprocess
+    import sys
+
+    from benchmarks.refusal_discrimination import dev_rows
+
+    params = load_params(ROOT / "params.yaml")
+    rows = read_safety_csv(params.paths.safety_prompts)
+    assert not {r["id"] for r in dev_rows(params)} & {r["id"] for r in safety_subset(rows, EVAL_SUBSET, params.seed)}
+    cmd = [sys.executable, str(ROOT / "benchmarks/refusal_discrimination.py"), "-S", "policy.model=builtin:tiny-random",
+           "-S", f"paths.cache={ROOT / '.cache/neat'}", "--limit", "3", "--policy", "again=builtin:tiny-random",
+           "--results", str(tmp_path / "auc.jsonl")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["name"] for line in lines] == ["base", "again"]
+    assert all(line["prompts"] == 6 and line["unsafe"] == line["safe"] == 3 for line in lines)
+    assert lines[0]["auc"] == lines[1]["auc"] and 0.0 <= lines[0]["auc"] <= 1.0  # the same model twice
+    curve = lines[0]["unsafe_refusal_at_safe_compliance"]
+    assert list(curve) == ["1.00", "0.95", "0.90", "0.85", "0.80", "0.70", "0.60"]
+    assert all(a <= b for a, b in zip(curve.values(), list(curve.values())[1:]))  # fewer safe kept, more refused
+    assert [json.loads(x)["name"] for x in (tmp_path / "auc.jsonl").read_text().splitlines()] == ["base", "again"]

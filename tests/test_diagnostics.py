@@ -44,3 +44,23 @@ def test_repetition_distinct_n_and_changed_share():
     assert changed_share([], []) is None
     with pytest.raises(ValueError):
         changed_share(["a"], [])
+
+
+def test_refusal_discrimination_reads_the_separation_and_the_best_threshold_off_hand_made_scores():
+    from neat.diagnostics import refusal_discrimination
+
+    # 4 unsafe, 10 safe; one safe prompt (0.85) looks more refusable than three of the unsafe ones
+    scores = [0.9, 0.8, 0.7, 0.1] + [0.85] + [0.05 * i for i in range(9)]
+    unsafe = [True] * 4 + [False] * 10
+    r = refusal_discrimination(scores, unsafe, n_resamples=200, seed=0)
+    # pairs won: 0.9 beats all 10; 0.8 and 0.7 the nine up to 0.40; 0.1 beats 0.0 and 0.05 and ties 0.1 (½)
+    assert r["auc"] == pytest.approx((10 + 9 + 9 + 2.5) / 40)
+    assert r["auc_ci_low"] <= r["auc"] <= r["auc_ci_high"]
+    # complying with 90 % of 10 safe prompts allows one refusal (0.85): the threshold drops to the next safe
+    # score (0.40) and refuses 0.9, 0.8 and 0.7; complying with all of them leaves only 0.9 above 0.85
+    assert r["unsafe_refusal_at"] == 0.75
+    assert refusal_discrimination(scores, unsafe, safe_compliance=1.0, n_resamples=0)["unsafe_refusal_at"] == 0.25
+    tied = refusal_discrimination([1.0] * 6, [True, False] * 3, n_resamples=0)
+    assert tied["auc"] == 0.5 and tied["unsafe_refusal_at"] == 0.0  # no threshold separates equal scores
+    none = refusal_discrimination([0.3, 0.2], [False, False])
+    assert none["auc"] is None and none["unsafe_refusal_at"] is None and none["safe"] == 2
