@@ -67,11 +67,9 @@ def mark_benign_refusals(rows: list[dict], answer_only: set[str], refusal_text: 
         heads: dict[str, dict] = {}
         for i in picked:
             heads.setdefault(rows[i]["prompt_id"], rows[i])
+        # only what `groups_from_scored` reads of a row ranked last; these rows are never written
         out += [dict(prompt_id=pid, prompt=head["prompt"], origin="rejected", response=refusal_text.strip(),
-                     steering_prompt=None, n_demos=0, generation=None, seed=None, policy_id="benign_refusal_text",
-                     round=head.get("round"), n_tokens=None, flags=[], degenerate=False, reward=math.nan, rank=None,
-                     n_ranked=0, ranked_last=True)
-                for pid, head in heads.items()]
+                     ranked_last=True) for pid, head in heads.items()]
     return out
 
 

@@ -253,7 +253,7 @@ class Trainer:
         self.fingerprint = fingerprint_
         self.rounds_log: list[dict] = []
         # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
-        n_prompts = max(1, len(self.groups(first_rows)))
+        n_prompts = max(1, len(groups_from_scored(self.marked(first_rows), self.cfg.degenerate, self.cfg.pair_labels)))
         total = self.steps_per_round(n_prompts) * cfg.rounds
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, total)
         start_round, position, step = 1, 0, 0
@@ -276,9 +276,10 @@ class Trainer:
         bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (self.progress and self.is_main))
         for round_ in range(start_round, cfg.rounds + 1):
             rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
+            marked = self.marked(rows)
             if position == 0 and not any(r["round"] == round_ for r in self.rounds_log):
-                self.rounds_log.append(self._round_entry(round_, rows, dev_source))
-            groups = self.groups(rows)
+                self.rounds_log.append(self._round_entry(round_, rows, marked, dev_source))
+            groups = groups_from_scored(marked, self.cfg.degenerate, self.cfg.pair_labels)
             if not groups:
                 raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
             batches = self.round_batches(len(groups), round_)
@@ -310,14 +311,13 @@ class Trainer:
         self.strategy.barrier()
         return {"steps": step, "rounds": cfg.rounds, **online_summary(self.rounds_log, final)}
 
-    def groups(self, rows: list[dict]) -> list[PromptCandidates]:
-        """The round's scored rows as the prompts the losses rank (`train.degenerate`, `pair_labels`, and
-        `benign_refusals` decide where each candidate goes)."""
-        if self.answer_only:
-            rows = mark_benign_refusals(rows, self.answer_only, self.cfg.benign_refusal_text)
-        return groups_from_scored(rows, self.cfg.degenerate, self.cfg.pair_labels)
+    def marked(self, rows: list[dict]) -> list[dict]:
+        """The round's scored rows with `train.benign_refusals: last` applied (`mark_benign_refusals`)."""
+        if not self.answer_only:
+            return rows
+        return mark_benign_refusals(rows, self.answer_only, self.cfg.benign_refusal_text)
 
-    def _round_entry(self, round_: int, rows: list[dict], dev_source) -> dict:
+    def _round_entry(self, round_: int, rows: list[dict], marked: list[dict], dev_source) -> dict:
         """What the round trains on (reward by origin, P(positive > negative)) and, before it trains, the
         policy's unsteered answers to the dev prompts."""
         from neat.diagnostics import separation
@@ -327,13 +327,10 @@ class Trainer:
                  "reward_by_origin": {o: v["mean"] for o, v in sep.get("by_origin", {}).items()},
                  "p_positive_over_negative": sep.get("positive_over_negative", {}).get("p"),
                  "p_chosen_over_rejected": sep.get("chosen_over_rejected", {}).get("p")}
-        if self.answer_only:  # the policy's own samples that refuse a request it should answer
-            from neat.judges import StringMatchJudge
-
-            own = [r["response"] for r in rows if r["prompt_id"] in self.answer_only
-                   and r["origin"] in ("positive", "negative")]
+        if self.answer_only:  # the policy's own samples that refuse a request it should answer (marked last)
+            own = [r for r in marked if r["prompt_id"] in self.answer_only and r["origin"] in ("positive", "negative")]
             entry["benign_samples"] = len(own)
-            entry["benign_samples_refused"] = sum(StringMatchJudge()(own)) if own else 0
+            entry["benign_samples_refused"] = sum(1 for r in own if r.get("ranked_last"))
         if self.loop_probes:  # how many of the round's prompts the policy answers with a loop (greedy)
             entry["greedy_loops"] = sum(1 for r in rows if r["origin"] == "probe")
             entry["prompts"] = len({r["prompt_id"] for r in rows})
