@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.refusal_discrimination import dev_rows, refusal_scores  # noqa: E402
+from benchmarks.dev_check import xstest_dev_rows  # noqa: E402
+from benchmarks.refusal_discrimination import refusal_scores  # noqa: E402
 from neat.base_mix import mix_inputs, mix_pairs  # noqa: E402
 from neat.config import load_params  # noqa: E402
 from neat.diagnostics import refusal_discrimination  # noqa: E402
@@ -57,7 +58,7 @@ def main() -> None:
     params = load_params(args.params, overrides=args.set + [
         f"data.max_benign_prompts={args.benign}", f"data.max_harmful_prompts={args.harmful}", "train.rounds=1",
         "train.loop_probes=false", "train.dev_prompts=0", "train.checkpoint_every=0"])
-    xs = dev_rows(params)
+    xs = xstest_dev_rows(params)
     benign_prompts, harmful_requests = mix_inputs(params)
     sets = {"xstest_dev": ([r["prompt"] for r in xs], [r["label"] == "unsafe" for r in xs]),
             "training_prompts": (benign_prompts + [h[0] for h in harmful_requests],

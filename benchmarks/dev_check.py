@@ -38,12 +38,17 @@ from neat.reward import score_texts  # noqa: E402
 EVAL_SUBSET = 200  # params_benchmark.yaml's evaluate.max_safety_prompts; the default's 40 lie inside it
 
 
+def xstest_dev_rows(params) -> list[dict]:
+    """XSTest rows outside the benchmark's evaluation subset (which holds the default's 40 as well)."""
+    rows = read_safety_csv(params.paths.safety_prompts)
+    held = {r["id"] for r in safety_subset(rows, EVAL_SUBSET, params.seed)}
+    return [r for r in rows if r["id"] not in held]
+
+
 def dev_sets(params, hh_start: int, hh_n: int, xstest_n: int | None):
     pairs = read_pairs(Path(params.paths.out) / "data" / "train.jsonl")
     hh = [g[0] for g in select_prompts(pairs, None)[hh_start : hh_start + hh_n]]
-    rows = read_safety_csv(params.paths.safety_prompts)
-    held = {r["id"] for r in safety_subset(rows, EVAL_SUBSET, params.seed)}
-    xs = [r for r in rows if r["id"] not in held]
+    xs = xstest_dev_rows(params)
     if xstest_n:
         xs = safety_subset(xs, xstest_n, params.seed + 1)
     return hh, xs

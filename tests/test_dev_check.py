@@ -76,11 +76,14 @@ def test_refusal_discrimination_scores_each_policy_on_the_xstest_dev_rows_only(t
     import subprocess
     import sys
 
-    from benchmarks.refusal_discrimination import dev_rows
+    from benchmarks import refusal_discrimination
+    from benchmarks.dev_check import xstest_dev_rows
 
     params = load_params(ROOT / "params.yaml")
     rows = read_safety_csv(params.paths.safety_prompts)
-    assert not {r["id"] for r in dev_rows(params)} & {r["id"] for r in safety_subset(rows, EVAL_SUBSET, params.seed)}
+    assert refusal_discrimination.xstest_dev_rows is xstest_dev_rows  # the dev rows dev_check tunes on
+    assert not {r["id"] for r in xstest_dev_rows(params)} & {r["id"] for r in safety_subset(rows, EVAL_SUBSET,
+                                                                                               params.seed)}
     cmd = [sys.executable, str(ROOT / "benchmarks/refusal_discrimination.py"), "-S", "policy.model=builtin:tiny-random",
            "-S", f"paths.cache={ROOT / '.cache/neat'}", "--limit", "3", "--policy", "again=builtin:tiny-random",
            "--results", str(tmp_path / "auc.jsonl")]
