@@ -100,7 +100,8 @@ def start_prefect_server(tmp_path: Path) -> tuple[dict, subprocess.Popen]:
     env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1",
            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_API_REQUEST_TIMEOUT": "90",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PREFECT_LOGGING_LEVEL": "INFO"}
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PREFECT_LOGGING_LEVEL": "INFO",
+           "PREFECT_WORKER_QUERY_SECONDS": "2"}  # a worker polls every 10 s by default: up to 10 s idle per run
     log = tmp_path / "server.log"
     server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=venv_env(env), stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp_path)

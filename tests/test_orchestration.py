@@ -109,9 +109,9 @@ def test_s3_remote_push_then_pull_in_fresh_clone(project, s3_server, tmp_path):
 # ---------------------------------------------------------------- a real Prefect server and worker
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
-    env, server = start_prefect_server(tmp_path)
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    env, server = start_prefect_server(tmp_path_factory.mktemp("prefect"))
     yield env
     stop_process(server)
 
@@ -144,6 +144,28 @@ def test_prefect_deployment_runs_on_a_worker(project, prefect_server, tmp_path):
     assert sh(["dvc", "status", "--json"], project).stdout.strip() in ("", "{}")
     assert (project / "outputs" / "policy" / "config.json").exists()
     assert json.loads((project / "outputs" / "metrics" / "train.json").read_text())["steps"] > 0
+
+
+def test_retraining_fails_when_dvc_push_fails(project, prefect_server, tmp_path):
+    """The retraining flow stops when DVC cannot sync with its remote, instead of logging and carrying on.
+    A copy of the reproduced project without a remote: the stages are up to date, `dvc push` has nowhere to go."""
+    import shutil
+    import sys
+
+    from neat.workspace import set_params_in_file
+
+    copy = tmp_path / "no-remote"
+    shutil.copytree(project, copy, symlinks=True)
+    (copy / ".dvc" / "config.local").unlink(missing_ok=True)  # the remote's endpoint
+    sh(["dvc", "remote", "remove", "storage"], copy, check=False)  # added by the S3 round trip, if it ran
+    assert sh(["dvc", "remote", "list"], copy).stdout.strip() == ""
+    set_params_in_file(copy / "params.yaml", {"retrain.dvc_pull": False})  # nothing to pull from either
+    proc = sh([sys.executable, "-c", "from flows.pipeline import neat_retrain; neat_retrain('.')"], copy,
+              {**prefect_server, "PYTHONPATH": str(copy)}, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    assert "dvc push failed" in text and "no remote" in text.lower()
+    assert "Running stage" not in text  # the copy was up to date: the failure is the push's
 
 
 def test_retrain_gate_promotes_then_refuses_regression(project, tmp_path):
