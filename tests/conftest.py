@@ -19,6 +19,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs two pytest workers (pytest-xdist) on the machines' two cores: one torch thread each,
+# also in the subprocesses they start, instead of two workers of two threads fighting over two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 # Converted builtin models are cached once per checkout, shared by every test and subprocess.
 os.environ.setdefault("NEAT_CACHE_DIR", str(ROOT / ".cache" / "neat"))
 

@@ -90,8 +90,9 @@ def test_every_bad_row_reason_is_counted(tmp_path):
         (b"this is not json\nnor this\n", "not JSON lines"),
         (json.dumps({"chosen": "x", "rejected": "x"}).encode() + b"\n", "no usable row among 1 (identical=1)"),
         (b"\xff\xfe\x00garbage", "not UTF-8 text"),
-        (gzip.compress(json.dumps(GOOD).encode() * 50)[:40], "corrupt or truncated gzip"),
+        (gzip.compress(json.dumps(GOOD).encode() * 50, mtime=0)[:40], "corrupt or truncated gzip"),
     ],
+    ids=["empty", "not-json", "identical", "not-utf8", "truncated-gzip"],  # stable: parallel workers compare ids
 )
 def test_bad_files_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
