@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import torch
 
 from neat.encoding import ORIGINS
+from neat.stats import two_sample_bootstrap_ci
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -187,10 +188,6 @@ def refusal_discrimination(scores: Sequence[float], unsafe: Sequence[bool], *, s
     cut = sorted(neg, reverse=True)[allowed] if allowed < len(neg) else -math.inf  # refuse strictly above it
     out |= {"auc": _auc(pos, neg), "unsafe_refusal_at": sum(x > cut for x in pos) / len(pos)}
     if n_resamples:
-        gen = torch.Generator().manual_seed(seed)
-        boots = sorted(_auc([pos[i] for i in torch.randint(len(pos), (len(pos),), generator=gen).tolist()],
-                            [neg[i] for i in torch.randint(len(neg), (len(neg),), generator=gen).tolist()])
-                       for _ in range(n_resamples))
-        out |= {"auc_ci_low": boots[int(0.025 * (n_resamples - 1))],
-                "auc_ci_high": boots[int(0.975 * (n_resamples - 1))]}
+        _, low, high = two_sample_bootstrap_ci(pos, neg, _auc, n_resamples=n_resamples, seed=seed)
+        out |= {"auc_ci_low": low, "auc_ci_high": high}
     return out

@@ -10,6 +10,9 @@ indices are resampled once and applied to both methods, so the prompt-to-prompt 
 cancels. A difference is called significant iff the ``1 - alpha`` interval of the difference
 excludes 0 (`neat.evaluate.paired_diff`).
 
+A statistic of two independent samples (an AUC of unsafe against safe prompts) uses a *two-sample*
+bootstrap (`two_sample_bootstrap_ci`): each sample is resampled on its own, keeping both sizes.
+
 Values must be finite; a NaN or infinite value raises ``ValueError`` (a bug upstream, not a score).
 """
 
@@ -23,6 +26,7 @@ __all__ = [
     "bootstrap_ci",
     "paired_bootstrap_ci",
     "rate_with_ci",
+    "two_sample_bootstrap_ci",
     "win_values",
 ]
 
@@ -97,6 +101,29 @@ def bootstrap_ci(
     point = float(statistic(arr))
     rng = np.random.default_rng(seed)
     stats = np.concatenate([_apply(statistic, arr[idx]) for idx in _index_chunks(rng, arr.size, int(n_resamples))])
+    low, high = _interval(stats, alpha)
+    return point, low, high
+
+
+def two_sample_bootstrap_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile-bootstrap ``(point, low, high)`` of ``statistic(a, b)`` for two independent samples.
+
+    Each resample draws ``len(a)`` items of ``a`` and ``len(b)`` of ``b`` with replacement, each sample
+    on its own (stratified by sample), so neither can vanish from a resample.
+    """
+    _check_params(n_resamples, alpha)
+    x, y = _as_values(a, "a"), _as_values(b, "b")
+    point = float(statistic(x, y))
+    rng = np.random.default_rng(seed)
+    stats = np.array([float(statistic(x[rng.integers(0, x.size, x.size)], y[rng.integers(0, y.size, y.size)]))
+                      for _ in range(int(n_resamples))], dtype=np.float64)
     low, high = _interval(stats, alpha)
     return point, low, high
 

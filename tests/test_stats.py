@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neat.stats import bootstrap_ci, paired_bootstrap_ci, rate_with_ci
+from neat.stats import bootstrap_ci, paired_bootstrap_ci, rate_with_ci, two_sample_bootstrap_ci
 
 
 def test_bootstrap_all_equal_values_give_zero_width_interval():
@@ -68,3 +68,25 @@ def test_paired_bootstrap_constant_shift_and_win_rate():
 def test_rate_with_ci_handles_empty():
     assert rate_with_ci([]) == {"rate": None, "ci_low": None, "ci_high": None, "n": 0}
     assert rate_with_ci([True, True, False, True])["rate"] == 0.75
+
+
+def test_two_sample_bootstrap_resamples_each_sample_on_its_own():
+    sizes = []
+
+    def mean_gap(a, b):
+        sizes.append((a.size, b.size))
+        return float(a.mean() - b.mean())
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1.0, 1.0, 400), rng.normal(0.0, 1.0, 100)
+    point, low, high = two_sample_bootstrap_ci(a, b, mean_gap, n_resamples=500, seed=1)
+    assert point == pytest.approx(a.mean() - b.mean())
+    assert set(sizes) == {(400, 100)}  # neither sample shrinks, grows or vanishes in a resample
+    # the normal-theory standard error of a difference of two independent means
+    se = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.2)
+    assert low < point < high
+    assert two_sample_bootstrap_ci(a, b, mean_gap, n_resamples=500, seed=1) == (point, low, high)
+    assert two_sample_bootstrap_ci([2.0] * 5, [1.0] * 7, mean_gap, n_resamples=50) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="b: no values"):
+        two_sample_bootstrap_ci([1.0], [], mean_gap)
