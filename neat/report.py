@@ -521,6 +521,12 @@ def _report(params, top) -> dict:
         for name, m in stage_files:
             if m and m.get("seconds") is not None:
                 md.append(f"| wall time of `{name}` | {format_number(float(m['seconds']), 1)} s |")
+        phases = (train_m or {}).get("seconds_by_phase") or {}
+        if phases:  # generation against optimisation inside `train` (issue 16: generation dominates)
+            md.append("| `train`: sampling, loop probes and scoring of the rounds / dev-prompt answers (online curve) "
+                      "/ optimizer steps and checkpoints | "
+                      + " / ".join(f"{format_number(phases.get(k), 1)} s"
+                                   for k in ("sampling", "dev_probes", "optimizer_steps")) + " |")
         md.append("")
         (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
         (tmp / "report.html").write_text(render_html("\n".join(md), tmp), encoding="utf-8")

@@ -88,6 +88,9 @@ def test_training_ran_two_online_rounds(pipeline_out):
     assert list((pipeline_out / "policy").glob("*.safetensors"))
     metrics = json.loads((pipeline_out / "metrics/train.json").read_text())
     assert metrics["steps"] == 4 and metrics["final_loss"] is not None
+    phases = metrics["seconds_by_phase"]  # round 2 was sampled and scored, 4 steps taken, the dev curve drawn
+    assert set(phases) == {"sampling", "dev_probes", "optimizer_steps"} and min(phases.values()) > 0
+    assert metrics["online_dev_reward"] and sum(phases.values()) <= metrics["seconds"]
 
 
 def test_saved_policy_carries_card_and_adapter(pipeline_out):

@@ -57,6 +57,8 @@ def write_upstream(params):
     write_json_atomic(params.out("metrics", "evaluate.json"), metrics)
     write_json_atomic(params.out("metrics", "eval_reward_model.json"),
                       {"eval_accuracy": 0.61, "eval_accuracy_before": 0.5, "judge_pairs": 30, "seconds": 9.0})
+    write_json_atomic(params.out("metrics", "train.json"), {"steps": 6, "seconds": 40.0, "seconds_by_phase": {
+        "sampling": 21.5, "dev_probes": 4.0, "optimizer_steps": 12.3}})
     params.out("compare").mkdir(parents=True, exist_ok=True)
     params.out("compare", "table.md").write_text("| variant | steps |\n|---|---|\n| neat | 6 |\n")
     return metrics
@@ -84,6 +86,8 @@ def test_report_writes_markdown_figures_and_plot_data(tmp_path):
     assert f"{metrics['win_rate']:.3f}" in md and "| neat | 6 |" in md
     assert "agrees with people on 0.86 [0.81, 0.91] of 177 hand-labelled" in md
     assert "a\\|b &lt;x&gt;" in md  # table cells are escaped
+    assert "| wall time of `train` | 40.0 s |" in md
+    assert "/ optimizer steps and checkpoints | 21.5 s / 4.0 s / 12.3 s |" in md  # where train's time went
     with (folder / "reward_by_origin.csv").open() as fh:
         by_origin = list(csv.DictReader(fh))
     assert {(r["round"], r["origin"]) for r in by_origin} == {(str(r), o) for r in (1, 2)

@@ -252,6 +252,8 @@ class Trainer:
         cfg = self.cfg
         self.fingerprint = fingerprint_
         self.rounds_log: list[dict] = []
+        # where this process's time goes (a resumed run counts its own part only)
+        self.phase_seconds = {"sampling": 0.0, "dev_probes": 0.0, "optimizer_steps": 0.0}
         # later rounds sample the same prompts; the round-1 count of trainable prompts sets the schedule
         n_prompts = max(1, len(groups_from_scored(self.marked(first_rows), self.cfg.degenerate, self.cfg.pair_labels)))
         total = self.steps_per_round(n_prompts) * cfg.rounds
@@ -275,16 +277,19 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (self.progress and self.is_main))
         for round_ in range(start_round, cfg.rounds + 1):
-            rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
+            with self._timed("sampling"):
+                rows = self.round_rows(round_, first_rows, groups_source, demo_pool, policy_id=f"round{round_ - 1}")
             marked = self.marked(rows)
             if position == 0 and not any(r["round"] == round_ for r in self.rounds_log):
-                self.rounds_log.append(self._round_entry(round_, rows, marked, dev_source))
+                with self._timed("dev_probes"):
+                    self.rounds_log.append(self._round_entry(round_, rows, marked, dev_source))
             groups = groups_from_scored(marked, self.cfg.degenerate, self.cfg.pair_labels)
             if not groups:
                 raise TrainingError(f"round {round_}: no prompt has a ranked candidate to train on")
             batches = self.round_batches(len(groups), round_)
             while position < len(batches):
                 step_batches = batches[position : position + cfg.grad_accum]
+                started = time.perf_counter()
                 record = self._optimizer_step([[groups[i] for i in b] for b in step_batches], round_, step)
                 position += len(step_batches)
                 step += 1
@@ -298,18 +303,29 @@ class Trainer:
                     if self.is_main:
                         write_log(self.out_dir / "log.csv", self.log)
                     self.strategy.barrier()
+                self.phase_seconds["optimizer_steps"] += time.perf_counter() - started
                 if stop_after_steps is not None and step >= stop_after_steps:
                     bar.close()
                     return {"stopped_at_step": step}
             position = 0
         bar.close()
-        final = self.probe("final", cfg.rounds + 1, dev_source) if dev_source else None
+        with self._timed("dev_probes"):
+            final = self.probe("final", cfg.rounds + 1, dev_source) if dev_source else None
         if self.is_main:
             write_log(self.out_dir / "log.csv", self.log)
             online = self.rounds_log + ([{"round": cfg.rounds + 1, "dev": final}] if final else [])
             write_json_atomic(self.out_dir / "online.json", online)
         self.strategy.barrier()
-        return {"steps": step, "rounds": cfg.rounds, **online_summary(self.rounds_log, final)}
+        return {"steps": step, "rounds": cfg.rounds, **online_summary(self.rounds_log, final),
+                "seconds_by_phase": {k: round(v, 1) for k, v in self.phase_seconds.items()}}
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[phase] += time.perf_counter() - started
 
     def marked(self, rows: list[dict]) -> list[dict]:
         """The round's scored rows with `train.benign_refusals: last` applied (`mark_benign_refusals`)."""
