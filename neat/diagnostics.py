@@ -155,7 +155,6 @@ def separation(rows: Iterable[dict]) -> dict:
     }
 
 
-
 def _auc(pos: list[float], neg: list[float]) -> float:
     """P(x > y) for x in `pos`, y in `neg`, ties ½ (Mann-Whitney U from average ranks)."""
     values = sorted([(v, 1) for v in pos] + [(v, 0) for v in neg])

@@ -522,7 +522,7 @@ def _report(params, top) -> dict:
             if m and m.get("seconds") is not None:
                 md.append(f"| wall time of `{name}` | {format_number(float(m['seconds']), 1)} s |")
         phases = (train_m or {}).get("seconds_by_phase") or {}
-        if phases:  # generation against optimisation inside `train` (issue 16: generation dominates)
+        if phases:  # generation against optimisation inside `train`
             md.append("| `train`: sampling, loop probes and scoring of the rounds / dev-prompt answers (online curve) "
                       "/ optimizer steps and checkpoints | "
                       + " / ".join(f"{format_number(phases.get(k), 1)} s"

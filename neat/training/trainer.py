@@ -289,8 +289,8 @@ class Trainer:
             batches = self.round_batches(len(groups), round_)
             while position < len(batches):
                 step_batches = batches[position : position + cfg.grad_accum]
-                started = time.perf_counter()
-                record = self._optimizer_step([[groups[i] for i in b] for b in step_batches], round_, step)
+                with self._timed("optimizer_steps"):
+                    record = self._optimizer_step([[groups[i] for i in b] for b in step_batches], round_, step)
                 position += len(step_batches)
                 step += 1
                 self.log.append(record)
@@ -299,11 +299,11 @@ class Trainer:
                 info = {"round": round_, "position": position, "step": step, "fingerprint": fingerprint_,
                         "log": self.log, "rounds_log": self.rounds_log, "round_done": position >= len(batches)}
                 if info["round_done"] or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                    self.save_state(info)
-                    if self.is_main:
-                        write_log(self.out_dir / "log.csv", self.log)
-                    self.strategy.barrier()
-                self.phase_seconds["optimizer_steps"] += time.perf_counter() - started
+                    with self._timed("optimizer_steps"):  # checkpoints count with the steps
+                        self.save_state(info)
+                        if self.is_main:
+                            write_log(self.out_dir / "log.csv", self.log)
+                        self.strategy.barrier()
                 if stop_after_steps is not None and step >= stop_after_steps:
                     bar.close()
                     return {"stopped_at_step": step}
