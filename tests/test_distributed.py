@@ -25,11 +25,12 @@ N_PROMPTS, BATCH = 7, 3
 
 WORKER = textwrap.dedent(
     """
-    import json, sys
+    import contextlib, json, sys
     sys.path.insert(0, {root!r})
     import torch
     from safetensors.torch import save_file
     from neat.steering import select_prompts
+    from neat.training.frozen_weights import FrozenWeightCasts
     from neat.training.trainer import Trainer, load_trainable_policy
     from tests.test_distributed import worker_params
     from tests.test_train import fake_scorer, synthetic_rows
@@ -40,6 +41,10 @@ WORKER = textwrap.dedent(
     model, tokenizer = load_trainable_policy(params)
     trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False, scorer=fake_scorer)
     assert trainer.strategy.world_size == 2 and trainer.strategy.name == spec["parallel"]
+    if "casts" in spec:  # bf16 autocast: frozen base weights cast once per step, or by autocast in every forward
+        assert isinstance(trainer.frozen_casts, FrozenWeightCasts) and len(trainer.frozen_casts)
+        if not spec["casts"]:
+            trainer.frozen_casts = contextlib.nullcontext
     if spec.get("nan_on_rank") is not None and trainer.strategy.rank == spec["nan_on_rank"]:
         with torch.no_grad():  # this process alone computes a non-finite loss
             next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
@@ -57,7 +62,8 @@ def worker_params(tmp_path, spec: dict):
     """The params of one test run (a single process uses the same)."""
     params = make_params(tmp_path, batch_size=spec.get("batch", BATCH), max_response_tokens=16,
                          rounds=spec.get("rounds", 1), checkpoint_every=spec.get("checkpoint_every", 0),
-                         grad_accum=spec.get("accum", 1), parallel=spec["parallel"])
+                         grad_accum=spec.get("accum", 1), parallel=spec["parallel"],
+                         bf16_autocast=spec.get("bf16", False))
     # no LoRA dropout: its random masks differ between one process and two
     lora = params.policy.lora.model_copy(update={"enabled": spec.get("lora", False), "dropout": 0.0})
     return params.model_copy(update={"policy": params.policy.model_copy(update={"lora": lora})})
@@ -142,6 +148,28 @@ def test_two_cpu_processes_match_one(tmp_path, parallel, lora, accum):
     proc = launch(tmp_path, out, spec)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_same_training(out, single_process(tmp_path / "single", spec), spec, steps=3 if accum == 1 else 2)
+
+
+@needs_dist
+def test_ddp_with_frozen_weights_cast_once_trains_bit_for_bit_as_with_autocasts_casts(tmp_path):
+    """bf16 autocast, LoRA: under DDP the frozen base weights swapped for bf16 copies during each step give the
+    same losses and weights as autocast casting them in every forward (no tolerance: the same bf16 values)."""
+    runs = []
+    for casts in (True, False):
+        spec = {"parallel": "ddp", "lora": True, "n": N_PROMPTS, "bf16": True, "casts": casts}
+        out = tmp_path / f"casts-{casts}"
+        proc = launch(tmp_path, out, spec)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs.append((json.loads((out / "log.json").read_text()), load_file(str(out / "weights.safetensors"))))
+    (log0, weights0), (log1, weights1) = runs
+    def steps(log):  # as text, so that a NaN statistic equals itself
+        return [json.dumps({k: v for k, v in e.items() if k != "tokens_per_s"}, sort_keys=True) for e in log]
+
+    assert len(log0) == 3 and steps(log0) == steps(log1)
+    assert weights0.keys() == weights1.keys()
+    for name in weights0:
+        assert torch.equal(weights0[name], weights1[name]), name
+    assert all(w.dtype == torch.float32 for w in weights0.values())
 
 
 @needs_dist

@@ -28,6 +28,7 @@ from neat.models import autocast_device
 from neat.progress import tqdm
 from neat.steering import build_candidates
 from neat.training.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
+from neat.training.frozen_weights import FrozenWeightCasts
 from neat.training.groups import groups_from_scored, mark_benign_refusals, round_order, round_steps
 from neat.training.objective import batch_counts, step_loss
 from neat.training.records import online_summary, write_log
@@ -97,6 +98,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.shared_prompt = self.cfg.shared_prompt and supports_packing(model)
         self.autocast = autocast_device(self.cfg.bf16_autocast, next(model.parameters()).device)
+        # under bf16 autocast the frozen base weights are cast once, not in every forward (same numbers);
+        # FSDP's sharded parameters are its own to manage
+        casts = FrozenWeightCasts(model) if self.autocast and self.strategy.name != "fsdp" else None
+        self.frozen_casts = casts if casts else contextlib.nullcontext
 
     @property
     def is_main(self) -> bool:
@@ -359,7 +364,6 @@ class Trainer:
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        tokens = 0
         batches = []
         for groups in micro_batches:
             # this process's prompts; one without any still runs one (weight 0) to take part in the collectives
@@ -369,6 +373,24 @@ class Trainer:
         local = torch.tensor([sum(batch_counts(b, cfg.sft_target)[j] for b, phantom in batches if not phantom) for j in (0, 1)],
                              dtype=torch.float64)
         norm = tuple(float(x) for x in self.strategy.all_sum(local))
+        with self.frozen_casts():
+            tokens = self._micro_batches(batches, norm, totals, round_, step)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = self.strategy.clip_grad_norm(trainable, cfg.max_grad_norm)
+        if self.strategy.world_size > 1:  # every process's tokens, not just this one's
+            tokens = int(self.strategy.all_sum(torch.tensor([float(tokens)], dtype=torch.float64))[0])
+        if not torch.isfinite(grad_norm):
+            raise TrainingError(f"non-finite gradient norm at round {round_}, step {step + 1}; stopped. "
+                                f"The last good checkpoint is kept in {self.state_dir}")
+        lr = self.scheduler.get_last_lr()[0]
+        self.strategy.optimizer_step(self.optimizer, self.scheduler)
+        return {"round": round_, "step": step + 1, "lr": lr, "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)} | totals
+
+    def _micro_batches(self, batches: list, norm: tuple, totals: dict, round_: int, step: int) -> int:
+        """Forward and backward passes of one optimizer step's micro-batches; adds their statistics to
+        `totals` and returns the tokens this process trained on."""
+        cfg, tokens = self.cfg, 0
         for i, (batch, phantom) in enumerate(batches):
             tokens += 0 if phantom else batch_tokens(batch)
             last = i == len(batches) - 1
@@ -388,14 +410,4 @@ class Trainer:
             for key, value in stats.items():
                 share = key in ("loss", "rank_loss", "sft_loss")  # shares of the step's mean: they add up
                 totals[key] = totals.get(key, 0.0) + (value if share else value / len(batches))
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = self.strategy.clip_grad_norm(trainable, cfg.max_grad_norm)
-        if self.strategy.world_size > 1:  # every process's tokens, not just this one's
-            tokens = int(self.strategy.all_sum(torch.tensor([float(tokens)], dtype=torch.float64))[0])
-        if not torch.isfinite(grad_norm):
-            raise TrainingError(f"non-finite gradient norm at round {round_}, step {step + 1}; stopped. "
-                                f"The last good checkpoint is kept in {self.state_dir}")
-        lr = self.scheduler.get_last_lr()[0]
-        self.strategy.optimizer_step(self.optimizer, self.scheduler)
-        return {"round": round_, "step": step + 1, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)} | totals
+        return tokens
