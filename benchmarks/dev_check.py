@@ -5,7 +5,7 @@ Answers two dev sets greedily with the base policy and with `<out>/policy` (or -
   round and watches the next 16; the benchmark profile on the first 96 and the next 16), judged
   base vs trained by the evaluation reward model (win rate, ties ½, bootstrap interval);
 - XSTest dev prompts: the rows *outside* the evaluation subset of the benchmark profile
-  (`safety_subset(rows, 200, seed)`, which contains the default's 40-prompt subset), judged by the
+  (`safety_subset(rows, 200, evaluate.seed)`, which contains the default's 40-prompt subset), judged by the
   string-match refusal judge: unsafe refusal and safe full compliance, with intervals.
 The base answers are cached under <out>/dev_check/. One JSON line, appended to --results.
 
@@ -41,7 +41,7 @@ EVAL_SUBSET = 200  # params_benchmark.yaml's evaluate.max_safety_prompts; the de
 def xstest_dev_rows(params) -> list[dict]:
     """XSTest rows outside the benchmark's evaluation subset (which holds the default's 40 as well)."""
     rows = read_safety_csv(params.paths.safety_prompts)
-    held = {r["id"] for r in safety_subset(rows, EVAL_SUBSET, params.seed)}
+    held = {r["id"] for r in safety_subset(rows, EVAL_SUBSET, params.evaluate.seed)}
     return [r for r in rows if r["id"] not in held]
 
 
@@ -50,7 +50,7 @@ def dev_sets(params, hh_start: int, hh_n: int, xstest_n: int | None):
     hh = [g[0] for g in select_prompts(pairs, None)[hh_start : hh_start + hh_n]]
     xs = xstest_dev_rows(params)
     if xstest_n:
-        xs = safety_subset(xs, xstest_n, params.seed + 1)
+        xs = safety_subset(xs, xstest_n, params.evaluate.seed + 1)
     return hh, xs
 
 

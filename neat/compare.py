@@ -34,8 +34,8 @@ so they need `policy.lora.enabled`.
 NAME` (one DVC stage instance per variant in compare/dvc.yaml) runs, for each seed, the manifest's
 variant chain (neat/stages.py `VARIANT_CHAIN`: expand, score, train, evaluate) with a deep copy of the
 params whose `paths.out` is `<out>/compare/<name>/seed<k>` and whose `seed` is k for training (the
-evaluation keeps the run's `seed`, so every variant and seed answers the same prompts beside the same base
-answers). The prepared data is copied there and the reward models of `<out>` are used as given
+evaluation keeps the run's `seed` and `evaluate.seed`, so every variant and seed answers the same prompts beside
+the same base answers). The prepared data is copied there and the reward models of `<out>` are used as given
 (`reward.train: false`, `evaluate.train_reward_model: false`), so they are trained once. It writes
 `<out>/compare/per_prompt/<name>.json` (each seed's metrics and per-prompt scores) and
 `<out>/metrics/compare/<name>.json`. `neat compare-table` (neat/compare_table.py) turns them into the
@@ -209,6 +209,8 @@ def _evaluation_key(ev, trained_key: str, legacy: bool = False) -> str:
     evaluate = ev.evaluate.model_dump(mode="json")
     if not legacy:
         evaluate.pop("reward_model")
+    if evaluate["seed"] == ev.seed:  # drawn with the run's seed, as before `evaluate.seed`: earlier keys stay valid
+        evaluate.pop("seed")
     blob = json.dumps([trained_key, ev.seed, evaluate, ev.policy.model, digests,
                        checkpoint_id(eval_reward_model_ref(ev))], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

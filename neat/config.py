@@ -267,6 +267,10 @@ class EvaluateParams(Section):
     reward_model: str = Field("builtin:minilm", description="evaluation reward model; trained on the judge split when `train_reward_model`")
     train_reward_model: bool = True
     reward_seed: int = 1
+    seed: int = Field(
+        0, description="seeds what the evaluation draws: the XSTest subset, sampled answers (n_samples), the learned "
+                       "judge and the bootstrap intervals. Apart from the training `seed`, so that runs of several "
+                       "training seeds answer the same prompts")
     bf16_autocast: bool | Literal["auto"] = Field(
         "auto", description="perplexity forward passes in bfloat16 autocast (LM head and log-softmax float32): auto = "
                             "where the device has native bf16. On 80 held-out HH rows: perplexity 0.1 % off float32, "

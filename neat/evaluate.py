@@ -218,6 +218,15 @@ def held_out_prompts(params) -> list[dict]:
     return prompts
 
 
+def evaluation_safety_prompts(params) -> list[dict]:
+    """The safety rows the evaluation asks: `evaluate.max_safety_prompts` of `paths.safety_prompts`, drawn with
+    `evaluate.seed` (not the training seed, so that policies of several training seeds answer the same rows)."""
+    from neat.judges import read_safety_csv
+
+    e = params.evaluate
+    return safety_subset(read_safety_csv(params.paths.safety_prompts), e.max_safety_prompts, e.seed)
+
+
 def safety_subset(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
     """At most `limit` rows, drawn by a seeded hash within each label in proportion, kept in file order.
 
@@ -259,7 +268,7 @@ def fit_prompt(tokenizer, messages: list[dict], max_tokens: int) -> str:
 def _generation_settings(params) -> dict:
     e = params.evaluate
     return {"max_new_tokens": e.max_new_tokens, "n_samples": e.n_samples, "temperature": e.temperature,
-            "batch_size": e.batch_size, "seed": params.seed, "device": params.policy.device,
+            "batch_size": e.batch_size, "seed": e.seed, "device": params.policy.device,
             "dtype": params.policy.dtype, "backend": params.generation.backend, "engine": params.generation.engine,
             "batch_tokens": params.generation.batch_tokens}
 
@@ -359,7 +368,7 @@ def make_judge(params):
     from neat.judges import get_judge
 
     if params.evaluate.judge == "learned":
-        return get_judge("learned", examples=params.paths.refusal_examples, seed=params.seed)
+        return get_judge("learned", examples=params.paths.refusal_examples, seed=params.evaluate.seed)
     return get_judge("string_match")
 
 
@@ -601,7 +610,6 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     with production this way); `out_dir` replaces `<out>` as where the files go.
     """
     from neat.generation import use_generation_params
-    from neat.judges import read_safety_csv
     from neat.models import release_gpu_memory
     from neat.reward import score_texts
 
@@ -616,7 +624,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     if not policy_dir.exists():
         raise ModelError(f"{policy_dir}: trained policy not found (run `neat train` first)")
     held = held_out_prompts(params)
-    safety_rows = safety_subset(read_safety_csv(params.paths.safety_prompts), e.max_safety_prompts, params.seed)
+    safety_rows = evaluation_safety_prompts(params)
     # every input is checked before the first expensive step (generation): a bad refusal-examples file or a
     # missing evaluation reward model must not surface only after minutes of generating
     judge = make_judge(params)
@@ -691,7 +699,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
             "base_refused": bool(safety_flags["base"][k]), "trained_refused": bool(safety_flags["trained"][k]),
         })
 
-    metrics = evaluation_metrics(records, safety_records, n_resamples=e.bootstrap, seed=params.seed,
+    metrics = evaluation_metrics(records, safety_records, n_resamples=e.bootstrap, seed=e.seed,
                                  safety_rows=safety_rows)
     metrics.update(online_eval)
     metrics["eval_rm_accuracy"] = eval_rm_accuracy(params)
@@ -720,7 +728,7 @@ def judge_agreement_metrics(judge, params) -> dict:
     """The refusal judge's agreement with people on `paths.judge_labels`, with its interval."""
     from neat.judges import judge_agreement
 
-    a = judge_agreement(judge, params.paths.judge_labels, n_resamples=params.evaluate.bootstrap, seed=params.seed)
+    a = judge_agreement(judge, params.paths.judge_labels, n_resamples=params.evaluate.bootstrap, seed=params.evaluate.seed)
     return {"judge_agreement": a["rate"], "judge_agreement_ci_low": a["ci_low"], "judge_agreement_ci_high": a["ci_high"],
             "judge_agreement_n": a["n"], "judge_labels": str(params.paths.judge_labels)}
 

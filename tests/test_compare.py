@@ -579,7 +579,11 @@ def test_a_run_moved_to_another_out_folder_keeps_its_keys_while_the_reward_model
     params.out("reward_model", "config.json").write_text('{"hidden": 32}')
     assert _variant_key(sft) == before
     params.out("eval_reward_model", "config.json").write_text('{"hidden": 16}')
-    assert _evaluation_key(evaluation_params(v, params), keys["b"][0]) != keys["b"][1]
+    ev = evaluation_params(v, params)
+    assert _evaluation_key(ev, keys["b"][0]) != keys["b"][1]
+    other_draws = ev.model_copy(deep=True)
+    other_draws.evaluate.seed = ev.evaluate.seed + 1  # other XSTest rows, samples and intervals: evaluated again
+    assert _evaluation_key(other_draws, keys["b"][0]) != _evaluation_key(ev, keys["b"][0])
 
 
 def test_round_one_is_copied_only_from_a_seed_whose_stage_finished_under_the_same_fingerprint(tmp_path):

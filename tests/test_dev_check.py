@@ -22,7 +22,7 @@ def test_xstest_dev_rows_lie_outside_both_evaluation_subsets_and_hh_dev_outside_
     hh, xs = dev_sets(params, hh_start=4, hh_n=6, xstest_n=None)
     dev_ids = {r["id"] for r in xs}
     for limit in (40, EVAL_SUBSET):  # the default's and the benchmark profile's evaluation subsets
-        assert not dev_ids & {r["id"] for r in safety_subset(rows, limit, params.seed)}
+        assert not dev_ids & {r["id"] for r in safety_subset(rows, limit, params.evaluate.seed)}
     assert len(xs) == len(rows) - EVAL_SUBSET and {r["label"] for r in xs} == {"safe", "unsafe"}
     first = [g[0].prompt_id for g in select_prompts(read_pairs(tmp_path / "data/train.jsonl"), None)]
     assert [p.prompt_id for p in hh] == first[4:10]
@@ -83,7 +83,7 @@ def test_refusal_discrimination_scores_each_policy_on_the_xstest_dev_rows_only(t
     rows = read_safety_csv(params.paths.safety_prompts)
     assert refusal_discrimination.xstest_dev_rows is xstest_dev_rows  # the dev rows dev_check tunes on
     assert not {r["id"] for r in xstest_dev_rows(params)} & {r["id"] for r in safety_subset(rows, EVAL_SUBSET,
-                                                                                               params.seed)}
+                                                                                               params.evaluate.seed)}
     cmd = [sys.executable, str(ROOT / "benchmarks/refusal_discrimination.py"), "-S", "policy.model=builtin:tiny-random",
            "-S", f"paths.cache={ROOT / '.cache/neat'}", "--limit", "3", "--policy", "again=builtin:tiny-random",
            "--results", str(tmp_path / "auc.jsonl")]

@@ -205,6 +205,17 @@ def test_safety_subset_is_stratified_seeded_and_in_file_order():
     assert safety_subset(rows, None, seed=0) == rows
 
 
+def test_the_safety_prompts_are_drawn_with_evaluate_seed_not_the_training_seed():
+    from neat.config import load_params
+    from neat.evaluate import evaluation_safety_prompts
+
+    params = load_params(ROOT / "params.yaml")
+    drawn = evaluation_safety_prompts(params)
+    assert len(drawn) == params.evaluate.max_safety_prompts
+    assert evaluation_safety_prompts(load_params(ROOT / "params.yaml", ["seed=1"])) == drawn  # another training seed
+    assert evaluation_safety_prompts(load_params(ROOT / "params.yaml", ["evaluate.seed=1"])) != drawn
+
+
 def test_answer_diagnostics_count_changed_and_repetitive_answers():
     from neat.evaluate import answer_diagnostics
 
