@@ -338,6 +338,11 @@ CASES: list[Case] = [
     Case("params-override-syntax", "params", "-S without =", _set("train.lr"), ("train.lr", "expected key=value")),
     Case("params-override-into-scalar", "params", "-S seed.x=1", _set("seed.x=1"), ("seed.x", "not a section")),
     Case("params-negative-int", "params", "expand.k_pos: -1", _set("expand.k_pos=-1"), ("expand.k_pos", "greater than or equal to 0")),
+    # a seed numpy's or torch's generator refuses would have ended as an internal error mid-run
+    Case("params-negative-seed", "params", "-S evaluate.seed=-1", _set("evaluate.seed=-1"),
+         ("evaluate.seed", "greater than or equal to 0")),
+    Case("params-seed-too-large", "params", "-S seed=10**23", _set("seed=100000000000000000000000"),
+         ("seed", "less than or equal to 4294967295")),
     # ---- model references
     Case("policy-missing-path", "model", "policy.model=/no/such/model",
          _model("policy.model", lambda ctx: str(ctx.dir / "no" / "such" / "model"), "expand"), ("no/such/model", "does not exist")),

@@ -26,6 +26,9 @@ MAX_PARAMS_BYTES = 1 << 20  # a params file is a few KB; anything near this size
 REMOTE_CODE_KEYS = ("policy.trust_remote_code", "reward.trust_remote_code")
 
 
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators take any seed in [0, 2**32)
+
 class Section(BaseModel):
     # inf/NaN are never a meaningful weight, norm, margin or rate: refused everywhere
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -98,7 +101,7 @@ class PolicyParams(Section):
 class RewardParams(Section):
     model: str = "builtin:minilm"
     train: bool = Field(True, description="train on the preference pairs; false uses `model` as is")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     epochs: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0, le=1)
     batch_size: int = Field(16, ge=1)
@@ -266,11 +269,12 @@ class EvaluateParams(Section):
     bootstrap: int = Field(1000, ge=100)
     reward_model: str = Field("builtin:minilm", description="evaluation reward model; trained on the judge split when `train_reward_model`")
     train_reward_model: bool = True
-    reward_seed: int = 1
+    reward_seed: int = Field(1, ge=0, le=MAX_SEED)
     seed: int = Field(
-        0, description="seeds what the evaluation draws: the XSTest subset, sampled answers (n_samples), the learned "
-                       "judge and the bootstrap intervals. Apart from the training `seed`, so that runs of several "
-                       "training seeds answer the same prompts")
+        0, ge=0, le=MAX_SEED,
+        description="seeds what the evaluation draws: the XSTest subset, sampled answers (n_samples), the learned "
+                    "judge and the bootstrap intervals. Apart from the training `seed`, so that runs of several "
+                    "training seeds answer the same prompts")
     bf16_autocast: bool | Literal["auto"] = Field(
         "auto", description="perplexity forward passes in bfloat16 autocast (LM head and log-softmax float32): auto = "
                             "where the device has native bf16. On 80 held-out HH rows: perplexity 0.1 % off float32, "
@@ -328,14 +332,14 @@ class CompareParams(Section):
         if not self.variants:
             raise ValueError("name at least one variant, e.g. {neat: [0], rrhf: [0]}")
         for name, seeds in self.variants.items():
-            if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > MAX_SEED:
                 raise ValueError(f"variant '{name}': give its seeds as distinct non-negative integers, e.g. [0, 1] "
                                  f"(got {seeds})")
         return self
 
 
 class Params(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="the training seed: sampling, data order, LoRA init")
     paths: Paths = Paths()
     data: DataParams = DataParams()
     policy: PolicyParams = PolicyParams()
