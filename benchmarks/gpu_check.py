@@ -26,6 +26,7 @@ from neat.config import validate_params  # noqa: E402
 from neat.data import read_preferences  # noqa: E402
 from neat.encoding import PromptCandidates, collate, collate_packed  # noqa: E402
 from neat.losses import LOSSES  # noqa: E402
+from neat.models import enable_activation_checkpointing  # noqa: E402
 from neat.training.objective import batch_logps, step_loss  # noqa: E402
 from neat.training.trainer import Trainer
 
@@ -81,7 +82,7 @@ def train_steps(model, tok, steps: int, **train) -> dict:
     rows = [{"prompt_id": g.prompt_id, "prompt": g.prompt, "origin": o, "response": r, "reward": w, "rank": 0}
             for g in gs for r, w, o in zip(g.responses, g.rewards, g.origins)]
     if train.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     tmp = Path("/tmp/gpu_check_out")
     trainer = Trainer(p, model, tok, out_dir=tmp, progress=False, state_dir=tmp / "state")
     _sync()
@@ -92,7 +93,8 @@ def train_steps(model, tok, steps: int, **train) -> dict:
     _sync()
     seconds = time.perf_counter() - start
     if train.get("gradient_checkpointing"):
-        model.gradient_checkpointing_disable()
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
     losses = [r["loss"] for r in trainer.log]
     return {"check": "train", **train, "steps": len(losses), "losses_finite": all(map(lambda x: x == x, losses)),
             "first_loss": losses[0], "last_loss": losses[-1],

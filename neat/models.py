@@ -576,6 +576,21 @@ def load_reward_model(
 # --------------------------------------------------------------------------- LoRA and saving
 
 
+def enable_activation_checkpointing(model) -> bool:
+    """Recompute activations in the backward pass (non-reentrant); False where the model cannot.
+
+    transformers 5 names it `activation_checkpointing_enable` (`gradient_checkpointing_enable` is a deprecated
+    alias that warns on every call); older versions have only the latter."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        return False
+    return True
+
+
 def apply_lora(
     model: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules: list[str] | None = None
 ) -> Any:

@@ -84,12 +84,16 @@ def test_step_loss_and_gradients_are_bit_identical(policy):
         assert torch.equal(grads0[name], grads1[name]), name
 
 
-def test_trainer_casts_under_autocast_only_and_reaches_the_same_weights(tmp_path):
+@pytest.mark.filterwarnings("error:.*gradient_checkpointing")  # transformers 5's deprecated names warn
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_trainer_casts_under_autocast_only_and_reaches_the_same_weights(tmp_path, checkpointing):
+    """checkpointing: the recomputed forwards of the backward pass run inside the step, on the bf16 copies too."""
     pairs, rows = synthetic_rows(4)
     weights = []
     for cast in (True, False):
-        params = lora_params(tmp_path / str(cast))
+        params = lora_params(tmp_path / str(cast), gradient_checkpointing=checkpointing)
         model, tokenizer = load_trainable_policy(params)
+        assert model.get_base_model().is_activation_checkpointing == checkpointing
         trainer = Trainer(params, model, tokenizer, out_dir=params.out("train"), progress=False)
         assert isinstance(trainer.frozen_casts, FrozenWeightCasts)
         if not cast:

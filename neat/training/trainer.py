@@ -49,7 +49,7 @@ def make_scheduler(optimizer, schedule: str, warmup: int, total: int):
 
 
 def load_trainable_policy(params):
-    from neat.models import apply_lora, load_policy
+    from neat.models import apply_lora, enable_activation_checkpointing, load_policy
 
     model, tokenizer = load_policy(params.policy.model, cache_dir=params.paths.cache, device=params.policy.device,
                                    dtype=params.policy.dtype, trust_remote_code=params.policy.trust_remote_code,
@@ -64,8 +64,8 @@ def load_trainable_policy(params):
             torch.manual_seed(params.seed)
             model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                                target_modules=lora.target_modules)
-    if params.train.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if params.train.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     return model, tokenizer
 
 
