@@ -24,10 +24,8 @@ DEFAULT_PARAMS = Path("params.yaml")
 MAX_PARAMS_BYTES = 1 << 20  # a params file is a few KB; anything near this size is not one
 # keys that run code from a model directory: only the params file itself may turn them on
 REMOTE_CODE_KEYS = ("policy.trust_remote_code", "reward.trust_remote_code")
-
-
-
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators take any seed in [0, 2**32)
+
 
 class Section(BaseModel):
     # inf/NaN are never a meaningful weight, norm, margin or rate: refused everywhere

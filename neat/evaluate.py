@@ -728,7 +728,8 @@ def judge_agreement_metrics(judge, params) -> dict:
     """The refusal judge's agreement with people on `paths.judge_labels`, with its interval."""
     from neat.judges import judge_agreement
 
-    a = judge_agreement(judge, params.paths.judge_labels, n_resamples=params.evaluate.bootstrap, seed=params.evaluate.seed)
+    e = params.evaluate
+    a = judge_agreement(judge, params.paths.judge_labels, n_resamples=e.bootstrap, seed=e.seed)
     return {"judge_agreement": a["rate"], "judge_agreement_ci_low": a["ci_low"], "judge_agreement_ci_high": a["ci_high"],
             "judge_agreement_n": a["n"], "judge_labels": str(params.paths.judge_labels)}
 

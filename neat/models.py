@@ -576,8 +576,8 @@ def load_reward_model(
 # --------------------------------------------------------------------------- LoRA and saving
 
 
-def enable_activation_checkpointing(model) -> bool:
-    """Recompute activations in the backward pass (non-reentrant); False where the model cannot.
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (non-reentrant), where the model can.
 
     transformers 5 names it `activation_checkpointing_enable` (`gradient_checkpointing_enable` is a deprecated
     alias that warns on every call); older versions have only the latter."""
@@ -586,9 +586,6 @@ def enable_activation_checkpointing(model) -> bool:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     elif hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    else:
-        return False
-    return True
 
 
 def apply_lora(
