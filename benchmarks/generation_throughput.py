@@ -13,8 +13,11 @@ Engines: hf (transformers' generate, expand.batch_size prompts per batch), lean_
 the same batch_size: shared prefill of the common prompt start, KV cache written in place, finished
 rows dropped), lean (the lean loop with params' generation.batch_tokens budget) — all three float32 —
 and lean_bf16 (lean with a bfloat16 copy of the model: the default where the CPU has native bf16,
-generation.cpu_dtype: auto). lean_bf16's fraction of the bound is against the bf16 matmul rate, and
-`greedy_identical_bf16_vs_float32` says how many greedy answers the bf16 copy leaves unchanged.
+generation.cpu_dtype: auto) with its Linear weights packed for oneDNN (`neat.packed_linear`), and
+lean_bf16_unpacked (the same without packing, the default before it). lean_bf16's fraction of the bound is
+against the bf16 matmul rate, `greedy_identical_bf16_vs_float32` says how many greedy answers the bf16 copy
+leaves unchanged, and `greedy_identical_packed_vs_unpacked` must be 1.0 (packing changes no output bit).
+`--engines` times a subset (hf, the baseline of every speedup, is always timed).
 
 The machine is shared with other jobs, so the engines are timed interleaved in one process
 (alternating which goes first each round) and the JSON reports per-round paired ratios and their
@@ -79,6 +82,7 @@ def main() -> None:
     ap.add_argument("--data", default=None)
     ap.add_argument("--batch-tokens", type=int, default=None, help="lean engine budget (default: params.yaml's)")
     ap.add_argument("--workloads", default="sampled,greedy")
+    ap.add_argument("--engines", default="hf,lean_bs,lean,lean_bf16_unpacked,lean_bf16")
     args = ap.parse_args()
 
     import torch
@@ -86,6 +90,7 @@ def main() -> None:
     from neat.config import load_params
     from neat.generation import generate
     from neat.models import load_policy, native_bf16
+    from neat.packed_linear import use_packed_weights
 
     params = load_params(ROOT / "params.yaml")
     cfg = params.expand
@@ -106,9 +111,17 @@ def main() -> None:
     f32 = dict(cpu_dtype="float32")
     engines = {"hf": dict(engine="hf", **f32), "lean_bs": dict(engine="lean", batch_tokens=0, **f32),
                "lean": dict(engine="lean", batch_tokens=budget, **f32),
+               "lean_bf16_unpacked": dict(engine="lean", batch_tokens=budget, cpu_dtype="bfloat16"),
                "lean_bf16": dict(engine="lean", batch_tokens=budget, cpu_dtype="bfloat16")}
-    for kw in engines.values():  # warm-up
-        generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, **kw)
+    wanted = set(args.engines.split(",")) | {"hf"}
+    engines = {name: kw for name, kw in engines.items() if name in wanted}
+
+    def run(engine, *a, **kw):
+        use_packed_weights(engine != "lean_bf16_unpacked")  # the bf16 copy is packed or unpacked at each call
+        return generate(model, tokenizer, *a, **engines[engine], **kw)
+
+    for engine in engines:  # warm-up
+        run(engine, prompts[:2], max_new_tokens=4, batch_size=2)
     rate = {name: {e: [] for e in engines} for name in workloads}
     greedy_texts = {e: [] for e in engines}
     cpu_rate = {name: {e: [] for e in engines} for name in workloads}
@@ -118,8 +131,7 @@ def main() -> None:
         for name, kw in workloads.items():
             for engine in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
                 t0, c0 = time.perf_counter(), time.process_time()
-                gens = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                seed=r, **engines[engine], **kw)
+                gens = run(engine, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=r, **kw)
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 n = sum(g.n_tokens for gs in gens for g in gs)
                 rate[name][engine].append(n / dt)
@@ -143,9 +155,10 @@ def main() -> None:
         "matmul_gflops_bf16": round(mm_bf16 / 1e9, 1), "native_bf16": native_bf16(torch.device("cpu")),
         "bound_tokens_per_s_bf16": round(mm_bf16 / flops_per_token, 1),
     }
-    if greedy_texts["lean"] and greedy_texts["lean_bf16"]:  # bf16 rounding: greedy paths part somewhere
-        same = sum(a == b for a, b in zip(greedy_texts["lean"], greedy_texts["lean_bf16"]))
-        out["greedy_identical_bf16_vs_float32"] = round(same / len(greedy_texts["lean"]), 3)
+    for key, (a, b) in {"greedy_identical_bf16_vs_float32": ("lean", "lean_bf16"),  # bf16 rounding: paths part
+                        "greedy_identical_packed_vs_unpacked": ("lean_bf16_unpacked", "lean_bf16")}.items():
+        if greedy_texts.get(a) and greedy_texts.get(b):
+            out[key] = round(sum(x == y for x, y in zip(greedy_texts[a], greedy_texts[b])) / len(greedy_texts[a]), 3)
     for name in workloads:
         hf = rate[name]["hf"]
         out[name] = {}
@@ -159,6 +172,9 @@ def main() -> None:
                 ratios = [b / a for a, b in zip(hf, ours)]
                 out[name][f"{engine}_speedup_median"] = round(statistics.median(ratios), 2)
                 out[name][f"{engine}_speedup_per_round"] = [round(x, 2) for x in ratios]
+        if "lean_bf16" in engines and "lean_bf16_unpacked" in engines:
+            ratios = [b / a for a, b in zip(rate[name]["lean_bf16_unpacked"], rate[name]["lean_bf16"])]
+            out[name]["packed_vs_unpacked_speedup_median"] = round(statistics.median(ratios), 2)
     print(json.dumps(out), flush=True)
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from neat.diagnostics import is_repetitive
+from neat.packed_linear import pack_linears
 
 
 @dataclass
@@ -124,13 +125,16 @@ def generation_copy(model, dtype: torch.dtype):
 
     The copy is kept for the model's lifetime and refreshed in place at the next call: a deepcopy + merge +
     cast of the peft-wrapped SmolLM2 takes 0.4-0.7 s per online round and probe, the refresh 0.1 s.
+    Its Linear weights are packed for oneDNN (`neat.packed_linear`): the same outputs, faster linears.
     """
     if next(model.parameters()).dtype == dtype:
         return model
     kept = _copies.get(model)
     if kept is not None and kept[0] == dtype and _refresh_copy(kept[1], model):
+        pack_linears(kept[1])
         return kept[1]
     clone = _fresh_copy(model, dtype)
+    pack_linears(clone)
     _copies[model] = (dtype, clone)
     return clone
 
