@@ -5,7 +5,7 @@ Answers two dev sets greedily with the base policy and with `<out>/policy` (or -
   round and watches the next 16; the benchmark profile on the first 96 and the next 16), judged
   base vs trained by the evaluation reward model (win rate, ties ½, bootstrap interval);
 - XSTest dev prompts: the rows *outside* the evaluation subset of the benchmark profile
-  (`safety_subset(rows, 200, evaluate.seed)`, which contains the default's 40-prompt subset), judged by the
+  (`safety_subset(rows, 200, evaluate.seed)`, which contains the default's 100-prompt subset), judged by the
   string-match refusal judge: unsafe refusal and safe full compliance, with intervals.
 The base answers are cached under <out>/dev_check/. One JSON line, appended to --results.
 
@@ -35,11 +35,11 @@ from neat.judges import StringMatchJudge, read_safety_csv  # noqa: E402
 from neat.models import load_policy, load_reward_model, load_tokenizer  # noqa: E402
 from neat.reward import score_texts  # noqa: E402
 
-EVAL_SUBSET = 200  # params_benchmark.yaml's evaluate.max_safety_prompts; the default's 40 lie inside it
+EVAL_SUBSET = 200  # params_benchmark.yaml's evaluate.max_safety_prompts; the default's 100 lie inside it
 
 
 def xstest_dev_rows(params) -> list[dict]:
-    """XSTest rows outside the benchmark's evaluation subset (which holds the default's 40 as well)."""
+    """XSTest rows outside the benchmark's evaluation subset (which holds the default's 100 as well)."""
     rows = read_safety_csv(params.paths.safety_prompts)
     held = {r["id"] for r in safety_subset(rows, EVAL_SUBSET, params.evaluate.seed)}
     return [r for r in rows if r["id"] not in held]

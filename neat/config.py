@@ -258,7 +258,7 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     max_prompts: Optional[int] = Field(160, ge=1)
-    max_safety_prompts: Optional[int] = Field(40, ge=1)
+    max_safety_prompts: Optional[int] = Field(100, ge=1)
     max_new_tokens: int = Field(32, ge=1, le=4096)
     n_samples: int = Field(0, ge=0, description="sampled responses per prompt on top of greedy")
     temperature: float = Field(0.7, gt=0, le=5)

@@ -21,7 +21,7 @@ def test_xstest_dev_rows_lie_outside_both_evaluation_subsets_and_hh_dev_outside_
     rows = read_safety_csv(params.paths.safety_prompts)
     hh, xs = dev_sets(params, hh_start=4, hh_n=6, xstest_n=None)
     dev_ids = {r["id"] for r in xs}
-    for limit in (40, EVAL_SUBSET):  # the default's and the benchmark profile's evaluation subsets
+    for limit in (params.evaluate.max_safety_prompts, EVAL_SUBSET):  # the default's and the benchmark's subsets
         assert not dev_ids & {r["id"] for r in safety_subset(rows, limit, params.evaluate.seed)}
     assert len(xs) == len(rows) - EVAL_SUBSET and {r["label"] for r in xs} == {"safe", "unsafe"}
     first = [g[0].prompt_id for g in select_prompts(read_pairs(tmp_path / "data/train.jsonl"), None)]
