@@ -90,7 +90,8 @@ def test_training_ran_two_online_rounds(pipeline_out):
     assert metrics["steps"] == 4 and metrics["final_loss"] is not None
     phases = metrics["seconds_by_phase"]  # round 2 was sampled and scored, 4 steps taken, the dev curve drawn
     assert set(phases) == {"sampling", "dev_probes", "optimizer_steps"} and min(phases.values()) > 0
-    assert metrics["online_dev_reward"] and sum(phases.values()) <= metrics["seconds"]
+    # each figure is rounded to 0.1 s, so the phases' sum may pass the rounded total by up to 0.05 s per figure
+    assert metrics["online_dev_reward"] and sum(phases.values()) <= metrics["seconds"] + 0.05 * (len(phases) + 1) + 1e-9
 
 
 def test_saved_policy_carries_card_and_adapter(pipeline_out):
