@@ -40,7 +40,7 @@ def main() -> None:
     torch.manual_seed(0)
     shapes = SMOLLM2_BLOCK * args.blocks
     weights = [torch.randn(o, i).mul(0.02).to(dtype) for o, i in shapes]
-    packed = [packed_linear._pack(w) for w in weights]
+    packed = [packed_linear.pack_weight(w) for w in weights]
 
     def one_pass(x, ws, fn):
         return [fn(x[i], w) for w, (o, i) in zip(ws, shapes)]
@@ -61,11 +61,11 @@ def main() -> None:
         for rows in (int(r) for r in args.rows.split(",")):
             x = {i: torch.randn(rows, i).to(dtype) for i in (576, 1536)}
             equal = all(torch.equal(a, b) for a, b in zip(one_pass(x, weights, F.linear),
-                                                          one_pass(x, packed, packed_linear._packed_linear_nobias)))
+                                                          one_pass(x, packed, packed_linear.linear_on_packed)))
             plain, fast = [], []
             for _ in range(2):  # interleaved, against the machine's drift
                 plain.append(timed(rows, weights, F.linear))
-                fast.append(timed(rows, packed, packed_linear._packed_linear_nobias))
+                fast.append(timed(rows, packed, packed_linear.linear_on_packed))
             out["rows"][rows] = {"plain_ms": round(min(plain), 2), "packed_ms": round(min(fast), 2),
                                  "speedup": round(min(plain) / min(fast), 2), "bit_identical": equal}
             print(rows, out["rows"][rows], file=sys.stderr, flush=True)

@@ -52,9 +52,9 @@ def _check(dtype: torch.dtype, out_features: int, in_features: int) -> bool:
     bias = torch.randn(out_features, generator=generator).to(dtype)
     rows = sorted({1, 5, 37, PACKED_MAX_ROWS // 2 + 3, PACKED_MAX_ROWS})
     try:
-        packed = _pack(weight)
+        packed = pack_weight(weight)
         return all(
-            torch.equal(_packed_linear(x, packed, b), F.linear(x, weight, b))
+            torch.equal(linear_on_packed(x, packed, b), F.linear(x, weight, b))
             for x in (torch.randn(n, in_features, generator=generator).to(dtype) for n in rows)
             for b in (None, bias)
         )
@@ -62,22 +62,20 @@ def _check(dtype: torch.dtype, out_features: int, in_features: int) -> bool:
         return False
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor:
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (out x in) in oneDNN's blocked layout, for `linear_on_packed`."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
 
 
-def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def linear_on_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` on `pack_weight(weight)`."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def _packed_linear_nobias(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    return _packed_linear(x, packed, None)
 
 
 def _forward(self, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != self.neat_packed_weight.dtype or x.requires_grad or x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
         return F.linear(x, self.weight, self.bias)  # not what was packed for, or a prefill: the plain call
-    return _packed_linear(x, self.neat_packed_weight, self.bias)
+    return linear_on_packed(x, self.neat_packed_weight, self.bias)
 
 
 @torch.no_grad()
@@ -91,7 +89,7 @@ def pack_linears(model) -> int:
             continue
         if _enabled and module.weight.device.type == "cpu" and packing_available(module.weight.dtype,
                                                                                   *module.weight.shape):
-            module.neat_packed_weight = _pack(module.weight)
+            module.neat_packed_weight = pack_weight(module.weight)
             module.forward = types.MethodType(_forward, module)
             packed += 1
         else:

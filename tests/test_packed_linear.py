@@ -49,7 +49,8 @@ def test_generation_is_the_same_with_and_without_packing(tiny):
         greedy = generate(model, tok, prompts, **kw)
         sampled = generate(model, tok, prompts, temperature=1.0, top_p=0.9, num_return_sequences=2, **kw)
         clone = generation.generation_copy(model, torch.bfloat16)
-        assert sum("neat_packed_weight" in m.__dict__ for m in _linears(clone)) == (len(_linears(clone)) if enabled else 0)
+        packed = sum("neat_packed_weight" in m.__dict__ for m in _linears(clone))
+        assert packed == (len(_linears(clone)) if enabled else 0)
         runs.append([[(g.text, g.n_tokens) for g in gs] for gs in greedy + sampled])
     assert runs[0] == runs[1] == runs[2]
 
@@ -75,9 +76,9 @@ def test_a_refreshed_copy_is_packed_from_its_new_weights(tiny):
 def test_packing_is_checked_per_shape_and_skipped_where_it_differs(monkeypatch):
     """A layer shape whose packed call differs from F.linear (here: made to) stays plain; the others pack."""
     model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 6)).to(torch.bfloat16)
-    real = packed_linear._packed_linear
+    real = packed_linear.linear_on_packed
     monkeypatch.setattr(packed_linear, "_verified", {})
-    monkeypatch.setattr(packed_linear, "_packed_linear",
+    monkeypatch.setattr(packed_linear, "linear_on_packed",
                         lambda x, packed, bias: real(x, packed, bias) + (1 if packed.shape[0] == 4 else 0))
     assert packed_linear.pack_linears(model) == 1
     assert "forward" not in model[0].__dict__ and "neat_packed_weight" in model[1].__dict__
@@ -101,8 +102,8 @@ def test_long_inputs_take_the_plain_call_with_the_same_bits(monkeypatch):
     layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
     packed_linear.pack_linears(layer)
     calls = []
-    real = packed_linear._packed_linear
-    monkeypatch.setattr(packed_linear, "_packed_linear", lambda *a: calls.append(1) or real(*a))
+    real = packed_linear.linear_on_packed
+    monkeypatch.setattr(packed_linear, "linear_on_packed", lambda *a: calls.append(1) or real(*a))
     short = torch.randn(2, packed_linear.PACKED_MAX_ROWS // 2, 8, dtype=torch.bfloat16)
     long = torch.randn(2, packed_linear.PACKED_MAX_ROWS, 8, dtype=torch.bfloat16)
     for x, packed in ((short, True), (long, False)):
