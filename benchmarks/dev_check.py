@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -64,6 +66,16 @@ def answer(model, tok, hh, xs, params) -> tuple[list[str], list[str]]:
     return out[: len(hh)], out[len(hh):]
 
 
+@torch.no_grad()
+def interpolate_toward(policy, base, alpha: float) -> None:
+    """Set each of `policy`'s weights to base + alpha x (policy - base), in place (for a LoRA-trained policy the same
+    as scaling its adapter's delta by alpha): alpha 1 keeps the trained policy, 0 gives the base back."""
+    base_weights = dict(base.named_parameters())
+    for name, param in policy.named_parameters():
+        ref = base_weights[name].to(param.dtype)
+        param.copy_(torch.lerp(ref, param, alpha))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True)
@@ -74,6 +86,8 @@ def main() -> None:
     ap.add_argument("--hh-prompts", type=int, default=64)
     ap.add_argument("--xstest-prompts", type=int, default=120, help="stratified subset of the 250 dev rows (0 = all)")
     ap.add_argument("--results", default="outputs/dev_check/results.jsonl")
+    ap.add_argument("--interpolate", type=float, default=None, metavar="A",
+                    help="answer with base + A x (trained - base) instead of the trained policy (A = 0.5: halfway)")
     args = ap.parse_args()
 
     params = load_params(args.params, overrides=args.set)
@@ -94,6 +108,10 @@ def main() -> None:
         cache.write_text(json.dumps([base_hh, base_xs]))
         del base
     policy, _ = load_policy(args.policy or str(out / "policy"), cache_dir=params.paths.cache, device="cpu")
+    if args.interpolate is not None:
+        base, _ = load_policy(params.policy.model, cache_dir=params.paths.cache, device="cpu")
+        interpolate_toward(policy, base, args.interpolate)
+        del base
     new_hh, new_xs = answer(policy, tok, hh, xs, params)
 
     rm, rm_tok = load_reward_model(str(out / "eval_reward_model"), cache_dir=params.paths.cache, device="cpu")

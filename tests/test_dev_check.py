@@ -112,3 +112,23 @@ def test_contrast_probe_ranks_the_answer_above_a_refusal_on_benign_prompts_and_t
     from neat.training.groups import groups_from_scored
 
     assert [g.rewards for g in groups_from_scored(rows)] == [[1.0, 0.0], [1.0, 0.0]]
+
+
+def test_interpolate_toward_moves_every_weight_the_given_fraction_of_the_way_from_the_base():
+    import torch
+
+    from benchmarks.dev_check import interpolate_toward
+    from neat.models import load_policy
+
+    cache = str(ROOT / ".cache" / "neat")
+    base, _ = load_policy("builtin:tiny-random", cache_dir=cache, device="cpu", seed=0)
+    trained, _ = load_policy("builtin:tiny-random", cache_dir=cache, device="cpu", seed=1)
+    start = {n: p.detach().clone() for n, p in trained.named_parameters()}
+    base_weights = dict(base.named_parameters())
+    assert any(not torch.equal(start[n], base_weights[n]) for n in start)
+    interpolate_toward(trained, base, 0.25)
+    for name, param in trained.named_parameters():
+        expected = base_weights[name] + 0.25 * (start[name] - base_weights[name])
+        torch.testing.assert_close(param, expected)
+    interpolate_toward(trained, base, 0.0)
+    assert all(torch.equal(p, base_weights[n]) for n, p in trained.named_parameters())
