@@ -51,13 +51,18 @@ def _agreement(pred, labels, seed=0) -> dict:
     return {"agreement": res["rate"], "ci_low": res["ci_low"], "ci_high": res["ci_high"], "n": res["n"]}
 
 
+def cv_folds(rows: list[dict], folds: int = 5) -> list[int]:
+    """Each row's fold, by prompt hash: a prompt's completions stay together."""
+    return [int(hashlib.sha256(("cv:" + r["prompt"]).encode()).hexdigest(), 16) % folds for r in rows]
+
+
 def _cv(rows: list[dict], variant: tuple, demo: tuple[list, list], folds: int = 5) -> float | None:
     """Cross-validated agreement on the train `rows`, folds by prompt hash (a prompt's completions stay
     together); demo examples, when the variant uses them, join every training fold."""
     kw, fit_kw, data = variant
     if data == "demo":
         return None
-    fold = [int(hashlib.sha256(("cv:" + r["prompt"]).encode()).hexdigest(), 16) % folds for r in rows]
+    fold = cv_folds(rows, folds)
     texts = [r["response"] for r in rows]
     labels = [r["label"] != "full_compliance" for r in rows]
     hits = 0

@@ -251,7 +251,7 @@ def _encoder_dir(encoder: str) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_encoder(encoder: str):
+def load_judge_encoder(encoder: str):
     """(tokenizer, frozen model) for `encoder`; cached, since every judge shares it."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -327,7 +327,7 @@ class LearnedJudge(_Judge):
         """[N, D] float32 tensor of L2-normalised mean-pooled embeddings."""
         import torch
 
-        tokenizer, model = _load_encoder(self.encoder)
+        tokenizer, model = load_judge_encoder(self.encoder)
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
