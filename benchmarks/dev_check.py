@@ -72,8 +72,10 @@ def interpolate_toward(policy, base, alpha: float) -> None:
     as scaling its adapter's delta by alpha): alpha 1 keeps the trained policy, 0 gives the base back."""
     base_weights = dict(base.named_parameters())
     for name, param in policy.named_parameters():
-        ref = base_weights[name].to(param.dtype)
-        param.copy_(torch.lerp(ref, param, alpha))
+        ref = base_weights.get(name)
+        if ref is None or ref.shape != param.shape:
+            raise ValueError(f"cannot interpolate: the base policy has no weight {name} of shape {tuple(param.shape)}")
+        param.copy_(torch.lerp(ref.to(param.dtype), param, alpha))
 
 
 def main() -> None:
@@ -110,7 +112,10 @@ def main() -> None:
     policy, _ = load_policy(args.policy or str(out / "policy"), cache_dir=params.paths.cache, device="cpu")
     if args.interpolate is not None:
         base, _ = load_policy(params.policy.model, cache_dir=params.paths.cache, device="cpu")
-        interpolate_toward(policy, base, args.interpolate)
+        try:
+            interpolate_toward(policy, base, args.interpolate)
+        except ValueError as exc:
+            sys.exit(f"dev_check: --policy {args.policy or out / 'policy'}: {exc}")
         del base
     new_hh, new_xs = answer(policy, tok, hh, xs, params)
 

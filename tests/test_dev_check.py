@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.dev_check import EVAL_SUBSET, dev_sets
 from neat.config import load_params
 from neat.data import read_pairs
@@ -132,3 +134,7 @@ def test_interpolate_toward_moves_every_weight_the_given_fraction_of_the_way_fro
         torch.testing.assert_close(param, expected)
     interpolate_toward(trained, base, 0.0)
     assert all(torch.equal(p, base_weights[n]) for n, p in trained.named_parameters())
+    with torch.no_grad():
+        trained.lm_head.weight = torch.nn.Parameter(torch.zeros(3, 3))  # another architecture's weight
+    with pytest.raises(ValueError, match="no weight lm_head.weight of shape"):
+        interpolate_toward(trained, base, 0.5)
