@@ -7,7 +7,11 @@ Prints one JSON line. Workload: the pipeline's own expansion prompts (positive s
 in-context demos from params.yaml's expand section, rendered with the chat template) for the first
 `--prompts` prompts of the HH slice (or the demo data), at the pipeline's sizes: expand.batch_size
 prompts per batch, expand.k_pos samples per prompt (temperature/top_p from params.yaml), and the
-greedy single-sample pass evaluation and the online probe use.
+greedy single-sample pass evaluation and the online probe use. The `expand` workload is `neat expand`'s own
+call (`neat.steering.sample_candidates`) on the same `--prompts` prompts: positive *and* negative steering, each
+with the demonstrations `expand.demo_origins` gives it (by default the negative prompt only: 2 rejected
+answers) and `expand.negative_opening`, k_pos / k_neg samples; the first two workloads keep the shape they had
+when demonstrations went to both prompts (positive steering + 2 chosen demos), for comparison across sessions.
 
 Engines: hf (transformers' generate, expand.batch_size prompts per batch), lean_bs (the lean loop at
 the same batch_size: shared prefill of the common prompt start, KV cache written in place, finished
@@ -81,16 +85,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data", default=None)
     ap.add_argument("--batch-tokens", type=int, default=None, help="lean engine budget (default: params.yaml's)")
-    ap.add_argument("--workloads", default="sampled,greedy")
+    ap.add_argument("--workloads", default="sampled,greedy,expand")
     ap.add_argument("--engines", default="hf,lean_bs,lean,lean_bf16_unpacked,lean_bf16")
     args = ap.parse_args()
 
     import torch
 
     from neat.config import load_params
-    from neat.generation import generate
+    from neat.data import read_preferences
+    from neat.generation import generate, use_generation_params
     from neat.models import load_policy, native_bf16
     from neat.packed_linear import use_packed_weights
+    from neat.steering import sample_candidates, select_prompts
 
     params = load_params(ROOT / "params.yaml")
     cfg = params.expand
@@ -105,6 +111,7 @@ def main() -> None:
     workloads = {
         "sampled": dict(temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=cfg.k_pos),
         "greedy": dict(temperature=0.0),
+        "expand": {},
     }
     workloads = {name: workloads[name] for name in args.workloads.split(",")}
     budget = params.generation.batch_tokens if args.batch_tokens is None else args.batch_tokens
@@ -120,6 +127,19 @@ def main() -> None:
         use_packed_weights(engine != "lean_bf16_unpacked")  # the bf16 copy is packed or unpacked at each call
         return generate(model, tokenizer, *a, **engines[engine], **kw)
 
+    pairs = read_preferences(data).pairs
+    groups = select_prompts(pairs, args.prompts)
+
+    def run_expand(engine, seed: int) -> int:
+        """`neat expand`'s sampling with `engine` as the stage would set it; the generated tokens."""
+        use_packed_weights(engine != "lean_bf16_unpacked")
+        kw = engines[engine]
+        use_generation_params(params.generation.model_copy(update={
+            "engine": kw["engine"], "batch_tokens": kw.get("batch_tokens", 0), "cpu_dtype": kw["cpu_dtype"]}))
+        _, stats = sample_candidates(model, tokenizer, groups, pairs, cfg, seed=seed, policy_id="benchmark",
+                                     round_=1, progress=False)
+        return stats["generated_tokens"]
+
     for engine in engines:  # warm-up
         run(engine, prompts[:2], max_new_tokens=4, batch_size=2)
     rate = {name: {e: [] for e in engines} for name in workloads}
@@ -131,9 +151,13 @@ def main() -> None:
         for name, kw in workloads.items():
             for engine in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
                 t0, c0 = time.perf_counter(), time.process_time()
-                gens = run(engine, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=r, **kw)
+                if name == "expand":
+                    n = run_expand(engine, seed=r)
+                else:
+                    gens = run(engine, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=r,
+                               **kw)
+                    n = sum(g.n_tokens for gs in gens for g in gs)
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
-                n = sum(g.n_tokens for gs in gens for g in gs)
                 rate[name][engine].append(n / dt)
                 if name == "greedy" and r == 0:
                     greedy_texts[engine] = [gs[0].text for gs in gens]
@@ -146,6 +170,7 @@ def main() -> None:
         "bench": "generation_throughput", "model": args.model, "params": n_params, "data": data.name,
         "prompts": len(prompts), "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1),
         "batch_size": cfg.batch_size, "batch_tokens": budget, "k": cfg.k_pos, "max_new_tokens": cfg.max_new_tokens, "rounds": args.rounds,
+        "expand_k": [cfg.k_pos, cfg.k_neg], "expand_demo_origins": list(cfg.demo_origins), "expand_n_demos": cfg.n_demos,
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "shared_machine": True, "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
