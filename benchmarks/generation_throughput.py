@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=None, help="lean engine budget (default: params.yaml's)")
     ap.add_argument("--workloads", default="sampled,greedy,expand")
     ap.add_argument("--engines", default="hf,lean_bs,lean,lean_bf16_unpacked,lean_bf16")
+    ap.add_argument("--set", "-S", action="append", default=[], help="params.yaml override, e.g. expand.demo_scope=round")
     args = ap.parse_args()
 
     import torch
@@ -98,7 +99,7 @@ def main() -> None:
     from neat.packed_linear import use_packed_weights
     from neat.steering import sample_candidates, select_prompts
 
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml", overrides=args.set)
     cfg = params.expand
     model, tokenizer = load_policy(args.model, cache_dir=os.environ.get("NEAT_CACHE_DIR", str(ROOT / ".cache/neat")),
                                    device="cpu", dtype="float32", seed=0)
@@ -171,6 +172,7 @@ def main() -> None:
         "prompts": len(prompts), "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1),
         "batch_size": cfg.batch_size, "batch_tokens": budget, "k": cfg.k_pos, "max_new_tokens": cfg.max_new_tokens, "rounds": args.rounds,
         "expand_k": [cfg.k_pos, cfg.k_neg], "expand_demo_origins": list(cfg.demo_origins), "expand_n_demos": cfg.n_demos,
+        "expand_demo_scope": cfg.demo_scope, "overrides": args.set,
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "shared_machine": True, "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -131,6 +131,9 @@ class ExpandParams(Section):
                                               "chosen responses, negative: rejected ones)")
     negative_opening: str = Field("", description="text the negative samples start with: written into the "
                                   "assistant turn before sampling and kept in the candidate (\"\" = none)")
+    demo_scope: Literal["prompt", "round"] = Field(
+        "prompt", description="prompt: demonstrations drawn per prompt; round: one draw shared by every prompt of a "
+                              "round (and shard), so the generation loop prefills it once per batch")
     max_new_tokens: int = Field(40, ge=1, le=4096)
     temperature: float = Field(0.9, ge=0, le=5)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -140,11 +143,13 @@ class ExpandParams(Section):
     shard_size: int = Field(64, ge=1, description="prompts per resumable shard (a killed run continues from whole shards)")
 
     def key(self) -> dict:
-        """The section as fingerprints and keys hash it: an unset `negative_opening` is left out, so that
-        expansions, checkpoints and compared variants from before the option stay valid."""
+        """The section as fingerprints and keys hash it: an unset `negative_opening` and the default `demo_scope`
+        are left out, so that expansions, checkpoints and compared variants from before the options stay valid."""
         tree = self.model_dump(mode="json")
         if not tree["negative_opening"]:
             tree.pop("negative_opening")
+        if tree["demo_scope"] == "prompt":
+            tree.pop("demo_scope")
         return tree
 
 

@@ -41,11 +41,22 @@ def select_prompts(pairs: list[PreferencePair], limit: int | None) -> list[list[
 
 def pick_demos(pool: list[PreferencePair], exclude_id: str, n: int, seed: int, use: str) -> list[dict]:
     """`n` demonstration turns from prompts other than `exclude_id` (single-turn, short ones first)."""
+    return _draw_demos(pool, {exclude_id}, n, f"{seed}:{exclude_id}:{use}", use)
+
+
+def pick_round_demos(pool: list[PreferencePair], exclude_ids: set[str], n: int, seed: int, round_: int,
+                     use: str) -> list[dict]:
+    """`n` demonstration turns shared by every prompt of a round (`expand.demo_scope: round`), from prompts
+    outside `exclude_ids` (the round's own prompts), so that no prompt sees its own responses."""
+    return _draw_demos(pool, exclude_ids, n, f"{seed}:round{round_}:{use}", use)
+
+
+def _draw_demos(pool: list[PreferencePair], exclude_ids: set[str], n: int, rng_key: str, use: str) -> list[dict]:
     if n == 0:
         return []
-    candidates = [p for p in pool if p.prompt_id != exclude_id and len(p.prompt) == 1]
+    candidates = [p for p in pool if p.prompt_id not in exclude_ids and len(p.prompt) == 1]
     candidates = [p for p in candidates if len(getattr(p, use).split()) <= 80] or candidates
-    rng = random.Random(f"{seed}:{exclude_id}:{use}")
+    rng = random.Random(rng_key)
     chosen = rng.sample(candidates, min(n, len(candidates)))
     turns: list[dict] = []
     for demo in chosen:
@@ -95,7 +106,8 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
     """Sample positive and negative candidates for every prompt group; returns (rows, stats).
 
     With `cfg.negative_opening`, each negative answer is begun with that text in the rendered prompt,
-    and the candidate's response is the opening followed by the sampled continuation.
+    and the candidate's response is the opening followed by the sampled continuation. With
+    `cfg.demo_scope: round` every prompt gets the same demonstrations (`pick_round_demos`).
 
     The prompts are bucketed by length *within* `groups` only, and every generation batch is seeded
     from its own first prompt, so the result for a set of groups never depends on what ran before.
@@ -112,10 +124,12 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
         demo_use = "chosen" if spec.origin == "positive" else "rejected"
         opening = cfg.negative_opening if spec.origin == "negative" else ""  # the answer's forced start, kept
         texts, keep = [], []
+        n = cfg.n_demos if spec.origin in cfg.demo_origins else 0
+        if cfg.demo_scope == "round":  # one draw for all: the generation loop prefills it once per batch
+            shared = pick_round_demos(demo_pool, {g[0].prompt_id for g in groups}, n, seed, round_, demo_use)
         for group in groups:
             head = group[0]
-            n = cfg.n_demos if spec.origin in cfg.demo_origins else 0
-            demos = pick_demos(demo_pool, head.prompt_id, n, seed, demo_use)
+            demos = shared if cfg.demo_scope == "round" else pick_demos(demo_pool, head.prompt_id, n, seed, demo_use)
             text = steered_prompt(tokenizer, head.prompt, spec.system, demos, cfg.max_prompt_tokens)
             if text is None:
                 stats["prompts_too_long"] += spec.origin == specs[0].origin

@@ -63,6 +63,7 @@ def test_the_checkpoint_fingerprint_and_place_keep_their_former_values(tmp_path)
     scored.write_bytes(b"rows")
     keys = {k: getattr(params, k).model_dump(mode="json") for k in ("policy", "expand", "train", "data")}
     keys["expand"].pop("negative_opening")  # (added later; unset, it is left out, so these checkpoints resume)
+    keys["expand"].pop("demo_scope")  # (likewise, at its default)
     keys["train"].pop("benign_refusals"), keys["train"].pop("benign_refusal_text")  # (likewise)
     keys["seed"] = params.seed
     keys["generation"] = params.generation.model_dump(mode="json")  # the `lean` engine samples the rounds
