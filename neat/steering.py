@@ -125,11 +125,12 @@ def sample_candidates(model, tokenizer, groups: list[list[PreferencePair]], demo
         opening = cfg.negative_opening if spec.origin == "negative" else ""  # the answer's forced start, kept
         texts, keep = [], []
         n = cfg.n_demos if spec.origin in cfg.demo_origins else 0
-        if cfg.demo_scope == "round":  # one draw for all: the generation loop prefills it once per batch
+        shared = None  # demo_scope round: one draw for all, which the generation loop prefills once per batch
+        if cfg.demo_scope == "round":
             shared = pick_round_demos(demo_pool, {g[0].prompt_id for g in groups}, n, seed, round_, demo_use)
         for group in groups:
             head = group[0]
-            demos = shared if cfg.demo_scope == "round" else pick_demos(demo_pool, head.prompt_id, n, seed, demo_use)
+            demos = shared if shared is not None else pick_demos(demo_pool, head.prompt_id, n, seed, demo_use)
             text = steered_prompt(tokenizer, head.prompt, spec.system, demos, cfg.max_prompt_tokens)
             if text is None:
                 stats["prompts_too_long"] += spec.origin == specs[0].origin
