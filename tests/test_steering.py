@@ -9,9 +9,25 @@ from neat.steering import sample_candidates, select_prompts
 from tests.conftest import ROOT, former_defaults
 
 
-def test_demonstrations_go_only_to_the_steering_prompts_named_in_demo_origins():
+def demo_pairs_and_tiny_model():
     pairs = read_preferences(ROOT / "data/demo/hh_demo.jsonl").pairs
     model, tokenizer = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
+    return pairs, model, tokenizer
+
+
+def record_generated_prompts(monkeypatch) -> list[list[str]]:
+    """The prompt texts of every `generate` call the expansion makes from now on, one list per call."""
+    import neat.steering
+
+    seen = []
+    real_generate = neat.steering.generate
+    monkeypatch.setattr(neat.steering, "generate", lambda m, t, texts, **kw: seen.append(list(texts))
+                        or real_generate(m, t, texts, **kw))
+    return seen
+
+
+def test_demonstrations_go_only_to_the_steering_prompts_named_in_demo_origins():
+    pairs, model, tokenizer = demo_pairs_and_tiny_model()
     for origins, want in ((["positive", "negative"], {"positive": 1, "negative": 1}),
                           (["negative"], {"positive": 0, "negative": 1}), ([], {"positive": 0, "negative": 0})):
         cfg = validate_params(former_defaults({"expand": {"k_pos": 1, "k_neg": 1, "n_demos": 1, "max_new_tokens": 3,
@@ -24,14 +40,8 @@ def test_demonstrations_go_only_to_the_steering_prompts_named_in_demo_origins():
 def test_a_negative_opening_begins_only_the_negative_answers_and_stays_in_their_responses(monkeypatch):
     """The opening is written into the negative prompts' assistant turn (the policy continues it) and is
     the start of each negative candidate; positives are untouched, and without it nothing changes."""
-    import neat.steering
-
-    pairs = read_preferences(ROOT / "data/demo/hh_demo.jsonl").pairs
-    model, tokenizer = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
-    seen = []
-    real_generate = neat.steering.generate
-    monkeypatch.setattr(neat.steering, "generate", lambda m, t, texts, **kw: seen.append(list(texts))
-                        or real_generate(m, t, texts, **kw))
+    pairs, model, tokenizer = demo_pairs_and_tiny_model()
+    seen = record_generated_prompts(monkeypatch)
     results = {}
     for opening in ("", "Sure, here is how:"):
         cfg = validate_params(former_defaults({"expand": {"k_pos": 1, "k_neg": 1, "n_demos": 0, "max_new_tokens": 3,
@@ -68,12 +78,8 @@ def test_round_scoped_demonstrations_are_one_draw_outside_the_rounds_prompts_tha
     import neat.steering
     from neat.generation import shared_prefix_length
 
-    pairs = read_preferences(ROOT / "data/demo/hh_demo.jsonl").pairs
-    model, tokenizer = load_policy("builtin:tiny-random", cache_dir=str(ROOT / ".cache" / "neat"), device="cpu")
-    seen = []
-    real_generate = neat.steering.generate
-    monkeypatch.setattr(neat.steering, "generate", lambda m, t, texts, **kw: seen.append(list(texts))
-                        or real_generate(m, t, texts, **kw))
+    pairs, model, tokenizer = demo_pairs_and_tiny_model()
+    seen = record_generated_prompts(monkeypatch)
     groups = select_prompts(pairs, 4)
     own = {g[0].prompt[-1]["content"] for g in groups}
     for scope in ("prompt", "round"):
