@@ -24,12 +24,19 @@ def _linears(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
+def _packable(layers):
+    """The layers whose shape packs with F.linear's bits on this CPU (oneDNN picks kernels by shape and CPU: on
+    a Xeon without AMX some of the tiny model's bf16 shapes do not, and stay plain)."""
+    return [m for m in layers if packed_linear.packing_available(m.weight.dtype, *m.weight.shape)]
+
+
 @needs_packing
 def test_the_bf16_copy_runs_packed_and_gives_the_plain_layers_bits(tiny):
     model, tok, prompts = tiny
     clone = generation.generation_copy(model, torch.bfloat16)
     layers = _linears(clone)
-    assert layers and all("neat_packed_weight" in m.__dict__ for m in layers)
+    packable = _packable(layers)
+    assert packable and all(("neat_packed_weight" in m.__dict__) == (m in packable) for m in layers)
     ids = torch.tensor([tok(prompts[0], add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         packed_logits = clone(input_ids=ids).logits
@@ -50,7 +57,7 @@ def test_generation_is_the_same_with_and_without_packing(tiny):
         sampled = generate(model, tok, prompts, temperature=1.0, top_p=0.9, num_return_sequences=2, **kw)
         clone = generation.generation_copy(model, torch.bfloat16)
         packed = sum("neat_packed_weight" in m.__dict__ for m in _linears(clone))
-        assert packed == (len(_linears(clone)) if enabled else 0)
+        assert packed == (len(_packable(_linears(clone))) if enabled else 0) and (packed or not enabled)
         runs.append([[(g.text, g.n_tokens) for g in gs] for gs in greedy + sampled])
     assert runs[0] == runs[1] == runs[2]
 
