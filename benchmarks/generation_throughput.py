@@ -28,6 +28,9 @@ The machine is shared with other jobs, so the engines are timed interleaved in o
 median next to the absolute numbers, plus the load average before and after. The compute bound is
 the measured fp32 matmul rate (1024² GEMM, same threads) ÷ 2 × parameters FLOPs per generated token;
 `fraction_of_bound` = tokens/s × FLOPs per token ÷ matmul rate (prefill FLOPs are not credited).
+Per engine and workload the forward calls are split into prefills and decode steps (`*_prefill_s`, `*_calls`,
+`*_positions`, medians over rounds), and `*_speedup_if_decode_free` is hf's time over the engine's prefill time:
+the most any faster decode loop could give on this prompt set.
 """
 
 from __future__ import annotations
@@ -60,6 +63,34 @@ def matmul_flops(seconds: float = 2.0, dtype=None) -> float:
         a @ b
         reps += 1
     return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+class ForwardClock:
+    """Seconds, calls and input positions of every forward call of models of class `cls` while active, split
+    into prefills (several new positions per row) and decode steps (one), for either engine."""
+
+    def __init__(self, cls):
+        self.cls, self.real = cls, cls.forward
+        self.totals = {kind: {"seconds": 0.0, "calls": 0, "positions": 0} for kind in ("prefill", "decode")}
+
+    def __enter__(self):
+        real, totals = self.real, self.totals
+
+        def forward(model, *args, **kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            start = time.perf_counter()
+            out = real(model, *args, **kwargs)
+            entry = totals["decode" if ids is not None and ids.shape[-1] == 1 else "prefill"]
+            entry["seconds"] += time.perf_counter() - start
+            entry["calls"] += 1
+            entry["positions"] += ids.numel() if ids is not None else 0
+            return out
+
+        self.cls.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.forward = self.real
 
 
 def expansion_prompts(tokenizer, cfg, n: int, data: Path) -> list[str]:
@@ -146,20 +177,25 @@ def main() -> None:
     rate = {name: {e: [] for e in engines} for name in workloads}
     greedy_texts = {e: [] for e in engines}
     cpu_rate = {name: {e: [] for e in engines} for name in workloads}
+    seconds = {name: {e: [] for e in engines} for name in workloads}
+    forwards = {name: {e: [] for e in engines} for name in workloads}  # per round: ForwardClock totals
     mm = [matmul_flops()]
     mm_bf16 = matmul_flops(dtype=torch.bfloat16)
     for r in range(args.rounds):
         for name, kw in workloads.items():
             for engine in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
                 t0, c0 = time.perf_counter(), time.process_time()
-                if name == "expand":
-                    n = run_expand(engine, seed=r)
-                else:
-                    gens = run(engine, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=r,
-                               **kw)
-                    n = sum(g.n_tokens for gs in gens for g in gs)
+                with ForwardClock(type(model)) as clock:
+                    if name == "expand":
+                        n = run_expand(engine, seed=r)
+                    else:
+                        gens = run(engine, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                   seed=r, **kw)
+                        n = sum(g.n_tokens for gs in gens for g in gs)
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 rate[name][engine].append(n / dt)
+                seconds[name][engine].append(dt)
+                forwards[name][engine].append(clock.totals)
                 if name == "greedy" and r == 0:
                     greedy_texts[engine] = [gs[0].text for gs in gens]
                 cpu_rate[name][engine].append(n / dc * torch.get_num_threads())  # tokens/s had we had the threads' cores
@@ -195,6 +231,14 @@ def main() -> None:
             out[name][f"{engine}_tokens_per_cpu_s"] = round(statistics.median(cpu_rate[name][engine]), 1)
             bound = mm_bf16 if engine.endswith("bf16") else matmul  # each against its own dtype's matmul rate
             out[name][f"{engine}_fraction_of_bound"] = round(statistics.median(ours) * flops_per_token / bound, 3)
+            for kind in ("prefill", "decode"):
+                runs = [f[kind] for f in forwards[name][engine]]
+                out[name][f"{engine}_{kind}_s"] = round(statistics.median(f["seconds"] for f in runs), 2)
+                out[name][f"{engine}_{kind}_calls"] = round(statistics.median(f["calls"] for f in runs))
+                out[name][f"{engine}_{kind}_positions"] = round(statistics.median(f["positions"] for f in runs))
+            # how far this engine could go were its decode steps free: hf's time over this engine's prefills
+            out[name][f"{engine}_speedup_if_decode_free"] = round(statistics.median(
+                h / f["prefill"]["seconds"] for h, f in zip(seconds[name]["hf"], forwards[name][engine])), 2)
             if engine != "hf":
                 ratios = [b / a for a, b in zip(hf, ours)]
                 out[name][f"{engine}_speedup_median"] = round(statistics.median(ratios), 2)
