@@ -46,6 +46,8 @@ def expand_fingerprint(params, train_path: Path, policy_id: str) -> str:
         desc["engine"] = params.generation.engine
         if params.generation.batch_tokens:  # other batches, other per-batch seeds
             desc["batch_tokens"] = params.generation.batch_tokens
+        if params.generation.decode_tokens:
+            desc["decode_tokens"] = params.generation.decode_tokens
     if params.generation.cpu_dtype != "float32":  # bf16 copies sample other tokens (auto: on bf16 CPUs)
         from neat.models import native_bf16
 

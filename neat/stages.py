@@ -97,7 +97,9 @@ class Stage:
         return getattr(importlib.import_module(module), func)
 
 
-GENERATION = ("generation.backend", "generation.engine", "generation.cpu_dtype")
+# batch_tokens and decode_tokens set the lean loop's batches and so its per-batch seeds: other samples
+GENERATION = ("generation.backend", "generation.engine", "generation.cpu_dtype", "generation.batch_tokens",
+              "generation.decode_tokens")
 
 STAGES: dict[str, Stage] = {
     s.name: s

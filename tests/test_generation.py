@@ -198,6 +198,54 @@ def test_token_budget_batches():
     assert generation._batches([0, 1], lengths, batch_size=9, batch_tokens=40, k=2, max_new_tokens=10) == [[0], [1]]
 
 
+def test_greedy_identical_to_hf_when_batches_decode_together(tiny, monkeypatch):
+    """Prefill batches of one prompt each (different lengths) or of three (with a shared prefix), their caches
+    merged and decoded as one batch: HF's greedy outputs at batch_size 4, and every batch was merged."""
+    model, tok, prompts = tiny
+    merged = []
+    real = generation.merge
+    monkeypatch.setattr(generation, "merge", lambda states, **kw: merged.append(len(states)) or real(states, **kw))
+    hf = generate(model, tok, prompts, max_new_tokens=16, batch_size=4, engine="hf")
+    for budget, batches in ((1, 6), (3 * (max(len(tok(p)["input_ids"]) for p in prompts) + 16), 2)):
+        merged.clear()
+        lean = generate(model, tok, prompts, max_new_tokens=16, batch_size=4, engine="lean", batch_tokens=budget,
+                        decode_tokens=100_000)
+        assert merged == [batches] and _as_tuples(lean) == _as_tuples(hf)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.9, 0.95), (1.0, 1.0)])
+def test_merged_prefills_distribution_matches_hf(tiny, temperature, top_p):
+    """Two prefilled batches (two prompts with their shared start as `prefix`, then a longer prompt alone)
+    merged into one: teacher-forced on HF's samples of the three prompts left-padded together, every
+    position's processed log-probs equal HF's, k samples per prompt."""
+    model, tok, prompts = tiny
+    chosen = [prompts[4], prompts[1], prompts[3]]  # "Why?" and two longer ones: the merge left-pads the first
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in chosen]
+    input_ids, attention = _left_padded(tok, chosen)
+    k, steps = 2, 10
+    out, forced, seen, choose = _hf_samples_to_force(model, tok, input_ids, attention, temperature, top_p, k, steps)
+    shared = generation.shared_prefix_length(enc[:2])
+    assert shared >= generation.MIN_SHARED_PREFIX
+    with torch.no_grad():
+        rest_ids, rest_mask = generation._left_pad([e[shared:] for e in enc[:2]], tok.pad_token_id)
+        first = generation.prefill(model, rest_ids, rest_mask, k=k, reserve=steps, prefix=torch.tensor(enc[0][:shared]))
+        ids, mask = generation._left_pad(enc[2:], tok.pad_token_id)
+        second = generation.prefill(model, ids, mask, k=k, reserve=steps)
+        assert first.attention.shape[1] < second.attention.shape[1]
+        state = generation.merge([first, second], reserve=steps)
+        tokens = generation.decode(model, state, max_new_tokens=steps, stop=set(), choose=choose)
+    assert tokens == forced.tolist()
+    _assert_same_distributions(seen, out.scores)
+
+
+def test_decode_groups():
+    lengths = [10, 10, 20, 30, 100]
+    groups = generation._groups([[0, 1], [2], [3], [4]], lengths, k=2, max_new_tokens=10, decode_tokens=240)
+    # 2 prompts x 2 x (10 + 10) = 80, +[2]: 3 x 2 x 30 = 180 fits, +[3]: 4 x 2 x 40 = 320 does not
+    assert groups == [[[0, 1], [2]], [[3]], [[4]]]
+    assert generation._groups([[0], [1]], lengths, k=1, max_new_tokens=10, decode_tokens=0) == [[[0]], [[1]]]
+
+
 def test_shared_prefix_length():
     assert generation.shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
     assert generation.shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # each row keeps a token of its own
