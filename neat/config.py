@@ -172,6 +172,11 @@ class GenerationParams(Section):
         "auto", description="on CPU, generate with a copy of the policy in this dtype (LoRA merged): auto = bfloat16 "
                             "where the CPU has native bf16 (AVX512-BF16/AMX: 2.5x the tokens/s on SmolLM2-135M), "
                             "else the model's own; float32 = the exact path (greedy outputs equal to transformers')")
+    merge_lora: bool = Field(
+        True, description="on CPU, generate with a copy of a LoRA policy whose adapters are merged into its weights "
+                          "(as the bfloat16 copy and vLLM do), refreshed at each call: the adapters' extra matmuls "
+                          "make a float32 prefill ~1.5x slower; outputs equal the adapters' up to float rounding. "
+                          "false = generate with the adapter model itself (transformers' exact outputs)")
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=0.95, description="share of GPU memory vLLM may take (training shares the GPU in online rounds)")
     vllm_enforce_eager: bool = Field(False, description="skip CUDA-graph capture: faster start, slower decoding")

@@ -270,7 +270,8 @@ def _generation_settings(params) -> dict:
     return {"max_new_tokens": e.max_new_tokens, "n_samples": e.n_samples, "temperature": e.temperature,
             "batch_size": e.batch_size, "seed": e.seed, "device": params.policy.device,
             "dtype": params.policy.dtype, "backend": params.generation.backend, "engine": params.generation.engine,
-            "batch_tokens": params.generation.batch_tokens, "decode_tokens": params.generation.decode_tokens}
+            "batch_tokens": params.generation.batch_tokens, "decode_tokens": params.generation.decode_tokens,
+            "merge_lora": params.generation.merge_lora}
 
 
 def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,

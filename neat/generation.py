@@ -97,14 +97,16 @@ def use_engine(engine: str, batch_tokens: int | None = None, decode_tokens: int 
 
 CPU_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _default_cpu_dtype = "float32"
+_default_merge_lora = False
 
 
 def use_generation_params(gen) -> None:
     """Set what `generate` uses when its caller names nothing, from params' `generation` section:
-    the CPU engine, its token budgets and the CPU dtype (every stage calls this first)."""
-    global _default_cpu_dtype
+    the CPU engine, its token budgets, the CPU dtype and whether LoRA is merged (every stage calls this first)."""
+    global _default_cpu_dtype, _default_merge_lora
     use_engine(gen.engine, gen.batch_tokens, gen.decode_tokens)
     _default_cpu_dtype = gen.cpu_dtype
+    _default_merge_lora = gen.merge_lora
 
 
 def resolve_cpu_dtype(model, cpu_dtype: str | None = None) -> torch.dtype:
@@ -123,15 +125,17 @@ def resolve_cpu_dtype(model, cpu_dtype: str | None = None) -> torch.dtype:
 _copies: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (dtype, its generation copy)
 
 
-def generation_copy(model, dtype: torch.dtype):
-    """`model` itself when it already has `dtype`, else a copy in `dtype` for generating (LoRA merged in
-    float32 first, so the copy holds the rounded merged weights); the training model is left as it is.
+def generation_copy(model, dtype: torch.dtype, merge_lora: bool = False):
+    """`model` itself when it already has `dtype` (and, with `merge_lora`, no LoRA adapters), else a copy in
+    `dtype` for generating (LoRA merged in float32 first, so the copy holds the rounded merged weights); the
+    training model is left as it is. A float32 copy of a LoRA policy generates the same as the adapters up to
+    float rounding, and faster on CPU: the adapters' skinny matmuls cost as much again in a prefill.
 
     The copy is kept for the model's lifetime and refreshed in place at the next call: a deepcopy + merge +
     cast of the peft-wrapped SmolLM2 takes 0.4-0.7 s per online round and probe, the refresh 0.1 s.
     Its Linear weights are packed for oneDNN (`neat.packed_linear`): the same outputs, faster linears.
     """
-    if next(model.parameters()).dtype == dtype:
+    if next(model.parameters()).dtype == dtype and not (merge_lora and hasattr(model, "merge_and_unload")):
         return model
     kept = _copies.get(model)
     if kept is not None and kept[0] == dtype and _refresh_copy(kept[1], model):
@@ -555,6 +559,7 @@ def generate(
     batch_tokens: int | None = None,
     cpu_dtype: str | None = None,
     decode_tokens: int | None = None,
+    merge_lora: bool | None = None,
 ) -> list[list[Generation]]:
     """Generate `num_return_sequences` responses per prompt (rendered prompt strings).
 
@@ -568,7 +573,8 @@ def generate(
     params' generation.decode_tokens; 0 = each prefill alone); the samples drawn for a seed depend on both,
     their distribution and greedy outputs do not. On CPU,
     `cpu_dtype` (default: params' generation.cpu_dtype; float32 when no stage set it) may make it generate
-    with a bfloat16 copy of `model` (`generation_copy`). `model` may also be a `neat.vllm_backend.VllmEngine`
+    with a bfloat16 copy of `model` (`generation_copy`), and `merge_lora` (default: params' generation.merge_lora;
+    off when no stage set it) with a copy whose LoRA adapters are merged into its weights. `model` may also be a `neat.vllm_backend.VllmEngine`
     (generation.backend: vllm): the call is then delegated to it, with the same contract
     (`batch_size` is left to vLLM's scheduler).
     """
@@ -580,7 +586,8 @@ def generate(
         return []
     device = next(model.parameters()).device
     lean = resolve_engine(model, engine) == "lean"
-    model = generation_copy(model, resolve_cpu_dtype(model, cpu_dtype))
+    merge = (_default_merge_lora if merge_lora is None else merge_lora) and device.type == "cpu"
+    model = generation_copy(model, resolve_cpu_dtype(model, cpu_dtype), merge_lora=merge)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     stop = _stop_ids(tokenizer, model)

@@ -97,9 +97,10 @@ class Stage:
         return getattr(importlib.import_module(module), func)
 
 
-# batch_tokens and decode_tokens set the lean loop's batches and so its per-batch seeds: other samples
+# batch_tokens and decode_tokens set the lean loop's batches and so its per-batch seeds (other samples);
+# merge_lora rounds the weights a LoRA policy generates with
 GENERATION = ("generation.backend", "generation.engine", "generation.cpu_dtype", "generation.batch_tokens",
-              "generation.decode_tokens")
+              "generation.decode_tokens", "generation.merge_lora")
 
 STAGES: dict[str, Stage] = {
     s.name: s

@@ -38,6 +38,7 @@ def _generation_defaults():
     def reset():
         generation._default_engine, generation._default_batch_tokens = "lean", 0
         generation._default_decode_tokens = 0
+        generation._default_merge_lora = False
         generation._default_cpu_dtype = "float32"
 
     reset()

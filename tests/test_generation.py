@@ -314,6 +314,36 @@ def test_generation_copy_leaves_the_training_model_alone(tiny):
     assert tv(got, want) < 0.1 and tv(base, want) > 3 * tv(got, want), (tv(got, want), tv(base, want))
 
 
+def test_merge_lora_generates_float32_with_a_merged_copy_of_the_adapters(tiny):
+    """merge_lora: a float32 LoRA policy generates with a kept copy whose adapters are merged (what
+    `merge_and_unload` gives), refreshed after a training step; without it, with the adapter model itself."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, prompts = tiny
+    peft = get_peft_model(__import__("copy").deepcopy(model),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    assert generation.generation_copy(peft, torch.float32) is peft
+    copies = []
+    for _ in range(2):
+        with torch.no_grad():  # a training step moves the adapters
+            for name, p in peft.named_parameters():
+                if "lora_" in name:
+                    p.add_(torch.randn_like(p) * 0.3)
+        clone = generation.generation_copy(peft, torch.float32, merge_lora=True)
+        copies.append(clone)
+        assert not hasattr(clone, "peft_config") and {p.dtype for p in clone.parameters()} == {torch.float32}
+        merged = __import__("copy").deepcopy(peft).merge_and_unload()
+        assert all(torch.equal(clone.state_dict()[k], v) for k, v in merged.state_dict().items())
+        kw = dict(max_new_tokens=8, engine="hf", cpu_dtype="float32")
+        ours = [g[0].text for g in generate(peft, tok, prompts, merge_lora=True, **kw)]
+        assert ours == [g[0].text for g in generate(merged, tok, prompts, **kw)]
+    assert copies[0] is copies[1] and hasattr(peft, "peft_config")  # one kept copy; the policy keeps its adapters
+    for merge in (False, True):  # generate makes (and keeps) the copy only when asked
+        other = get_peft_model(__import__("copy").deepcopy(model), LoraConfig(r=4, target_modules=["q_proj"]))
+        generate(other, tok, prompts[:1], max_new_tokens=2, cpu_dtype="float32", merge_lora=merge)
+        assert (other in generation._copies) is merge
+
+
 def test_cpu_dtype_auto_follows_native_bf16(tiny, monkeypatch):
     import neat.models
 
