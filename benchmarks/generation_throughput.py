@@ -15,7 +15,9 @@ when demonstrations went to both prompts (positive steering + 2 chosen demos), f
 
 Engines: hf (transformers' generate, expand.batch_size prompts per batch), lean_bs (the lean loop at
 the same batch_size: shared prefill of the common prompt start, KV cache written in place, finished
-rows dropped), lean (the lean loop with params' generation.batch_tokens budget) — all three float32 —
+rows dropped), lean_solo (the lean loop with params' generation.batch_tokens budget, each batch decoded on its
+own), lean (the same, with consecutive batches decoded together up to params' generation.decode_tokens, the
+default) — all four float32 —
 and lean_bf16 (lean with a bfloat16 copy of the model: the default where the CPU has native bf16,
 generation.cpu_dtype: auto) with its Linear weights packed for oneDNN (`neat.packed_linear`), and
 lean_bf16_unpacked (the same without packing, the default before it). lean_bf16's fraction of the bound is
@@ -116,8 +118,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data", default=None)
     ap.add_argument("--batch-tokens", type=int, default=None, help="lean engine budget (default: params.yaml's)")
+    ap.add_argument("--decode-tokens", type=int, default=None,
+                    help="lean engine decode budget (default: params.yaml's generation.decode_tokens)")
     ap.add_argument("--workloads", default="sampled,greedy,expand")
-    ap.add_argument("--engines", default="hf,lean_bs,lean,lean_bf16_unpacked,lean_bf16")
+    ap.add_argument("--engines", default="hf,lean_bs,lean_solo,lean,lean_bf16_unpacked,lean_bf16")
     ap.add_argument("--set", "-S", action="append", default=[], help="params.yaml override, e.g. expand.demo_scope=round")
     args = ap.parse_args()
 
@@ -148,10 +152,11 @@ def main() -> None:
     workloads = {name: workloads[name] for name in args.workloads.split(",")}
     budget = params.generation.batch_tokens if args.batch_tokens is None else args.batch_tokens
     f32 = dict(cpu_dtype="float32")
-    engines = {"hf": dict(engine="hf", **f32), "lean_bs": dict(engine="lean", batch_tokens=0, **f32),
-               "lean": dict(engine="lean", batch_tokens=budget, **f32),
-               "lean_bf16_unpacked": dict(engine="lean", batch_tokens=budget, cpu_dtype="bfloat16"),
-               "lean_bf16": dict(engine="lean", batch_tokens=budget, cpu_dtype="bfloat16")}
+    decode = params.generation.decode_tokens if args.decode_tokens is None else args.decode_tokens
+    lean = dict(engine="lean", batch_tokens=budget, decode_tokens=decode)
+    engines = {"hf": dict(engine="hf", **f32), "lean_bs": dict(engine="lean", batch_tokens=0, decode_tokens=0, **f32),
+               "lean_solo": dict(lean, decode_tokens=0, **f32), "lean": dict(lean, **f32),
+               "lean_bf16_unpacked": dict(lean, cpu_dtype="bfloat16"), "lean_bf16": dict(lean, cpu_dtype="bfloat16")}
     wanted = set(args.engines.split(",")) | {"hf"}
     engines = {name: kw for name, kw in engines.items() if name in wanted}
 
@@ -167,7 +172,8 @@ def main() -> None:
         use_packed_weights(engine != "lean_bf16_unpacked")
         kw = engines[engine]
         use_generation_params(params.generation.model_copy(update={
-            "engine": kw["engine"], "batch_tokens": kw.get("batch_tokens", 0), "cpu_dtype": kw["cpu_dtype"]}))
+            "engine": kw["engine"], "batch_tokens": kw.get("batch_tokens", 0), "decode_tokens": kw.get("decode_tokens", 0),
+            "cpu_dtype": kw["cpu_dtype"]}))
         _, stats = sample_candidates(model, tokenizer, groups, pairs, cfg, seed=seed, policy_id="benchmark",
                                      round_=1, progress=False)
         return stats["generated_tokens"]
@@ -206,7 +212,7 @@ def main() -> None:
     out = {
         "bench": "generation_throughput", "model": args.model, "params": n_params, "data": data.name,
         "prompts": len(prompts), "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1),
-        "batch_size": cfg.batch_size, "batch_tokens": budget, "k": cfg.k_pos, "max_new_tokens": cfg.max_new_tokens, "rounds": args.rounds,
+        "batch_size": cfg.batch_size, "batch_tokens": budget, "decode_tokens": decode, "k": cfg.k_pos, "max_new_tokens": cfg.max_new_tokens, "rounds": args.rounds,
         "expand_k": [cfg.k_pos, cfg.k_neg], "expand_demo_origins": list(cfg.demo_origins), "expand_n_demos": cfg.n_demos,
         "expand_demo_scope": cfg.demo_scope, "overrides": args.set,
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),

@@ -349,10 +349,10 @@ def mergeable(state: Prefilled) -> bool:
 
 
 def merge(states: Sequence[Prefilled], reserve: int) -> Prefilled:
-    """One batch of the rows of several prefilled ones, in order, to decode together: a decode step costs
-    about as much for 56 rows as for 14 on a 2-core CPU, where a prefill of 56 long prompts at once runs
-    slower than four of 14 (its activations leave the cache). Shorter caches are left-padded with masked
-    zero keys and values up to the longest; a row's own keys, values and positions are unchanged."""
+    """One batch of the rows of several prefilled ones, in order, to decode together: on a 2-core CPU a float32
+    decode step of SmolLM2-135M costs ~10 ms a row at 14 rows and ~4 at 56-112, while one prefill of many long
+    prompts runs slower than several small ones (its activations leave the cache). Shorter caches are left-padded
+    with masked zero keys and values up to the longest; a row's own keys, values and positions are unchanged."""
     if len(states) == 1:
         return states[0]
     width = max(s.attention.shape[1] for s in states)
