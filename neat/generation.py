@@ -273,6 +273,12 @@ def _growing_layer_class():
                 self.buf_v = self.buf_v.repeat_interleave(repeats, dim=0)
                 self._view()
 
+        def take(self, buf_k, buf_v, n: int) -> None:
+            """Hold these buffers, of which the first `n` positions are filled (how `merge` joins batches)."""
+            self.buf_k, self.buf_v, self.n = buf_k, buf_v, n
+            self.device, self.is_initialized = buf_k.device, True
+            self._view()
+
         def batch_select_indices(self, indices) -> None:
             if self.n:
                 self.buf_k, self.buf_v = self.buf_k[indices], self.buf_v[indices]
@@ -345,7 +351,7 @@ def prefill(model, input_ids, attention, *, k: int, reserve: int, prefix: torch.
 
 def mergeable(state: Prefilled) -> bool:
     """Whether `merge` can join this batch with others (every cache layer ours, see `_kv_cache`)."""
-    return all(hasattr(layer, "buf_k") for layer in state.cache.layers)
+    return all(hasattr(layer, "take") for layer in state.cache.layers)
 
 
 def merge(states: Sequence[Prefilled], reserve: int) -> Prefilled:
@@ -360,6 +366,7 @@ def merge(states: Sequence[Prefilled], reserve: int) -> Prefilled:
     cache = states[0].cache
     for i, layer in enumerate(cache.layers):
         parts = [s.cache.layers[i] for s in states]
+        bufs = []
         for name in ("buf_k", "buf_v"):
             first = getattr(parts[0], name)
             buf = first.new_zeros((sum(getattr(p, name).shape[0] for p in parts), first.shape[1], width + reserve,
@@ -369,9 +376,8 @@ def merge(states: Sequence[Prefilled], reserve: int) -> Prefilled:
                 rows = getattr(p, name).shape[0]
                 buf[row : row + rows, :, width - p.n : width] = getattr(p, name)[:, :, : p.n]
                 row += rows
-            setattr(layer, name, buf)
-        layer.n = width
-        layer._view()
+            bufs.append(buf)
+        layer.take(*bufs, width)
     return Prefilled(cache, attention, torch.cat([s.position for s in states]), torch.cat([s.logits for s in states]))
 
 
