@@ -513,12 +513,11 @@ def _groups(batches: list[list[int]], lengths: list[int], *, k: int, max_new_tok
     fits `decode_tokens` (0: each batch alone)."""
     out: list[list[list[int]]] = []
     for idx in batches:
-        if out:
-            group = [i for batch in out[-1] for i in batch] + idx
-            if len(group) * k * (max(lengths[i] for i in group) + max_new_tokens) <= decode_tokens:
-                out[-1].append(idx)
-                continue
-        out.append([idx])
+        joined = [i for batch in out[-1] for i in batch] + idx if out else idx
+        if out and _batch_cost(joined, lengths, k, max_new_tokens) <= decode_tokens:
+            out[-1].append(idx)
+        else:
+            out.append([idx])
     return out
 
 
@@ -532,6 +531,11 @@ def _left_pad(rows, pad_id) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, attention
 
 
+def _batch_cost(idx: Sequence[int], lengths: list[int], k: int, max_new_tokens: int) -> int:
+    """The token budget prompts `idx` take decoded as one batch: rows x (longest prompt + new tokens)."""
+    return len(idx) * k * (max(lengths[i] for i in idx) + max_new_tokens)
+
+
 def _batches(order: list[int], lengths: list[int], *, batch_size: int, batch_tokens: int, k: int,
              max_new_tokens: int) -> list[list[int]]:
     """Consecutive runs of `order` (prompts sorted by length): `batch_size` prompts each, or, with a
@@ -540,7 +544,7 @@ def _batches(order: list[int], lengths: list[int], *, batch_size: int, batch_tok
         return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     out: list[list[int]] = []
     for i in order:
-        if out and (len(out[-1]) + 1) * k * (max(lengths[j] for j in out[-1] + [i]) + max_new_tokens) <= batch_tokens:
+        if out and _batch_cost(out[-1] + [i], lengths, k, max_new_tokens) <= batch_tokens:
             out[-1].append(i)
         else:
             out.append([i])
@@ -580,8 +584,8 @@ def generate(
     their distribution and greedy outputs do not. On CPU,
     `cpu_dtype` (default: params' generation.cpu_dtype; float32 when no stage set it) may make it generate
     with a bfloat16 copy of `model` (`generation_copy`), and `merge_lora` (default: params' generation.merge_lora;
-    off when no stage set it) with a copy whose LoRA adapters are merged into its weights. `model` may also be a `neat.vllm_backend.VllmEngine`
-    (generation.backend: vllm): the call is then delegated to it, with the same contract
+    off when no stage set it) with a copy whose LoRA adapters are merged into its weights. `model` may also be a
+    `neat.vllm_backend.VllmEngine` (generation.backend: vllm): the call is then delegated to it, with the same contract
     (`batch_size` is left to vLLM's scheduler).
     """
     if _vllm_engine(model):
@@ -598,15 +602,16 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     stop = _stop_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop), 0)
+    lengths = [len(e) for e in encoded]
     budget = (_default_batch_tokens if batch_tokens is None else batch_tokens) if lean else 0
-    batches = _batches(order, [len(e) for e in encoded], batch_size=batch_size, batch_tokens=budget,
-                       k=num_return_sequences, max_new_tokens=max_new_tokens)
+    decode_budget = (_default_decode_tokens if decode_tokens is None else decode_tokens) if lean else 0
+    batches = _batches(order, lengths, batch_size=batch_size, batch_tokens=budget, k=num_return_sequences,
+                       max_new_tokens=max_new_tokens)
     results: list[list[Generation] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     try:
-        decode_budget = (_default_decode_tokens if decode_tokens is None else decode_tokens) if lean else 0
-        for group in _groups(batches, [len(e) for e in encoded], k=num_return_sequences, max_new_tokens=max_new_tokens,
+        for group in _groups(batches, lengths, k=num_return_sequences, max_new_tokens=max_new_tokens,
                              decode_tokens=decode_budget):
             idx = [i for batch in group for i in batch]
             torch.manual_seed(batch_seed(seed, prompts[idx[0]] + str(len(idx))))
