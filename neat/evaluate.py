@@ -266,12 +266,16 @@ def fit_prompt(tokenizer, messages: list[dict], max_tokens: int) -> str:
 
 
 def _generation_settings(params) -> dict:
+    from neat.generation import cpu_dtype_name
+
     e = params.evaluate
     return {"max_new_tokens": e.max_new_tokens, "n_samples": e.n_samples, "temperature": e.temperature,
             "batch_size": e.batch_size, "seed": e.seed, "device": params.policy.device,
             "dtype": params.policy.dtype, "backend": params.generation.backend, "engine": params.generation.engine,
             "batch_tokens": params.generation.batch_tokens, "decode_tokens": params.generation.decode_tokens,
-            "merge_lora": params.generation.merge_lora}
+            "merge_lora": params.generation.merge_lora,
+            # auto resolved here: answers generated in bf16 on another CPU (or under another setting) are other answers
+            "cpu_dtype": cpu_dtype_name(params.generation.cpu_dtype)}
 
 
 def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,

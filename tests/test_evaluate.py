@@ -117,6 +117,33 @@ def test_base_generations_are_cached(evaluated, monkeypatch):
     assert again["base_generations_cached"] and again["base_eval_reward_mean"] == first["base_eval_reward_mean"]
 
 
+def test_generations_of_another_cpu_arithmetic_are_not_taken_from_the_cache(evaluated, monkeypatch):
+    """generation.cpu_dtype is part of the cache key as it resolves on the machine: a bf16 run (or `auto` on a CPU
+    with native bf16) never reports the float32 answers cached before it, nor the other way round."""
+    import neat.evaluate as ev
+    import neat.models
+
+    params, _, _ = evaluated
+
+    def with_cpu_dtype(name):
+        return params.model_copy(update={"generation": params.generation.model_copy(update={"cpu_dtype": name})})
+
+    keys = {}
+    for native in (False, True):
+        monkeypatch.setattr(neat.models, "native_bf16", lambda device, native=native: native)
+        keys[native] = {name: ev._generation_settings(with_cpu_dtype(name)) for name in ("auto", "float32", "bfloat16")}
+    assert keys[False]["auto"] == keys[False]["float32"] != keys[False]["bfloat16"]
+    assert keys[True]["auto"] == keys[True]["bfloat16"] != keys[True]["float32"]
+
+    calls = []
+    real = ev.generate_responses
+    monkeypatch.setattr(ev, "generate_responses", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    monkeypatch.setattr(neat.models, "native_bf16", lambda device: False)
+    again = ev.evaluate(with_cpu_dtype("bfloat16"), progress=False)
+    assert "generate base" in calls and "safety base" in calls
+    assert not again["base_generations_cached"]
+
+
 # ---------------------------------------------------------------- metrics on hand-made inputs
 
 
