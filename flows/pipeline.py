@@ -94,7 +94,10 @@ def repro_stage(dvc_name: str, project_dir: str | os.PathLike, on_line: Callable
     """`dvc repro --single-item <dvc_name>`, its output handed to `on_line` as it is printed. A failure is a
     StageFailed, transient unless the `neat` command DVC ran exited with its bad-input code (read from the
     outcome record `neat` writes, not from the output); a stage DVC did not run was reused from its cache."""
-    with tempfile.TemporaryDirectory(prefix="neat-outcome-") as tmp:
+    # inside the project's own (ignored) .neat/: a worker killed mid-stage leaves its empty folder there, not in /tmp
+    scratch = Path(project_dir) / ".neat" / "outcomes"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="neat-outcome-", dir=scratch) as tmp:
         record = Path(tmp) / "outcome.json"
         code, text = stream([_bin("dvc"), "repro", "--single-item", dvc_name], project_dir,
                             _env() | {OUTCOME_ENV: str(record)}, on_line)

@@ -4,11 +4,12 @@ reading DVC's output."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
 import flows.pipeline as fp
-from neat.failures import is_bad_input
+from neat.failures import OUTCOME_ENV, is_bad_input
 from neat.errors import DataError
 from tests.conftest import ROOT
 
@@ -50,6 +51,17 @@ def test_a_stage_dvc_did_not_run_was_reused(fake_dvc, tmp_path):
     assert fp.repro_stage("prepare", tmp_path, print) == {"stage": "prepare", "reused_from_cache": True}
     fake_dvc(f"{NEAT} params --params {ROOT}/params.yaml > /dev/null")
     assert fp.repro_stage("prepare", tmp_path, print) == {"stage": "prepare", "reused_from_cache": False}
+
+
+def test_the_outcome_record_is_written_inside_the_project_and_removed(fake_dvc, tmp_path):
+    """Not in /tmp: a worker killed mid-stage leaves its (empty) folder in the project's ignored .neat/."""
+    fake_dvc(f'echo "record=${OUTCOME_ENV}"')
+    lines = []
+    fp.repro_stage("prepare", tmp_path, lines.append)
+    record = Path(next(line for line in lines if line.startswith("record=")).removeprefix("record="))
+    scratch = tmp_path / ".neat" / "outcomes"
+    assert record.name == "outcome.json" and record.parent.parent == scratch
+    assert list(scratch.iterdir()) == []  # removed once the stage ended
 
 
 def test_an_in_process_stage_is_retried_unless_its_input_is_at_fault():
