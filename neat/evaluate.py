@@ -615,7 +615,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     with production this way); `out_dir` replaces `<out>` as where the files go.
     """
     from neat.generation import use_generation_params
-    from neat.models import release_gpu_memory
+    from neat.models import arithmetic, release_gpu_memory
     from neat.reward import score_texts
 
     use_generation_params(params.generation)
@@ -715,6 +715,7 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
         "eval_reward_model": eval_reward_model_ref(params), "safety_prompts": str(params.paths.safety_prompts),
         "n_samples": e.n_samples, "max_new_tokens": e.max_new_tokens, "bootstrap": e.bootstrap,
         "base_generations_cached": base["cached"],
+        "arithmetic": arithmetic(params, "generation", "perplexity"),
         "seconds": round(time.perf_counter() - started, 2), **timings,
     })
     metrics = json_safe(metrics)

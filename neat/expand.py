@@ -61,7 +61,7 @@ def expand(params) -> dict:
     import time
 
     from neat.io import ShardStore, work_dir_for
-    from neat.models import checkpoint_id
+    from neat.models import arithmetic, checkpoint_id
 
     use_generation_params(params.generation)
     if params.generation.backend == "vllm":  # fail before any work when vLLM cannot run here
@@ -88,6 +88,7 @@ def expand(params) -> dict:
     stats |= mix_stats
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["tokens_per_second"] = round(stats["generated_tokens"] / max(stats["seconds"], 1e-9), 1)
+    stats["arithmetic"] = arithmetic(params, "generation")
     write_candidates(params.out("expand", "candidates.parquet"), rows)
     write_mix_pairs(params, benign, harmful)  # the online rounds' benign prompts and harmful requests (train)
     from neat.io import write_json_atomic

@@ -142,6 +142,39 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[key]
 
 
+ARITHMETIC_PARTS = ("generation", "policy_training", "reward_training", "perplexity")
+
+
+def arithmetic(params, *parts: str) -> dict[str, Any]:
+    """The number formats this machine computes `parts` of the pipeline in (default: all), as params' `auto`
+    settings resolve here: generation (`generation.cpu_dtype` on CPU, `policy.dtype` on a GPU or under vLLM),
+    the policy's and the training reward model's optimisation (bf16 autocast or their dtype) and the
+    evaluation's perplexity; and whether the CPU has native bf16. Stages record the parts they compute: the
+    same params give other figures in another arithmetic (the default's XSTest safe compliance read 0.79-0.84
+    with bf16 on AMX CPUs, 0.875-0.93 in float32; docs/experiments.md). Only the devices of `parts` are resolved.
+    """
+    out: dict[str, Any] = {"native_bf16_cpu": native_bf16(torch.device("cpu"))}
+    wanted = parts or ARITHMETIC_PARTS
+    if "reward_training" in wanted:
+        on = autocast_device(params.reward.bf16_autocast, resolve_device(params.reward.device))
+        out["reward_training"] = "bfloat16 autocast" if on else "float32"
+    if not {"generation", "policy_training", "perplexity"} & set(wanted):
+        return out
+    device = resolve_device(params.policy.device)
+    policy = str(resolve_dtype(params.policy.dtype, device)).removeprefix("torch.")
+    out["device"] = device.type
+    if "generation" in wanted:
+        cpu = device.type == "cpu" and params.generation.backend == "hf"
+        setting = params.generation.cpu_dtype
+        out["generation"] = (policy if not cpu else setting if setting != "auto"
+                             else "bfloat16" if native_bf16(device) else policy)
+    for part, setting in (("policy_training", params.train.bf16_autocast),
+                          ("perplexity", params.evaluate.bf16_autocast)):
+        if part in wanted:
+            out[part] = "bfloat16 autocast" if autocast_device(setting, device) else policy
+    return out
+
+
 def default_cache_dir() -> Path:
     """``$NEAT_CACHE_DIR`` if set, else ``~/.cache/neat``."""
     env = os.environ.get("NEAT_CACHE_DIR")

@@ -52,6 +52,9 @@ SAFETY_KEYS = ("prompt", "label", "base_response", "trained_response", "base_ref
 LOG_KEYS = ("round", "step", "loss", "rank_loss", "sft_loss")
 
 
+ARITHMETIC_LABELS = (("generation", "generation"), ("policy_training", "policy training"),
+                     ("reward_training", "training RM"), ("perplexity", "perplexity"))
+
 def _load_online(path: Path) -> list[dict]:
     """train/online.json: the per-round entries ([] without the file); damaged → one DataError naming it."""
     return check_online_entries(path, read_json_output(path, "train", expect=list) or [])
@@ -521,6 +524,13 @@ def _report(params, top) -> dict:
         for name, m in stage_files:
             if m and m.get("seconds") is not None:
                 md.append(f"| wall time of `{name}` | {format_number(float(m['seconds']), 1)} s |")
+        arith: dict = {}
+        for _, m in stage_files:  # what the figures were computed in (another machine's `auto` gives others)
+            arith |= (m or {}).get("arithmetic") or {}
+        if arith:
+            parts = [f"{label}: {arith[key]}" for key, label in ARITHMETIC_LABELS if key in arith]
+            md.append(f"| arithmetic of these figures (CPU with native bf16: "
+                      f"{'yes' if arith.get('native_bf16_cpu') else 'no'}) | {'; '.join(parts)} |")
         phases = (train_m or {}).get("seconds_by_phase") or {}
         if phases:  # generation against optimisation inside `train`
             md.append("| `train`: sampling, loop probes and scoring of the rounds / dev-prompt answers (online curve) "

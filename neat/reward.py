@@ -428,6 +428,10 @@ def train_rm(params) -> dict:
     metrics |= fit_reward_model(model, tokenizer, eval_pairs, train_pairs, r, seed=r.seed,
                                 save_to=params.out("reward_model"))
     metrics["seconds"] = round(time.perf_counter() - start, 2)
+    if r.train:
+        from neat.models import arithmetic
+
+        metrics["arithmetic"] = arithmetic(params, "reward_training")
     metrics = json_safe(metrics)
     write_json_atomic(params.out("metrics", "reward_model.json"), metrics)
     return metrics

@@ -18,6 +18,7 @@ from neat.base_mix import read_mix_pairs
 from neat.candidates import SCORED_COLUMNS, read_candidates
 from neat.data import read_pairs
 from neat.io import write_json_atomic
+from neat.models import arithmetic
 from neat.steering import select_prompts
 from neat.training.checkpoint import fingerprint, state_dir_for
 from neat.training.trainer import Trainer, load_trainable_policy
@@ -104,7 +105,8 @@ def train(params, resume: bool = False, stop_after_steps: int | None = None) -> 
         return summary
     save_model(policy, tokenizer, params.out("policy"), base_ref=params.policy.model)  # + adapter/ under LoRA
     last = trainer.log[-1] if trainer.log else {}
-    summary |= {"seconds": round(time.perf_counter() - started, 1), "final_loss": last.get("loss")}
+    summary |= {"seconds": round(time.perf_counter() - started, 1), "final_loss": last.get("loss"),
+                "arithmetic": arithmetic(params, "generation", "policy_training")}
     write_json_atomic(params.out("metrics", "train.json"), summary)
     from neat.modelcard import write_model_card
 

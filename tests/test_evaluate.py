@@ -103,6 +103,9 @@ def test_evaluate_writes_every_file(evaluated):
     assert metrics["wins"] + metrics["ties"] + metrics["losses"] == 4
     assert set(metrics["safety"]["trained"]["by_type"]) == {r["type"] for r in safety}
     assert math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > 1
+    from neat.models import arithmetic
+
+    assert metrics["arithmetic"] == arithmetic(params, "generation", "perplexity")  # what its answers were made in
 
 
 def test_base_generations_are_cached(evaluated, monkeypatch):

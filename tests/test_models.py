@@ -85,6 +85,34 @@ def test_bf16_autocast_setting(monkeypatch):
     assert models.native_bf16(torch.device("mps")) is False
 
 
+def test_arithmetic_records_what_auto_resolves_to_on_the_machine(monkeypatch):
+    import neat.models as models
+    from tests.conftest import make_test_params
+
+    def params(**sections):
+        return make_test_params({"policy": {"device": "cpu", "dtype": "auto"}, "reward": {"device": "cpu"}},
+                                **sections)
+
+    auto = params(generation={"cpu_dtype": "auto"}, train={"bf16_autocast": "auto"},
+                  reward={"bf16_autocast": "auto"}, evaluate={"bf16_autocast": "auto"})
+    monkeypatch.setattr(models, "native_bf16", lambda device: False)
+    assert models.arithmetic(auto) == {"native_bf16_cpu": False, "device": "cpu", "generation": "float32",
+                                       "policy_training": "float32", "reward_training": "float32",
+                                       "perplexity": "float32"}
+    monkeypatch.setattr(models, "native_bf16", lambda device: True)
+    assert models.arithmetic(auto) == {"native_bf16_cpu": True, "device": "cpu", "generation": "bfloat16",
+                                       "policy_training": "bfloat16 autocast", "reward_training": "bfloat16 autocast",
+                                       "perplexity": "bfloat16 autocast"}
+    pinned = params(generation={"cpu_dtype": "float32"}, train={"bf16_autocast": False})
+    assert models.arithmetic(pinned, "generation", "policy_training") == {
+        "native_bf16_cpu": True, "device": "cpu", "generation": "float32", "policy_training": "float32"}
+    # a stage records only its parts and resolves only their devices: the RM's stage runs whatever policy.device says
+    gpu_policy = make_test_params({"policy": {"device": "cuda:7"}, "reward": {"device": "cpu", "bf16_autocast": False}})
+    assert models.arithmetic(gpu_policy, "reward_training") == {"native_bf16_cpu": True, "reward_training": "float32"}
+    with pytest.raises(ModelError, match="cuda:7"):
+        models.arithmetic(gpu_policy, "generation")
+
+
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("NEAT_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"

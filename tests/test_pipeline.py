@@ -65,6 +65,17 @@ def test_expansion_records_origin_and_provenance(pipeline_out):
     assert all(isinstance(r["flags"], list) for r in rows)
 
 
+def test_every_stage_records_the_arithmetic_it_ran_in(pipeline_out):
+    """tiny_overrides asks for the bf16 paths, emulated where the CPU has no native bf16: the records say so."""
+    rm = json.loads((pipeline_out / "metrics/reward_model.json").read_text())["arithmetic"]
+    expand = json.loads((pipeline_out / "expand/stats.json").read_text())["arithmetic"]
+    train = json.loads((pipeline_out / "metrics/train.json").read_text())["arithmetic"]
+    assert rm["reward_training"] == "bfloat16 autocast" and "generation" not in rm
+    assert expand["generation"] == "bfloat16" and expand["device"] == "cpu" and "policy_training" not in expand
+    assert train["generation"] == "bfloat16" and train["policy_training"] == "bfloat16 autocast"
+    assert rm["native_bf16_cpu"] == expand["native_bf16_cpu"] == train["native_bf16_cpu"]
+
+
 def test_scores_and_ranks_written_next_to_candidates(pipeline_out):
     rows = pq.read_table(pipeline_out / "score/candidates.parquet").to_pylist()
     ranked = [r for r in rows if r["rank"] is not None]

@@ -50,7 +50,9 @@ def write_upstream(params):
     metrics.update(tag="trained", base_model="builtin:tiny-random", policy="out/policy", judge="string_match",
                    eval_reward_model="out/eval_reward_model", safety_prompts="demo.csv", n_samples=0,
                    max_new_tokens=8, bootstrap=100, seconds=3.5, judge_agreement=0.861, judge_agreement_ci_low=0.81,
-                   judge_agreement_ci_high=0.91, judge_agreement_n=177, judge_labels="labels/heldout.jsonl")
+                   judge_agreement_ci_high=0.91, judge_agreement_n=177, judge_labels="labels/heldout.jsonl",
+                   arithmetic={"native_bf16_cpu": True, "device": "cpu", "generation": "bfloat16",
+                               "perplexity": "bfloat16 autocast"})
     write_jsonl_atomic(params.out("evaluate", "generations.jsonl"), records)
     write_jsonl_atomic(params.out("evaluate", "safety.jsonl"), safety)
     write_rewards_plot_data(params.out("evaluate", "rewards.csv"), records)
@@ -58,7 +60,8 @@ def write_upstream(params):
     write_json_atomic(params.out("metrics", "eval_reward_model.json"),
                       {"eval_accuracy": 0.61, "eval_accuracy_before": 0.5, "judge_pairs": 30, "seconds": 9.0})
     write_json_atomic(params.out("metrics", "train.json"), {"steps": 6, "seconds": 40.0, "seconds_by_phase": {
-        "sampling": 21.5, "dev_probes": 4.0, "optimizer_steps": 12.3}})
+        "sampling": 21.5, "dev_probes": 4.0, "optimizer_steps": 12.3}, "arithmetic": {
+        "native_bf16_cpu": True, "device": "cpu", "generation": "bfloat16", "policy_training": "float32"}})
     params.out("compare").mkdir(parents=True, exist_ok=True)
     params.out("compare", "table.md").write_text("| variant | steps |\n|---|---|\n| neat | 6 |\n")
     return metrics
@@ -88,6 +91,8 @@ def test_report_writes_markdown_figures_and_plot_data(tmp_path):
     assert "a\\|b &lt;x&gt;" in md  # table cells are escaped
     assert "| wall time of `train` | 40.0 s |" in md
     assert "/ optimizer steps and checkpoints | 21.5 s / 4.0 s / 12.3 s |" in md  # where train's time went
+    assert ("| arithmetic of these figures (CPU with native bf16: yes) | generation: bfloat16; policy training: "
+            "float32; perplexity: bfloat16 autocast |") in md
     with (folder / "reward_by_origin.csv").open() as fh:
         by_origin = list(csv.DictReader(fh))
     assert {(r["round"], r["origin"]) for r in by_origin} == {(str(r), o) for r in (1, 2)
