@@ -55,6 +55,7 @@ LOG_KEYS = ("round", "step", "loss", "rank_loss", "sft_loss")
 ARITHMETIC_LABELS = (("generation", "generation"), ("policy_training", "policy training"),
                      ("reward_training", "training RM"), ("perplexity", "perplexity"))
 
+
 def _load_online(path: Path) -> list[dict]:
     """train/online.json: the per-round entries ([] without the file); damaged → one DataError naming it."""
     return check_online_entries(path, read_json_output(path, "train", expect=list) or [])
