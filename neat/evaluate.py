@@ -266,7 +266,7 @@ def fit_prompt(tokenizer, messages: list[dict], max_tokens: int) -> str:
 
 
 def _generation_settings(params) -> dict:
-    from neat.generation import cpu_dtype_name
+    from neat.models import arithmetic
 
     e = params.evaluate
     return {"max_new_tokens": e.max_new_tokens, "n_samples": e.n_samples, "temperature": e.temperature,
@@ -275,7 +275,7 @@ def _generation_settings(params) -> dict:
             "batch_tokens": params.generation.batch_tokens, "decode_tokens": params.generation.decode_tokens,
             "merge_lora": params.generation.merge_lora,
             # auto resolved here: answers generated in bf16 on another CPU (or under another setting) are other answers
-            "cpu_dtype": cpu_dtype_name(params.generation.cpu_dtype)}
+            "cpu_dtype": arithmetic(params, "generation")["generation"]}
 
 
 def generate_responses(model, tokenizer, texts: list[str], settings: dict, *, desc: str,

@@ -122,18 +122,6 @@ def resolve_cpu_dtype(model, cpu_dtype: str | None = None) -> torch.dtype:
     return CPU_DTYPES[name]
 
 
-def cpu_dtype_name(cpu_dtype: str | None = None) -> str:
-    """What a CPU generation on this machine runs in, by name, without a model: `generation.cpu_dtype` with
-    auto resolved as `resolve_cpu_dtype` does for a float32 policy (bfloat16 only where the CPU has native
-    bf16). For keys of stored generations, which an answer of another arithmetic must not hit."""
-    from neat.models import native_bf16
-
-    name = cpu_dtype or _default_cpu_dtype
-    if name == "auto":
-        return "bfloat16" if native_bf16(torch.device("cpu")) else "float32"
-    return name
-
-
 _copies: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (dtype, its generation copy)
 
 

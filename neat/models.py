@@ -163,11 +163,11 @@ def arithmetic(params, *parts: str) -> dict[str, Any]:
     device = resolve_device(params.policy.device)
     policy = str(resolve_dtype(params.policy.dtype, device)).removeprefix("torch.")
     out["device"] = device.type
-    if "generation" in wanted:
-        cpu = device.type == "cpu" and params.generation.backend == "hf"
-        setting = params.generation.cpu_dtype
-        out["generation"] = (policy if not cpu else setting if setting != "auto"
-                             else "bfloat16" if native_bf16(device) else policy)
+    if "generation" in wanted:  # as `neat.generation.resolve_cpu_dtype` resolves it for the loaded policy
+        out["generation"] = policy
+        if device.type == "cpu" and params.generation.backend == "hf":
+            setting = params.generation.cpu_dtype
+            out["generation"] = setting if setting != "auto" else "bfloat16" if native_bf16(device) else policy
     for part, setting in (("policy_training", params.train.bf16_autocast),
                           ("perplexity", params.evaluate.bf16_autocast)):
         if part in wanted:
