@@ -56,8 +56,9 @@ def test_single_process_checkpoint_round_trip_restores_weights_optimizer_and_rng
     assert torch.equal(torch.rand(2), after_save)  # the RNG continues where the checkpoint left it
 
 
-def test_the_checkpoint_fingerprint_and_place_keep_their_former_values(tmp_path):
+def test_the_checkpoint_fingerprint_and_place_keep_their_former_values(tmp_path, monkeypatch):
     """Unchanged by the move to `neat.io`: a checkpoint written before the move still resumes."""
+    monkeypatch.setattr("neat.models.native_bf16", lambda device: False)  # float32 throughout, as before
     params = make_params(tmp_path)
     scored = tmp_path / "candidates.parquet"
     scored.write_bytes(b"rows")
@@ -75,6 +76,18 @@ def test_the_checkpoint_fingerprint_and_place_keep_their_former_values(tmp_path)
     out = tmp_path.joinpath("out").resolve()
     key = hashlib.sha256(str(out).encode()).hexdigest()[:8]
     assert state_dir_for(params) == Path(params.paths.checkpoints) / f"out-{key}" / "train"
+
+
+def test_the_checkpoint_fingerprint_follows_the_arithmetic_auto_resolves_to(tmp_path, monkeypatch):
+    """A project copied from a CPU with native bf16 to one without must not resume its bf16 rounds' samples."""
+    params = make_params(tmp_path)
+    params.generation.cpu_dtype, params.train.bf16_autocast = "auto", "auto"
+    scored = tmp_path / "missing.parquet"
+    monkeypatch.setattr("neat.models.native_bf16", lambda device: False)
+    float32 = fingerprint(params, scored)
+    monkeypatch.setattr("neat.models.native_bf16", lambda device: True)
+    bf16 = fingerprint(params, scored)
+    assert bf16 != float32  # the same words, another arithmetic
 
 
 @pytest.mark.parametrize("name", ["ddp", "fsdp"])

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from neat.errors import TrainingError
 from neat.io import atomic_path, fingerprint_of, work_dir_for
+from neat.models import arithmetic
 
 
 def state_dir_for(params) -> Path:
@@ -34,6 +35,9 @@ def fingerprint(params, scored_path: Path) -> str:
     keys["seed"] = params.seed
     if params.generation.backend != "hf" or params.generation.engine != "hf":  # online rounds sample with another engine
         keys["generation"] = params.generation.model_dump(mode="json")
+    resolved = arithmetic(params, "generation", "policy_training")  # `auto` means bf16 on some CPUs only
+    if any(resolved[part] != "float32" for part in ("generation", "policy_training")):  # (float32 keeps its keys)
+        keys["arithmetic"] = resolved
     return fingerprint_of(keys, *([scored_path] if Path(scored_path).exists() else []))
 
 
