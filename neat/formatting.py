@@ -21,3 +21,14 @@ def format_interval(metrics: dict, key: str, digits: int = 3) -> str:
         return MISSING
     low, high = metrics.get(key + "_ci_low"), metrics.get(key + "_ci_high")
     return f"{format_number(metrics[key], digits)} [{format_number(low, digits)}, {format_number(high, digits)}]"
+
+
+ARITHMETIC_LABELS = (("generation", "generation"), ("policy_training", "policy training"),
+                     ("reward_training", "training RM"), ("perplexity", "perplexity"))
+
+
+def describe_arithmetic(arithmetic: dict) -> str:
+    """The number formats of a run's parts (`neat.models.arithmetic`, merged over its stages) in one line."""
+    parts = [f"{label}: {arithmetic[key]}" for key, label in ARITHMETIC_LABELS if key in arithmetic]
+    native = "yes" if arithmetic.get("native_bf16_cpu") else "no"
+    return f"{'; '.join(parts)} (CPU with native bf16: {native})"

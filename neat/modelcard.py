@@ -2,7 +2,8 @@
 
 A card says what the checkpoint is and where it came from, in the Hugging Face convention (YAML front
 matter, then Markdown): the base model, the training data and its fingerprint, the parameters that
-shaped the policy (`policy`, `expand`, `train`), the training figures (`metrics/train.json`), the
+shaped the policy (`policy`, `expand`, `train`), the training figures (`metrics/train.json`) and the
+arithmetic the stages ran in (float32 or bf16, as `auto` resolved on the machine), the
 evaluation figures with their 95 % intervals and the judges that produced them
 (`metrics/evaluate.json`, when the evaluation has run), and the lineage (git revision, `dvc.lock` hash).
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from neat.formatting import describe_arithmetic
 from neat.io import file_digest
 
 CARD_NAME = "README.md"
@@ -75,6 +77,11 @@ def card_facts(params, project: str | Path = ".", *, evaluation: dict | None = N
                                                              if params.evaluate.train_reward_model else "")},
         "lineage": revision(project),
     }
+    arithmetic: dict = {}  # the stages' number formats (bf16 where `auto` found native bf16): other figures
+    for part in ((_read_json(out / "metrics" / "reward_model.json") or {}), facts["training"] or {},
+                 facts["evaluation"] or {}):
+        arithmetic |= part.get("arithmetic") or {}
+    facts["arithmetic"] = arithmetic or None
     if extra:
         facts.update(extra)
     return facts
@@ -123,6 +130,9 @@ def render(facts: dict[str, Any]) -> str:
         lines += [f"| {k} | {_num(v)} |" for k, v in training.items() if not isinstance(v, (dict, list))]
     else:
         lines.append("No training figures (metrics/train.json) were found.")
+    if facts.get("arithmetic"):
+        lines += ["", f"Arithmetic: {describe_arithmetic(facts['arithmetic'])}. The same parameters give other "
+                      "figures in another arithmetic."]
     lines += ["", "## Evaluation", ""]
     ev = facts.get("evaluation")
     if ev:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from neat.errors import DataError
-from neat.formatting import format_interval, format_number
+from neat.formatting import describe_arithmetic, format_interval, format_number
 from neat.io import atomic_path
 from neat.stage_inputs import check_online_entries, read_csv_output, read_json_output, read_jsonl_output
 
@@ -50,10 +50,6 @@ CAVEAT = (
 GENERATION_KEYS = ("prompt_id", "prompt", "base_response", "trained_response", "base_reward", "trained_reward")
 SAFETY_KEYS = ("prompt", "label", "base_response", "trained_response", "base_refused", "trained_refused")
 LOG_KEYS = ("round", "step", "loss", "rank_loss", "sft_loss")
-
-
-ARITHMETIC_LABELS = (("generation", "generation"), ("policy_training", "policy training"),
-                     ("reward_training", "training RM"), ("perplexity", "perplexity"))
 
 
 def _load_online(path: Path) -> list[dict]:
@@ -529,9 +525,7 @@ def _report(params, top) -> dict:
         for _, m in stage_files:  # what the figures were computed in (another machine's `auto` gives others)
             arith |= (m or {}).get("arithmetic") or {}
         if arith:
-            parts = [f"{label}: {arith[key]}" for key, label in ARITHMETIC_LABELS if key in arith]
-            md.append(f"| arithmetic of these figures (CPU with native bf16: "
-                      f"{'yes' if arith.get('native_bf16_cpu') else 'no'}) | {'; '.join(parts)} |")
+            md.append(f"| arithmetic of these figures | {describe_arithmetic(arith)} |")
         phases = (train_m or {}).get("seconds_by_phase") or {}
         if phases:  # generation against optimisation inside `train`
             md.append("| `train`: sampling, loop probes and scoring of the rounds / dev-prompt answers (online curve) "

@@ -91,8 +91,8 @@ def test_report_writes_markdown_figures_and_plot_data(tmp_path):
     assert "a\\|b &lt;x&gt;" in md  # table cells are escaped
     assert "| wall time of `train` | 40.0 s |" in md
     assert "/ optimizer steps and checkpoints | 21.5 s / 4.0 s / 12.3 s |" in md  # where train's time went
-    assert ("| arithmetic of these figures (CPU with native bf16: yes) | generation: bfloat16; policy training: "
-            "float32; perplexity: bfloat16 autocast |") in md
+    assert ("| arithmetic of these figures | generation: bfloat16; policy training: "
+            "float32; perplexity: bfloat16 autocast (CPU with native bf16: yes) |") in md
     with (folder / "reward_by_origin.csv").open() as fh:
         by_origin = list(csv.DictReader(fh))
     assert {(r["round"], r["origin"]) for r in by_origin} == {(str(r), o) for r in (1, 2)
