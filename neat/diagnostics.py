@@ -108,19 +108,21 @@ def is_rankable(row: dict) -> bool:
 
 
 def _p_greater(groups: dict[str, dict[str, list[float]]], better: str, worse: str) -> dict:
-    """P(reward(better) > reward(worse)) over every better×worse pair within the same prompt (ties ½)."""
-    wins, n_pairs, n_prompts, margins = 0.0, 0, 0, 0.0
+    """P(reward(better) > reward(worse)) over every better×worse pair within the same prompt (ties ½), with a
+    95 % interval that resamples prompts (a prompt's pairs share its candidates)."""
+    from neat.stats import ratio_ci
+
+    wins, pairs, margins = [], [], 0.0
     for by_origin in groups.values():
         a, b = by_origin.get(better, []), by_origin.get(worse, [])
         if not a or not b:
             continue
-        n_prompts += 1
-        for x in a:
-            for y in b:
-                wins += compare_scores(x, y)
-                margins += x - y
-                n_pairs += 1
-    return {"p": wins / n_pairs if n_pairs else None, "pairs": n_pairs, "prompts": n_prompts,
+        wins.append(sum(compare_scores(x, y) for x in a for y in b))
+        pairs.append(len(a) * len(b))
+        margins += sum(x - y for x in a for y in b)
+    n_pairs = sum(pairs)
+    p, low, high = ratio_ci(wins, pairs) if pairs else (None, None, None)
+    return {"p": p, "ci_low": low, "ci_high": high, "pairs": n_pairs, "prompts": len(pairs),
             "mean_margin": margins / n_pairs if n_pairs else None}
 
 
@@ -130,7 +132,8 @@ def separation(rows: Iterable[dict]) -> dict:
     `by_origin`: n, n_excluded (NaN/inf reward or degenerate), mean and population std of the reward.
     `positive_over_negative` / `chosen_over_rejected`: p = P(reward(a) > reward(b)) over all a×b
     pairs within the same prompt, ties counting ½ (pooled over pairs, not averaged per prompt), with
-    the number of pairs and prompts and the mean reward margin. Values are None when undefined.
+    its 95 % interval over prompts, the number of pairs and prompts and the mean reward margin. Values are
+    None when undefined.
     """
     rows = list(rows)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

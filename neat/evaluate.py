@@ -46,23 +46,13 @@ import numpy as np
 
 from neat.errors import DataError, ModelError
 from neat.io import atomic_path, json_safe, write_json_atomic, write_jsonl_atomic
+from neat.stats import mean_ci
 
 ALPHA = 0.05
 _CACHE_VERSION = 1
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def mean_ci(values: Sequence[float], *, n_resamples: int, seed: int) -> dict:
-    """``{"mean", "ci_low", "ci_high", "n"}`` (percentile bootstrap over items); None when empty."""
-    from neat.stats import bootstrap_ci
-
-    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not values:
-        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
-    point, low, high = bootstrap_ci(values, n_resamples=n_resamples, alpha=ALPHA, seed=seed)
-    return {"mean": point, "ci_low": low, "ci_high": high, "n": len(values)}
 
 
 def perplexity_ci(nll: Sequence[float], tokens: Sequence[int], *, n_resamples: int, seed: int) -> dict:
@@ -491,9 +481,10 @@ def evaluation_metrics(records: list[dict], safety_records: list[dict], *, n_res
     out["chosen_tokens"] = int(sum(tokens))
     out.update(answer_diagnostics(records, n_resamples=n_resamples, seed=seed))
     out.update(degenerate_loses_win_rate([records[i] for i in finite], n_resamples=n_resamples, seed=seed))
-    for who in ("base", "trained"):
-        refused = [r[f"{who}_refused"] for r in records if r.get(f"{who}_refused") is not None]
-        out[f"{'' if who == 'trained' else 'base_'}heldout_refusal_rate"] = (sum(refused) / len(refused)) if refused else None
+    for who, prefix in (("trained", ""), ("base", "base_")):
+        refused = mean_ci([float(r[f"{who}_refused"]) for r in records if r.get(f"{who}_refused") is not None], **boot)
+        out[f"{prefix}heldout_refusal_rate"], out[f"{prefix}heldout_refusal_rate_ci_low"], \
+            out[f"{prefix}heldout_refusal_rate_ci_high"] = refused["mean"], refused["ci_low"], refused["ci_high"]
     if safety_records:
         rows = safety_rows or safety_records
         safety = {who: safety_metrics(rows, [r[f"{who}_refused"] for r in safety_records], n_resamples=n_resamples,
@@ -517,8 +508,10 @@ def evaluation_metrics(records: list[dict], safety_records: list[dict], *, n_res
 
 def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> dict:
     """How much the greedy answers changed and whether they degenerate: the share of prompts whose answer
-    changed, and per policy the repetition rate (95 % intervals), distinct-1/-2 and mean length in words."""
-    from neat.diagnostics import is_repetitive, text_stats
+    changed, and per policy the repetition rate, distinct-2 and mean length in words (95 % intervals over
+    prompts), distinct-1 and the share of empty answers."""
+    from neat.diagnostics import distinct_n, is_repetitive, text_stats, words
+    from neat.stats import items_ci
 
     boot = dict(n_resamples=n_resamples, seed=seed)
     out: dict[str, Any] = {}
@@ -535,6 +528,11 @@ def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> d
             out[f"{prefix}repetition_rate_ci_high"] = rep["mean"], rep["ci_low"], rep["ci_high"]
         for key in ("distinct_1", "distinct_2", "mean_words", "empty_rate"):
             out[f"{prefix}{key}"] = stats[key]
+        length = mean_ci([len(words(t)) for t in texts], **boot)
+        out[f"{prefix}mean_words_ci_low"], out[f"{prefix}mean_words_ci_high"] = length["ci_low"], length["ci_high"]
+        if stats["distinct_2"] is not None:  # pooled over answers: answers resampled (one without a bigram adds none)
+            _, low, high = items_ci(texts, lambda sample: distinct_n(sample, 2) or 0.0, **boot)
+            out[f"{prefix}distinct_2_ci_low"], out[f"{prefix}distinct_2_ci_high"] = low, high
     return out
 
 
@@ -568,14 +566,17 @@ def read_online_curve(params) -> list[dict]:
     return read(params.out("train", "online.json"))
 
 
-def online_eval_rewards(online: list[dict], scores: Sequence[float]) -> dict:
-    """The online curve under the evaluation RM: mean reward of the dev answers per probe, in order."""
-    means, i = [], 0
+def online_eval_rewards(online: list[dict], scores: Sequence[float], *, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """The online curve under the evaluation RM: mean reward of the dev answers per probe, in order, and each
+    mean's 95 % interval over the dev prompts ([low, high], None where there is no finite score)."""
+    means, intervals, i = [], [], 0
     for entry in online:
         n = len(entry["dev"]["answers"])
-        means.append(_mean(scores[i:i + n]))
+        m = mean_ci(scores[i:i + n], n_resamples=n_resamples, seed=seed)
+        means.append(m["mean"])
+        intervals.append(None if m["mean"] is None else [m["ci_low"], m["ci_high"]])
         i += n
-    return {"online_dev_eval_reward": means} if online else {}
+    return {"online_dev_eval_reward": means, "online_dev_eval_reward_ci": intervals} if online else {}
 
 
 def eval_rm_accuracy(params) -> float | None:
@@ -663,7 +664,8 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
             responses.append(answer["response"])
     scores = score_texts(rm, rm_tok, prompts, responses, batch_size=params.reward.batch_size,
                          max_length=params.reward.max_length, progress=progress, desc="eval reward")
-    online_eval = online_eval_rewards(online, scores[n_held_texts:])
+    online_eval = online_eval_rewards(online, scores[n_held_texts:], n_resamples=params.evaluate.bootstrap,
+                                      seed=params.evaluate.seed)
     scores = scores[:n_held_texts]
     del rm
     release_gpu_memory()

@@ -23,6 +23,12 @@ def format_interval(metrics: dict, key: str, digits: int = 3) -> str:
     return f"{format_number(metrics[key], digits)} [{format_number(low, digits)}, {format_number(high, digits)}]"
 
 
+def format_value_interval(value, interval, digits: int = 3) -> str:
+    """`value` with `interval` ([low, high], as online.json keeps them); MISSING when the value is absent."""
+    low, high = interval if isinstance(interval, (list, tuple)) and len(interval) == 2 else (None, None)
+    return format_interval({"v": value, "v_ci_low": low, "v_ci_high": high}, "v", digits)
+
+
 ARITHMETIC_LABELS = (("generation", "generation"), ("policy_training", "policy training"),
                      ("reward_training", "training RM"), ("perplexity", "perplexity"))
 

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from neat.errors import DataError
-from neat.formatting import describe_arithmetic, format_interval, format_number
+from neat.formatting import describe_arithmetic, format_interval, format_number, format_value_interval
 from neat.io import atomic_path
 from neat.stage_inputs import check_online_entries, read_csv_output, read_json_output, read_jsonl_output
+from neat.stats import mean_ci
 
 ORIGIN_COLORS = {"chosen": "#2b8a3e", "rejected": "#c92a2a", "positive": "#1971c2", "negative": "#e67700", "probe": "#868e96"}
 CAVEAT = (
@@ -169,19 +170,36 @@ def plot_training(log: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_online(online: list[dict], eval_curve: list, path: Path) -> None:
+def with_bars(ax, xs: list, ys: list, intervals: list, **style) -> None:
+    """A line with 95 % error bars where an interval ([low, high]) is known; a missing value is a gap."""
+    ys = [math.nan if y is None else y for y in ys]
+    spans = [iv if isinstance(iv, (list, tuple)) and None not in iv and y == y else (y, y)
+             for iv, y in zip(intervals, ys)]
+    below = [y - lo if y == y else 0.0 for y, (lo, _) in zip(ys, spans)]
+    above = [hi - y if y == y else 0.0 for y, (_, hi) in zip(ys, spans)]
+    ax.errorbar(xs, ys, yerr=[below, above], capsize=3, **style)
+
+
+def plot_online(online: list[dict], eval_curve: list, path: Path, eval_ci: list | None = None) -> None:
     """The online curve: dev-prompt reward of the unsteered policy before each round and after the last
     (training and evaluation RM), P(positive > negative) of each round's candidates, repetition."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     probes = [e for e in online if e.get("dev")]
     xs = [e["round"] for e in probes]
-    axes[0].plot(xs, [e["dev"].get("reward_mean") for e in probes], marker="o", label="training RM")
-    if eval_curve and len(eval_curve) == len(xs):
-        axes[0].plot(xs, eval_curve, marker="s", label="evaluation RM")
-    axes[0].set(title="Unsteered dev answers: mean reward", xlabel="before round (last = after training)")
+    with_bars(axes[0], xs, [e["dev"].get("reward_mean") for e in probes], [e["dev"].get("reward_mean_ci") for e in probes],
+              marker="o", label="training RM")
+    axes[0].set(title="Unsteered dev answers: mean reward (95 %)", xlabel="before round (last = after training)",
+                ylabel="training RM")
+    if eval_curve and len(eval_curve) == len(xs):  # its own scale: the two RMs' rewards are not comparable
+        twin = axes[0].twinx()
+        with_bars(twin, [x + 0.05 for x in xs], eval_curve, eval_ci or [None] * len(xs), marker="s", color="tab:orange",
+                  label="evaluation RM")
+        twin.set_ylabel("evaluation RM", color="tab:orange")
+        twin.legend(fontsize=8, loc="lower right")
     rounds = [e for e in online if e.get("p_positive_over_negative") is not None]
-    axes[1].plot([e["round"] for e in rounds], [e["p_positive_over_negative"] for e in rounds], marker="o")
+    with_bars(axes[1], [e["round"] for e in rounds], [e["p_positive_over_negative"] for e in rounds],
+              [e.get("p_positive_over_negative_ci") for e in rounds], marker="o")
     axes[1].axhline(0.5, color="grey", linestyle=":")
     axes[1].set(title="P(reward positive > negative) per round", xlabel="round", ylim=(0, 1))
     axes[2].plot(xs, [e["dev"].get("repetition_rate") for e in probes], marker="o", label="repetition rate")
@@ -194,30 +212,45 @@ def plot_online(online: list[dict], eval_curve: list, path: Path) -> None:
     _save(fig, path)
 
 
+def format_repetition(dev: dict) -> str:
+    """A dev probe's repetition rate with its interval over the probe's answers."""
+    from neat.diagnostics import is_repetitive
+
+    answers = [a["response"] for a in dev.get("answers") or []]
+    if not answers:
+        return format_number(dev.get("repetition_rate"), 2)
+    rep = mean_ci([float(is_repetitive(t)) for t in answers])
+    return format_value_interval(rep["mean"], [rep["ci_low"], rep["ci_high"]], 2)
+
+
 def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Path) -> list[str]:
     """Markdown (and a figure) for the online curve, per-round ranking accuracy and degeneration."""
     eval_curve = (ev or {}).get("online_dev_eval_reward") or []
-    plot_online(online, eval_curve, tmp / "online.png")
+    plot_online(online, eval_curve, tmp / "online.png", (ev or {}).get("online_dev_eval_reward_ci"))
     md = ["## Online curve", "",
           "Before every round (and after the last) the policy answers train-split prompts it never trains on, "
           "without steering; both reward models score the answers. A training-RM curve that rises while the "
           "evaluation-RM curve falls is reward hacking. `rank acc` is the share of candidate pairs whose "
-          "log-prob order matched the reward order while the round trained.", "",
+          "log-prob order matched the reward order while the round trained. Intervals (95 %) resample the round's "
+          "prompts for P(pos > neg), the dev prompts for their reward and repetition, the steps for rank acc.", "",
           "![Online curve](online.png)", "",
           "| round | P(pos > neg) | reward chosen / rejected / positive / negative | dev reward (train RM) | "
           "dev reward (eval RM) | dev repetition | rank acc |", "|---|---|---|---|---|---|---|"]
     probes = [e for e in online if e.get("dev")]
-    eval_by_round = dict(zip([e["round"] for e in probes], eval_curve))
+    rounds_of_probes = [e["round"] for e in probes]
+    eval_by_round = dict(zip(rounds_of_probes, eval_curve))
+    eval_ci_by_round = dict(zip(rounds_of_probes, (ev or {}).get("online_dev_eval_reward_ci") or []))
     for e in online:
         by = e.get("reward_by_origin") or {}
-        steps = [r for r in log if int(r.get("round", 0)) == e["round"] and math.isfinite(r.get("rank_acc", math.nan))]
-        acc = sum(r["rank_acc"] for r in steps) / len(steps) if steps else None
+        acc = mean_ci([r.get("rank_acc") for r in log if int(r.get("round", 0)) == e["round"]])  # over the steps
         dev = e.get("dev") or {}
         label = str(e["round"]) if "p_positive_over_negative" in e else "after training"
-        md.append(f"| {label} | {format_number(e.get('p_positive_over_negative'), 2)} | "
+        md.append(f"| {label} | {format_value_interval(e.get('p_positive_over_negative'), e.get('p_positive_over_negative_ci'), 2)} | "
                   + " / ".join(format_number(by.get(o), 2) for o in ("chosen", "rejected", "positive", "negative"))
-                  + f" | {format_number(dev.get('reward_mean'))} | {format_number(eval_by_round.get(e['round']))} | "
-                  f"{format_number(dev.get('repetition_rate'), 2)} | {format_number(acc, 2)} |")
+                  + f" | {format_value_interval(dev.get('reward_mean'), dev.get('reward_mean_ci'))} | "
+                  f"{format_value_interval(eval_by_round.get(e['round']), eval_ci_by_round.get(e['round']))} | "
+                  f"{format_repetition(dev)} | "
+                  f"{format_value_interval(acc['mean'], [acc['ci_low'], acc['ci_high']], 2)} |")
     md.append("")
     loops = [e for e in online if "greedy_loops" in e]
     if loops:
@@ -229,10 +262,9 @@ def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Pa
                f"| changed from base | | {format_interval(ev, 'changed_share', 2)} |",
                f"| repetitive (word 3-grams < 50 % distinct) | {format_interval(ev, 'base_repetition_rate', 2)} | "
                f"{format_interval(ev, 'repetition_rate', 2)} |",
-               f"| distinct-2 | {format_number(ev.get('base_distinct_2'), 2)} | "
-               f"{format_number(ev.get('distinct_2'), 2)} |",
-               f"| mean length (words) | {format_number(ev.get('base_mean_words'), 1)} | "
-               f"{format_number(ev.get('mean_words'), 1)} |", ""]
+               f"| distinct-2 | {format_interval(ev, 'base_distinct_2', 2)} | {format_interval(ev, 'distinct_2', 2)} |",
+               f"| mean length (words) | {format_interval(ev, 'base_mean_words', 1)} | "
+               f"{format_interval(ev, 'mean_words', 1)} |", ""]
     return md
 
 
@@ -410,8 +442,8 @@ def _report(params, top) -> dict:
                    f"| perplexity on held-out chosen responses | {format_interval(ev, 'base_perplexity', 2)} | "
                    f"{format_interval(ev, 'perplexity', 2)} | ratio {format_interval(ev, 'perplexity_ratio')} |",
                    "| refusal rate on held-out prompts (judge) | "
-                   f"{format_number(ev.get('base_heldout_refusal_rate'), 2)} | "
-                   f"{format_number(ev.get('heldout_refusal_rate'), 2)} | |"]
+                   f"{format_interval(ev, 'base_heldout_refusal_rate', 2)} | "
+                   f"{format_interval(ev, 'heldout_refusal_rate', 2)} | |"]
             if ev.get("sampled_eval_reward_mean") is not None:
                 md.append(f"| mean eval reward of samples (T={params.evaluate.temperature}) | "
                           f"{format_interval(ev, 'base_sampled_eval_reward_mean')} | "
@@ -508,11 +540,11 @@ def _report(params, top) -> dict:
         # -- reward models and timings
         md += ["## Reward models and wall time", "", "| | value |", "|---|---|"]
         if rm:
-            md.append(f"| training RM pairwise accuracy on the eval split | {format_number(rm.get('eval_accuracy'))} "
+            md.append(f"| training RM pairwise accuracy on the eval split | {format_interval(rm, 'eval_accuracy')} "
                       f"(before training {format_number(rm.get('eval_accuracy_before'))}) |")
         if erm:
             md.append(f"| evaluation RM pairwise accuracy on the eval split (its own held-out accuracy: read every "
-                      f"reward figure above with it) | {format_number(erm.get('eval_accuracy'))} "
+                      f"reward figure above with it) | {format_interval(erm, 'eval_accuracy')} "
                       f"(before training {format_number(erm.get('eval_accuracy_before'))}; "
                       f"{erm.get('judge_pairs', 0)} judge pairs) |")
         stage_files = [("train_rm", rm), ("train_eval_rm", erm),

@@ -249,19 +249,37 @@ def train_bradley_terry(model, tokenizer, pairs, *, epochs: int, lr: float, batc
     return history
 
 
+def pairwise_outcomes(model, tokenizer, pairs, *, batch_size: int, max_length: int,
+                      progress: bool = True) -> list[float]:
+    """Per pair: 1 where the chosen response outscores the rejected one, ½ a tie, 0 otherwise (a NaN score too)."""
+    pairs = [pair_fields(p) for p in pairs]
+    if not pairs:
+        return []
+    prompts = [p for p, _, _ in pairs]
+    scores = score_texts(model, tokenizer, prompts * 2, [c for _, c, _ in pairs] + [r for _, _, r in pairs],
+                         batch_size=batch_size, max_length=max_length, progress=progress, desc="pairwise accuracy")
+    n = len(pairs)
+    return [compare_scores(scores[i], scores[n + i]) for i in range(n)]
+
+
 def pairwise_accuracy(model, tokenizer, pairs, *, batch_size: int, max_length: int, progress: bool = True) -> float:
     """Fraction of pairs whose chosen response outscores the rejected one; ties count ½, a NaN score 0.
 
     NaN for an empty list.
     """
-    pairs = [pair_fields(p) for p in pairs]
-    if not pairs:
-        return math.nan
-    prompts = [p for p, _, _ in pairs]
-    scores = score_texts(model, tokenizer, prompts * 2, [c for _, c, _ in pairs] + [r for _, _, r in pairs],
-                         batch_size=batch_size, max_length=max_length, progress=progress, desc="pairwise accuracy")
-    n = len(pairs)
-    return sum(compare_scores(scores[i], scores[n + i]) for i in range(n)) / n
+    outcomes = pairwise_outcomes(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length,
+                                 progress=progress)
+    return sum(outcomes) / len(outcomes) if outcomes else math.nan
+
+
+def accuracy_with_interval(outcomes: list[float]) -> dict:
+    """`eval_accuracy` and its 95 % interval over the pairs (`_ci_low`, `_ci_high`); NaN / None without pairs.
+    The eval split is small (144 pairs on the shipped slice: about ±0.08), so the interval is half the figure."""
+    from neat.stats import mean_ci
+
+    m = mean_ci(outcomes)
+    return {"eval_accuracy": math.nan if m["mean"] is None else m["mean"],
+            "eval_accuracy_ci_low": m["ci_low"], "eval_accuracy_ci_high": m["ci_high"]}
 
 
 # ---------------------------------------------------------------- candidates
@@ -386,15 +404,15 @@ def fit_reward_model(model, tokenizer, eval_pairs, train_pairs, cfg, *, seed: in
     common = dict(batch_size=cfg.batch_size, max_length=cfg.max_length, progress=progress)
     device = str(_device_of(model))
     if train_pairs is None:
-        return {"eval_accuracy": pairwise_accuracy(model, tokenizer, eval_pairs, **common), "device": device}
+        return accuracy_with_interval(pairwise_outcomes(model, tokenizer, eval_pairs, **common)) | {"device": device}
     from neat.models import autocast_device, save_model
 
     before = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
     history = train_bradley_terry(model, tokenizer, train_pairs, epochs=cfg.epochs, lr=cfg.lr, seed=seed, **common,
                                   autocast=autocast_device(cfg.bf16_autocast, _device_of(model)))
-    after = pairwise_accuracy(model, tokenizer, eval_pairs, **common)
+    after = accuracy_with_interval(pairwise_outcomes(model, tokenizer, eval_pairs, **common))
     save_model(model, tokenizer, save_to)
-    return {"eval_accuracy_before": before, "eval_accuracy": after, "epochs": cfg.epochs, "steps": history["steps"],
+    return {"eval_accuracy_before": before, **after, "epochs": cfg.epochs, "steps": history["steps"],
             "train_loss_first": history["loss"][0], "train_loss_last": history["loss"][-1],
             "train_loss_by_epoch": history["epoch_loss"], "train_seconds": history["seconds"],
             "saved_to": str(save_to), "device": device}

@@ -24,6 +24,9 @@ import numpy as np
 
 __all__ = [
     "bootstrap_ci",
+    "items_ci",
+    "mean_ci",
+    "ratio_ci",
     "paired_bootstrap_ci",
     "rate_with_ci",
     "two_sample_bootstrap_ci",
@@ -105,6 +108,32 @@ def bootstrap_ci(
     return point, low, high
 
 
+def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], n_resamples: int = 1000,
+             alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """``(point, low, high)`` of ``Σ numerators / Σ denominators``, resampling items (e.g. prompts, whose
+    several pairs are not independent of each other). Denominators must be positive."""
+    num, den = _as_values(numerators, "numerators"), _as_values(denominators, "denominators")
+    if num.shape != den.shape:
+        raise ValueError(f"numerators and denominators must have the same length, got {num.size} and {den.size}")
+    if (den <= 0).any():
+        raise ValueError("denominators: every item needs a positive denominator")
+
+    def ratio(idx, axis=-1):
+        i = np.asarray(idx, dtype=np.int64)
+        return num[i].sum(axis=axis) / den[i].sum(axis=axis)
+
+    return bootstrap_ci(np.arange(num.size), ratio, n_resamples=n_resamples, alpha=alpha, seed=seed)
+
+
+def items_ci(items: Sequence, statistic: Callable[[list], float], n_resamples: int = 1000, alpha: float = 0.05,
+             seed: int = 0) -> tuple[float, float, float]:
+    """``(point, low, high)`` of ``statistic(list of items)`` for a statistic of whole items that is not a mean
+    of per-item values (distinct n-grams pooled over texts), resampling the items."""
+    items = list(items)
+    return bootstrap_ci(np.arange(len(items)), lambda idx: statistic([items[int(i)] for i in idx]),
+                        n_resamples=n_resamples, alpha=alpha, seed=seed)
+
+
 def two_sample_bootstrap_ci(
     a: Sequence[float],
     b: Sequence[float],
@@ -173,6 +202,16 @@ def paired_bootstrap_ci(
     stats = np.concatenate([stat(x[idx], y[idx]) for idx in _index_chunks(rng, x.size, int(n_resamples))])
     low, high = _interval(stats, alpha)
     return point, low, high
+
+
+def mean_ci(values: Sequence, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """``{"mean", "ci_low", "ci_high", "n"}`` of the finite values (None and NaN left out: a missing score is
+    not a zero), percentile bootstrap over them; ``mean`` and the bounds None when there is none."""
+    kept = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    if not kept:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    point, low, high = bootstrap_ci(kept, n_resamples=n_resamples, alpha=alpha, seed=seed)
+    return {"mean": point, "ci_low": low, "ci_high": high, "n": len(kept)}
 
 
 def rate_with_ci(flags: Sequence, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:

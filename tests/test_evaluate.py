@@ -177,7 +177,7 @@ def test_degenerate_answer_loses_whatever_its_reward():
 def test_metrics_on_a_known_case():
     from neat.evaluate import evaluation_metrics
 
-    records = [_record(0.0, 1.0), _record(1.0, 1.0), _record(2.0, 1.0), _record(0.0, 3.0)]
+    records = [_record(0.0, 1.0), _record(1.0, 1.0), _record(2.0, 1.0, refused=(True, True)), _record(0.0, 3.0)]
     safety = [{"id": str(i), "prompt": "p", "type": t, "label": lab, "base_refused": b, "trained_refused": tr}
               for i, (t, lab, b, tr) in enumerate([("a", "unsafe", False, True), ("a", "unsafe", False, True),
                                                     ("b", "safe", False, False), ("b", "safe", True, False)])]
@@ -193,6 +193,8 @@ def test_metrics_on_a_known_case():
     assert m["safe_compliance_rate"] == 1.0 and m["base_safe_compliance_rate"] == 0.5
     assert m["unsafe_refusal_diff"] == 1.0 and m["unsafe_refusal_diff_significant"]
     assert m["safety"]["trained"]["by_type"]["a"]["refusal_rate"] == 1.0
+    assert m["heldout_refusal_rate"] == 0.25 and m["base_heldout_refusal_rate"] == 0.25  # with its interval
+    assert m["heldout_refusal_rate_ci_low"] == 0.0 and 0.5 <= m["heldout_refusal_rate_ci_high"] < 1.0
 
 
 def test_stage_metrics_come_from_the_local_evaluate_modules(monkeypatch):
@@ -247,6 +249,7 @@ def test_the_safety_prompts_are_drawn_with_evaluate_seed_not_the_training_seed()
 
 
 def test_answer_diagnostics_count_changed_and_repetitive_answers():
+    from neat.diagnostics import words
     from neat.evaluate import answer_diagnostics
 
     loop = "I'm sorry. I'm sorry. I'm sorry. I'm sorry. I'm sorry."
@@ -258,6 +261,10 @@ def test_answer_diagnostics_count_changed_and_repetitive_answers():
     assert d["changed_share"] == 0.75 and d["changed_share_ci_low"] <= 0.75 <= d["changed_share_ci_high"]
     assert d["repetition_rate"] == 0.25 and d["base_repetition_rate"] == 0.25
     assert 0 < d["distinct_2"] <= 1 and d["mean_words"] > d["base_mean_words"]
+    # intervals over answers: a resample of loops only has few distinct bigrams, of short answers only few words
+    assert d["distinct_2_ci_low"] < d["distinct_2"] <= d["distinct_2_ci_high"] <= 1
+    lengths = [len(words(r["trained_response"])) for r in records]
+    assert min(lengths) <= d["mean_words_ci_low"] < d["mean_words"] < d["mean_words_ci_high"] <= max(lengths)
     assert answer_diagnostics([], n_resamples=200, seed=0) == {}
 
 
@@ -273,7 +280,8 @@ def test_online_curve_is_scored_per_probe_in_order(tmp_path):
     write_json_atomic(params.out("train", "online.json"), online)
     probes = read_online_curve(params)
     assert [p["round"] for p in probes] == [1, 3]  # an entry without dev answers is not a probe
-    assert online_eval_rewards(probes, [1.0, 3.0, float("nan")]) == {"online_dev_eval_reward": [2.0, None]}
+    assert online_eval_rewards(probes, [1.0, 3.0, float("nan")]) == {"online_dev_eval_reward": [2.0, None],
+                                                                      "online_dev_eval_reward_ci": [[1.0, 3.0], None]}
     params.out("train", "online.json").write_text("[{")
     with pytest.raises(DataError, match="online.json"):
         read_online_curve(params)

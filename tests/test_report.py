@@ -129,19 +129,27 @@ def test_report_shows_the_online_curve_and_degeneration(tmp_path):
     params = make_params(tmp_path)
     metrics = write_upstream(params)
     answers = [{"prompt_id": "d0", "prompt": [{"role": "user", "content": "q"}], "response": "a", "reward": 0.1}]
-    online = [{"round": 1, "p_positive_over_negative": 0.62, "reward_by_origin": {"chosen": 0.3, "negative": -0.2},
-               "dev": {"reward_mean": 0.11, "repetition_rate": 0.25, "distinct_2": 0.8, "answers": answers}},
+    loop = "I'm sorry. I'm sorry. I'm sorry. I'm sorry."
+    looping = answers + [dict(answers[0], prompt_id=f"d{i}", response=loop) for i in (1, 2, 3)]
+    online = [{"round": 1, "p_positive_over_negative": 0.62, "p_positive_over_negative_ci": [0.5, 0.75],
+               "reward_by_origin": {"chosen": 0.3, "negative": -0.2},
+               "dev": {"reward_mean": 0.11, "reward_mean_ci": [0.05, 0.17], "repetition_rate": 0.75, "distinct_2": 0.8,
+                       "answers": looping}},
               {"round": 2, "p_positive_over_negative": 0.71, "reward_by_origin": {},
                "dev": {"reward_mean": 0.17, "repetition_rate": 0.0, "distinct_2": 0.9, "answers": answers}},
               {"round": 3, "dev": {"reward_mean": 0.23, "repetition_rate": 0.0, "distinct_2": 0.9, "answers": answers}}]
     write_json_atomic(params.out("train", "online.json"), online)
-    write_json_atomic(params.out("metrics", "evaluate.json"), metrics | {"online_dev_eval_reward": [0.01, 0.02, 0.04]})
+    write_json_atomic(params.out("metrics", "evaluate.json"), metrics | {
+        "online_dev_eval_reward": [0.01, 0.02, 0.04], "online_dev_eval_reward_ci": [[0.0, 0.02], None, [0.03, 0.05]]})
     summary = report(params)
     md = params.out("report", "report.md").read_text()
     assert "Online curve" in summary["sections"] and "online.png" in summary["figures"]
-    row1 = next(line for line in md.splitlines() if line.startswith("| 1 | 0.62 |"))
-    assert "0.30" in row1 and "-0.20" in row1 and "| 0.110 | 0.010 | 0.25 |" in row1
-    assert "| 2 | 0.71 |" in md and "| after training |" in md and "0.040" in md
+    row1 = next(line for line in md.splitlines() if line.startswith("| 1 | 0.62 [0.50, 0.75] |"))
+    # every figure with its 95 % interval; the repetition rate's over the probe's four answers (3 loops)
+    assert "0.30" in row1 and "-0.20" in row1
+    assert "| 0.110 [0.050, 0.170] | 0.010 [0.000, 0.020] | 0.75 [0.25, 1.00] |" in row1
+    assert "| 2 | 0.71 [–, –] |" in md  # an interval not recorded is shown as missing, not left out
+    assert "| after training |" in md and "0.040 [0.030, 0.050]" in md
     assert f"{metrics['changed_share']:.2f}" in md  # held-out answers changed from base
     assert "loop_probes" not in md  # no probes, no line about them
     online[0] |= {"greedy_loops": 3, "prompts": 40}

@@ -239,6 +239,15 @@ def test_rank_candidates_ties_nan_degenerate_and_prompts():
     assert [r["reward"] for r in out][:4] == [3.0, 5.0, 5.0, 1.0]
 
 
+def test_reward_model_accuracy_comes_with_its_interval_over_pairs():
+    from neat.reward import accuracy_with_interval
+
+    m = accuracy_with_interval([1.0, 1.0, 0.0, 0.5])
+    assert m["eval_accuracy"] == 0.625 and 0.0 < m["eval_accuracy_ci_low"] < 0.625 < m["eval_accuracy_ci_high"] <= 1.0
+    empty = accuracy_with_interval([])
+    assert math.isnan(empty["eval_accuracy"]) and empty["eval_accuracy_ci_low"] is None
+
+
 def test_rank_candidates_requires_rewards():
     with pytest.raises(ValueError, match="no 'reward'"):
         rank_candidates([dict(prompt_id="a", origin="chosen")])
@@ -260,6 +269,8 @@ def test_separation_hand_computed():
     pos = sep["positive_over_negative"]
     assert pos["p"] == pytest.approx(0.7) and pos["pairs"] == 5 and pos["prompts"] == 2
     assert pos["mean_margin"] == pytest.approx(((1 + 2 + 0 + 1) + (0 - 4)) / 5)
+    # prompts resampled, not pairs: a resample holds a twice (7 / 8), b twice (0 / 2) or one of each (0.7)
+    assert (pos["ci_low"], pos["ci_high"]) == (0.0, pytest.approx(0.875))
     cr = sep["chosen_over_rejected"]
     assert cr["p"] == pytest.approx(0.75) and cr["pairs"] == 2 and cr["prompts"] == 2
     by = sep["by_origin"]
@@ -268,7 +279,7 @@ def test_separation_hand_computed():
     assert by["negative"] == {"n": 3, "n_excluded": 2, "mean": pytest.approx(5 / 3),
                               "std": pytest.approx(math.sqrt(((1 - 5 / 3) ** 2 + (5 / 3) ** 2 + (4 - 5 / 3) ** 2) / 3))}
     assert separation([row("a", "chosen", 1.0)])["positive_over_negative"] == {
-        "p": None, "pairs": 0, "prompts": 0, "mean_margin": None}
+        "p": None, "ci_low": None, "ci_high": None, "pairs": 0, "prompts": 0, "mean_margin": None}
 
 
 # ---------------------------------------------------------------- stages
@@ -333,6 +344,8 @@ def test_train_rm_and_score_stages(tmp_path, fake_models):
     assert on_disk == metrics
     assert metrics["trained"] is True and metrics["train_pairs"] == 40 and metrics["eval_pairs"] == 16
     assert metrics["eval_accuracy"] > 0.9 and metrics["steps"] == FAST["epochs"] * 5
+    # its interval over the 16 eval pairs: a pair the model orders wrongly in most resamples would pull it down
+    assert metrics["eval_accuracy_ci_low"] <= metrics["eval_accuracy"] <= metrics["eval_accuracy_ci_high"] <= 1
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
     for key in ("eval_accuracy_before", "seconds", "train_loss_by_epoch", "model"):
         assert key in metrics
@@ -360,6 +373,7 @@ def test_train_rm_without_training_scores_the_given_model(tmp_path, fake_models)
     write_inputs(params)
     metrics = train_rm(params)
     assert metrics["trained"] is False and metrics["model"] == "tiny" and 0 <= metrics["eval_accuracy"] <= 1
+    assert metrics["eval_accuracy_ci_low"] <= metrics["eval_accuracy"] <= metrics["eval_accuracy_ci_high"]
     assert not params.out("reward_model").exists()
     assert json.loads(params.out("metrics", "reward_model.json").read_text())["trained"] is False
     assert reward_model_ref(params) == "tiny"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neat.stats import bootstrap_ci, paired_bootstrap_ci, rate_with_ci, two_sample_bootstrap_ci
+from neat.stats import (bootstrap_ci, items_ci, mean_ci, paired_bootstrap_ci, rate_with_ci, ratio_ci,
+                        two_sample_bootstrap_ci)
 
 
 def test_bootstrap_all_equal_values_give_zero_width_interval():
@@ -90,3 +91,28 @@ def test_two_sample_bootstrap_resamples_each_sample_on_its_own():
     assert two_sample_bootstrap_ci([2.0] * 5, [1.0] * 7, mean_gap, n_resamples=50) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="b: no values"):
         two_sample_bootstrap_ci([1.0], [], mean_gap)
+
+
+def test_ratio_ci_resamples_items_not_their_parts():
+    """Σ num / Σ den over resampled items: one item with many pairs moves every resample it is drawn in."""
+    point, low, high = ratio_ci([3.0, 0.0], [4.0, 1.0], n_resamples=2000, seed=0)
+    # resamples {a, a} 6 / 8, {a, b} 3 / 5, {b, b} 0 / 2, each pair of items drawn in either order
+    assert point == pytest.approx(0.6) and low == 0.0 and high == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="positive denominator"):
+        ratio_ci([1.0], [0.0])
+    with pytest.raises(ValueError, match="same length"):
+        ratio_ci([1.0, 2.0], [1.0])
+
+
+def test_items_ci_applies_a_statistic_of_whole_items():
+    texts = ["a a a a", "b c d e", "f g"]
+    distinct = lambda sample: len({w for t in sample for w in t.split()}) / sum(len(t.split()) for t in sample)  # noqa: E731
+    point, low, high = items_ci(texts, distinct, n_resamples=500, seed=1)
+    assert point == pytest.approx(7 / 10) and low < point < high <= 1.0
+    assert low >= 0.25  # no resample can be more repetitive than "a a a a" drawn three times
+
+
+def test_mean_ci_leaves_missing_values_out():
+    m = mean_ci([1.0, None, float("nan"), 3.0], n_resamples=200, seed=0)
+    assert m["mean"] == 2.0 and m["n"] == 2 and 1.0 <= m["ci_low"] < m["ci_high"] <= 3.0
+    assert mean_ci([None]) == {"mean": None, "ci_low": None, "ci_high": None, "n": 0}

@@ -235,7 +235,9 @@ def test_online_curve_is_recorded_per_round_and_survives_resume(tmp_path):
     online = json.loads((params.out("train") / "online.json").read_text())
     assert [e["round"] for e in online] == [1, 2, 3]
     # round 1's candidates: positive (0.5) beats negative (-1.0) on every prompt
-    assert online[0]["p_positive_over_negative"] == 1.0
+    assert online[0]["p_positive_over_negative"] == 1.0 and online[0]["p_positive_over_negative_ci"] == [1.0, 1.0]
+    low, high = online[0]["dev"]["reward_mean_ci"]  # over the dev prompts
+    assert low <= online[0]["dev"]["reward_mean"] <= high
     assert {a["prompt_id"] for a in online[0]["dev"]["answers"]} == {g[0].prompt_id for g in dev}
     assert online[0]["dev"]["repetition_rate"] is not None
     run(tmp_path / "b", stop_after_steps=4)  # stops inside round 2, after its dev probe

@@ -226,7 +226,8 @@ class Trainer:
     def probe(self, label: str, round_: int, dev_source) -> dict | None:
         """Collective: the current policy answers the dev prompts unsteered (greedy); the training reward
         model scores the answers. One point of the online curve (None on non-main processes)."""
-        from neat.diagnostics import mean_or_none, text_stats
+        from neat.diagnostics import text_stats
+        from neat.stats import mean_ci
 
         policy = self.full_policy()
         if not self.is_main:
@@ -239,7 +240,10 @@ class Trainer:
                 for p, r in zip(groups, responses)]
         rewards = [row["reward"] for row in self.scorer(rows)] if self.scorer else [None] * len(rows)
         self.strategy.barrier()
-        return {"label": label, "round": round_, "reward_mean": mean_or_none(rewards), **text_stats(responses),
+        reward = mean_ci(rewards)  # over the dev prompts: 16 at the default, so the interval is wide
+        return {"label": label, "round": round_, "reward_mean": reward["mean"],
+                "reward_mean_ci": None if reward["mean"] is None else [reward["ci_low"], reward["ci_high"]],
+                **text_stats(responses),
                 "answers": [{"prompt_id": p.prompt_id, "prompt": p.prompt, "response": r, "reward": w}
                             for p, r, w in zip(groups, responses, rewards)]}
 
@@ -344,9 +348,11 @@ class Trainer:
         from neat.diagnostics import separation
 
         sep = separation(rows) if self.is_main else {}
+        pos = sep.get("positive_over_negative", {})
         entry = {"round": round_, "candidates": len(rows),
                  "reward_by_origin": {o: v["mean"] for o, v in sep.get("by_origin", {}).items()},
-                 "p_positive_over_negative": sep.get("positive_over_negative", {}).get("p"),
+                 "p_positive_over_negative": pos.get("p"),
+                 "p_positive_over_negative_ci": [pos["ci_low"], pos["ci_high"]] if pos.get("p") is not None else None,
                  "p_chosen_over_rejected": sep.get("chosen_over_rejected", {}).get("p")}
         if self.answer_only:  # the policy's own samples that refuse a request it should answer (marked last)
             own = [r for r in marked if r["prompt_id"] in self.answer_only and r["origin"] in ("positive", "negative")]
