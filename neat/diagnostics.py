@@ -89,6 +89,23 @@ def mean_or_none(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def paired_gain(before: list[dict], after: list[dict], *, n_resamples: int = 1000, seed: int = 0) -> dict | None:
+    """How much the reward of the same prompts' answers rose from `before` to `after` (lists of
+    {"prompt_id", "reward"}): the mean paired difference with its 95 % interval over the prompts both score
+    finitely. None without such a prompt."""
+    from neat.stats import paired_bootstrap_ci
+
+    first = {a["prompt_id"]: a.get("reward") for a in before}
+    pairs = [(a["reward"], first[a["prompt_id"]]) for a in after
+             if a.get("reward") is not None and first.get(a["prompt_id"]) is not None
+             and math.isfinite(a["reward"]) and math.isfinite(first[a["prompt_id"]])]
+    if not pairs:
+        return None
+    gain, low, high = paired_bootstrap_ci([x for x, _ in pairs], [y for _, y in pairs], n_resamples=n_resamples,
+                                          seed=seed)
+    return {"gain": gain, "ci_low": low, "ci_high": high, "prompts": len(pairs)}
+
+
 # ---------------------------------------------------------------- reward separation by origin
 
 

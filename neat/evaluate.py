@@ -567,16 +567,24 @@ def read_online_curve(params) -> list[dict]:
 
 
 def online_eval_rewards(online: list[dict], scores: Sequence[float], *, n_resamples: int = 1000, seed: int = 0) -> dict:
-    """The online curve under the evaluation RM: mean reward of the dev answers per probe, in order, and each
-    mean's 95 % interval over the dev prompts ([low, high], None where there is no finite score)."""
-    means, intervals, i = [], [], 0
+    """The online curve under the evaluation RM: mean reward of the dev answers per probe, in order, each mean's
+    95 % interval over the dev prompts ([low, high], None where there is no finite score), and the rise from the
+    first probe to the last, paired over the same prompts (`neat.diagnostics.paired_gain`)."""
+    from neat.diagnostics import paired_gain
+
+    means, intervals, scored, i = [], [], [], 0
     for entry in online:
-        n = len(entry["dev"]["answers"])
-        m = mean_ci(scores[i:i + n], n_resamples=n_resamples, seed=seed)
+        answers = entry["dev"]["answers"]
+        m = mean_ci(scores[i:i + len(answers)], n_resamples=n_resamples, seed=seed)
         means.append(m["mean"])
         intervals.append(None if m["mean"] is None else [m["ci_low"], m["ci_high"]])
-        i += n
-    return {"online_dev_eval_reward": means, "online_dev_eval_reward_ci": intervals} if online else {}
+        scored.append([{"prompt_id": a.get("prompt_id", n), "reward": s}
+                       for n, (a, s) in enumerate(zip(answers, scores[i:i + len(answers)]))])
+        i += len(answers)
+    if not online:
+        return {}
+    gain = paired_gain(scored[0], scored[-1], n_resamples=n_resamples, seed=seed) if len(scored) > 1 else None
+    return {"online_dev_eval_reward": means, "online_dev_eval_reward_ci": intervals, "online_dev_eval_reward_gain": gain}
 
 
 def eval_rm_accuracy(params) -> float | None:

@@ -223,7 +223,8 @@ def format_repetition(dev: dict) -> str:
     return format_value_interval(rep["mean"], [rep["ci_low"], rep["ci_high"]], 2)
 
 
-def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Path) -> list[str]:
+def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Path,
+                   train_gain: dict | None = None) -> list[str]:
     """Markdown (and a figure) for the online curve, per-round ranking accuracy and degeneration."""
     eval_curve = (ev or {}).get("online_dev_eval_reward") or []
     plot_online(online, eval_curve, tmp / "online.png", (ev or {}).get("online_dev_eval_reward_ci"))
@@ -252,6 +253,13 @@ def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Pa
                   f"{format_repetition(dev)} | "
                   f"{format_value_interval(acc['mean'], [acc['ci_low'], acc['ci_high']], 2)} |")
     md.append("")
+    gains = [(name, g) for name, g in (("training RM", train_gain), ("evaluation RM", (ev or {}).get("online_dev_eval_reward_gain")))
+             if isinstance(g, dict)]
+    if gains:  # the online curve's question, answered with a paired interval
+        md += ["Rise of the dev reward from the first probe to the last, paired over the same "
+               f"{gains[0][1].get('prompts')} dev prompts: " + "; ".join(
+                   f"{name} {format_interval({'g': g['gain'], 'g_ci_low': g['ci_low'], 'g_ci_high': g['ci_high']}, 'g')}"
+                   for name, g in gains) + ".", ""]
     loops = [e for e in online if "greedy_loops" in e]
     if loops:
         md += ["Degenerate greedy answers to the round's own training prompts, ranked last as `probe` candidates "
@@ -514,7 +522,7 @@ def _report(params, top) -> dict:
                    "![Training curves](training.png)", ""]
         # -- online curve
         if online:
-            md += online_section(online, ev, log, tmp)
+            md += online_section(online, ev, log, tmp, (train_m or {}).get("online_dev_reward_gain"))
             figures.append("online.png")
         # -- examples
         if records:

@@ -280,8 +280,13 @@ def test_online_curve_is_scored_per_probe_in_order(tmp_path):
     write_json_atomic(params.out("train", "online.json"), online)
     probes = read_online_curve(params)
     assert [p["round"] for p in probes] == [1, 3]  # an entry without dev answers is not a probe
-    assert online_eval_rewards(probes, [1.0, 3.0, float("nan")]) == {"online_dev_eval_reward": [2.0, None],
-                                                                      "online_dev_eval_reward_ci": [[1.0, 3.0], None]}
+    assert online_eval_rewards(probes, [1.0, 3.0, float("nan")]) == {
+        "online_dev_eval_reward": [2.0, None], "online_dev_eval_reward_ci": [[1.0, 3.0], None],
+        "online_dev_eval_reward_gain": None}  # the last probe has no finite score to pair
+    two = [dict(answer, prompt_id="a"), dict(answer, prompt_id="b")]
+    curve = online_eval_rewards([{"round": 1, "dev": {"answers": two}}, {"round": 2, "dev": {"answers": two[::-1]}}],
+                                [1.0, 2.0, 4.0, 2.0])  # paired by prompt: a 1 -> 2, b 2 -> 4
+    assert curve["online_dev_eval_reward_gain"] == {"gain": 1.5, "ci_low": 1.0, "ci_high": 2.0, "prompts": 2}
     params.out("train", "online.json").write_text("[{")
     with pytest.raises(DataError, match="online.json"):
         read_online_curve(params)

@@ -140,7 +140,8 @@ def test_report_shows_the_online_curve_and_degeneration(tmp_path):
               {"round": 3, "dev": {"reward_mean": 0.23, "repetition_rate": 0.0, "distinct_2": 0.9, "answers": answers}}]
     write_json_atomic(params.out("train", "online.json"), online)
     write_json_atomic(params.out("metrics", "evaluate.json"), metrics | {
-        "online_dev_eval_reward": [0.01, 0.02, 0.04], "online_dev_eval_reward_ci": [[0.0, 0.02], None, [0.03, 0.05]]})
+        "online_dev_eval_reward": [0.01, 0.02, 0.04], "online_dev_eval_reward_ci": [[0.0, 0.02], None, [0.03, 0.05]],
+        "online_dev_eval_reward_gain": {"gain": 0.03, "ci_low": -0.01, "ci_high": 0.06, "prompts": 4}})
     summary = report(params)
     md = params.out("report", "report.md").read_text()
     assert "Online curve" in summary["sections"] and "online.png" in summary["figures"]
@@ -150,6 +151,7 @@ def test_report_shows_the_online_curve_and_degeneration(tmp_path):
     assert "| 0.110 [0.050, 0.170] | 0.010 [0.000, 0.020] | 0.75 [0.25, 1.00] |" in row1
     assert "| 2 | 0.71 [–, –] |" in md  # an interval not recorded is shown as missing, not left out
     assert "| after training |" in md and "0.040 [0.030, 0.050]" in md
+    assert "paired over the same 4 dev prompts: evaluation RM 0.030 [-0.010, 0.060]." in md
     assert f"{metrics['changed_share']:.2f}" in md  # held-out answers changed from base
     assert "loop_probes" not in md  # no probes, no line about them
     online[0] |= {"greedy_loops": 3, "prompts": 40}

@@ -238,6 +238,10 @@ def test_online_curve_is_recorded_per_round_and_survives_resume(tmp_path):
     assert online[0]["p_positive_over_negative"] == 1.0 and online[0]["p_positive_over_negative_ci"] == [1.0, 1.0]
     low, high = online[0]["dev"]["reward_mean_ci"]  # over the dev prompts
     assert low <= online[0]["dev"]["reward_mean"] <= high
+    gain = summary["online_dev_reward_gain"]  # after training − before round 1, paired over the two dev prompts
+    assert gain["prompts"] == 2 and gain["gain"] == pytest.approx(summary["online_dev_reward"][-1]
+                                                                  - summary["online_dev_reward"][0])
+    assert gain["ci_low"] <= gain["gain"] <= gain["ci_high"]
     assert {a["prompt_id"] for a in online[0]["dev"]["answers"]} == {g[0].prompt_id for g in dev}
     assert online[0]["dev"]["repetition_rate"] is not None
     run(tmp_path / "b", stop_after_steps=4)  # stops inside round 2, after its dev probe

@@ -25,8 +25,12 @@ def write_log(path: Path, rows: list[dict]) -> None:
 
 
 def online_summary(rounds_log: list[dict], final: dict | None) -> dict:
-    """The online curve in numbers: the dev-prompt reward before each round and after the last, and
-    P(positive > negative) of each round's candidates."""
-    dev = [e["dev"]["reward_mean"] for e in rounds_log if e.get("dev")] + ([final["reward_mean"]] if final else [])
-    return {"online_dev_reward": dev,
+    """The online curve in numbers: the dev-prompt reward before each round and after the last, its rise from the
+    first probe to the last, and P(positive > negative) of each round's candidates."""
+    from neat.diagnostics import paired_gain
+
+    probes = [e["dev"] for e in rounds_log if e.get("dev")] + ([final] if final else [])
+    gain = paired_gain(probes[0]["answers"], probes[-1]["answers"]) if len(probes) > 1 else None
+    return {"online_dev_reward": [p["reward_mean"] for p in probes],
+            "online_dev_reward_gain": gain,  # last probe − first, paired over the dev prompts, with its interval
             "online_p_positive_over_negative": [e.get("p_positive_over_negative") for e in rounds_log]}
