@@ -584,7 +584,8 @@ def online_eval_rewards(online: list[dict], scores: Sequence[float], *, n_resamp
     if not online:
         return {}
     gain = paired_gain(scored[0], scored[-1], n_resamples=n_resamples, seed=seed) if len(scored) > 1 else None
-    return {"online_dev_eval_reward": means, "online_dev_eval_reward_ci": intervals, "online_dev_eval_reward_gain": gain}
+    return {"online_dev_eval_reward": means, "online_dev_eval_reward_ci": intervals,
+            "online_dev_eval_reward_gain": gain}
 
 
 def eval_rm_accuracy(params) -> float | None:

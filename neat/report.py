@@ -187,8 +187,8 @@ def plot_online(online: list[dict], eval_curve: list, path: Path, eval_ci: list 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     probes = [e for e in online if e.get("dev")]
     xs = [e["round"] for e in probes]
-    with_bars(axes[0], xs, [e["dev"].get("reward_mean") for e in probes], [e["dev"].get("reward_mean_ci") for e in probes],
-              marker="o", label="training RM")
+    with_bars(axes[0], xs, [e["dev"].get("reward_mean") for e in probes],
+              [e["dev"].get("reward_mean_ci") for e in probes], marker="o", label="training RM")
     axes[0].set(title="Unsteered dev answers: mean reward (95 %)", xlabel="before round (last = after training)",
                 ylabel="training RM")
     if eval_curve and len(eval_curve) == len(xs):  # its own scale: the two RMs' rewards are not comparable
@@ -246,20 +246,22 @@ def online_section(online: list[dict], ev: dict | None, log: list[dict], tmp: Pa
         acc = mean_ci([r.get("rank_acc") for r in log if int(r.get("round", 0)) == e["round"]])  # over the steps
         dev = e.get("dev") or {}
         label = str(e["round"]) if "p_positive_over_negative" in e else "after training"
-        md.append(f"| {label} | {format_value_interval(e.get('p_positive_over_negative'), e.get('p_positive_over_negative_ci'), 2)} | "
+        p_pos = format_value_interval(e.get("p_positive_over_negative"), e.get("p_positive_over_negative_ci"), 2)
+        md.append(f"| {label} | {p_pos} | "
                   + " / ".join(format_number(by.get(o), 2) for o in ("chosen", "rejected", "positive", "negative"))
                   + f" | {format_value_interval(dev.get('reward_mean'), dev.get('reward_mean_ci'))} | "
                   f"{format_value_interval(eval_by_round.get(e['round']), eval_ci_by_round.get(e['round']))} | "
                   f"{format_repetition(dev)} | "
                   f"{format_value_interval(acc['mean'], [acc['ci_low'], acc['ci_high']], 2)} |")
     md.append("")
-    gains = [(name, g) for name, g in (("training RM", train_gain), ("evaluation RM", (ev or {}).get("online_dev_eval_reward_gain")))
+    gains = [(name, g) for name, g in (("training RM", train_gain),
+                                       ("evaluation RM", (ev or {}).get("online_dev_eval_reward_gain")))
              if isinstance(g, dict)]
     if gains:  # the online curve's question, answered with a paired interval
         md += ["Rise of the dev reward from the first probe to the last, paired over the same "
-               f"{gains[0][1].get('prompts')} dev prompts: " + "; ".join(
-                   f"{name} {format_interval({'g': g['gain'], 'g_ci_low': g['ci_low'], 'g_ci_high': g['ci_high']}, 'g')}"
-                   for name, g in gains) + ".", ""]
+               f"{gains[0][1].get('prompts')} dev prompts: "
+               + "; ".join(f"{name} {format_value_interval(g['gain'], [g['ci_low'], g['ci_high']])}" for name, g in gains)
+               + ".", ""]
     loops = [e for e in online if "greedy_loops" in e]
     if loops:
         md += ["Degenerate greedy answers to the round's own training prompts, ranked last as `probe` candidates "
