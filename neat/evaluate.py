@@ -511,7 +511,7 @@ def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> d
     changed, and per policy the repetition rate, distinct-2 and mean length in words (95 % intervals over
     prompts), distinct-1 and the share of empty answers."""
     from neat.diagnostics import distinct_n, is_repetitive, text_stats, words
-    from neat.stats import items_ci
+    from neat.stats import jackknife_ci
 
     boot = dict(n_resamples=n_resamples, seed=seed)
     out: dict[str, Any] = {}
@@ -530,9 +530,9 @@ def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> d
             out[f"{prefix}{key}"] = stats[key]
         length = mean_ci([len(words(t)) for t in texts], **boot)
         out[f"{prefix}mean_words_ci_low"], out[f"{prefix}mean_words_ci_high"] = length["ci_low"], length["ci_high"]
-        if stats["distinct_2"] is not None:  # pooled over answers: answers resampled (one without a bigram adds none)
-            _, low, high = items_ci(texts, lambda sample: distinct_n(sample, 2) or 0.0, **boot)
-            out[f"{prefix}distinct_2_ci_low"], out[f"{prefix}distinct_2_ci_high"] = low, high
+        if stats["distinct_2"] is not None and len(texts) > 1:  # pooled over answers: a jackknife, not a bootstrap
+            _, low, high = jackknife_ci(texts, lambda sample: distinct_n(sample, 2) or 0.0)
+            out[f"{prefix}distinct_2_ci_low"], out[f"{prefix}distinct_2_ci_high"] = max(low, 0.0), min(high, 1.0)
     return out
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "bootstrap_ci",
-    "items_ci",
+    "jackknife_ci",
     "mean_ci",
     "ratio_ci",
     "paired_bootstrap_ci",
@@ -125,13 +125,22 @@ def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], n_resam
     return bootstrap_ci(np.arange(num.size), ratio, n_resamples=n_resamples, alpha=alpha, seed=seed)
 
 
-def items_ci(items: Sequence, statistic: Callable[[list], float], n_resamples: int = 1000, alpha: float = 0.05,
-             seed: int = 0) -> tuple[float, float, float]:
-    """``(point, low, high)`` of ``statistic(list of items)`` for a statistic of whole items that is not a mean
-    of per-item values (distinct n-grams pooled over texts), resampling the items."""
+def jackknife_ci(items: Sequence, statistic: Callable[[list], float], alpha: float = 0.05) -> tuple[float, float, float]:
+    """``(point, low, high)`` of ``statistic(list of items)``: the point ± a normal quantile × the delete-one
+    jackknife standard error. For statistics of whole items that a bootstrap biases: distinct n-grams pooled over
+    texts fall in every resample that draws a text twice (its n-grams count twice, as distinct once)."""
+    from statistics import NormalDist
+
     items = list(items)
-    return bootstrap_ci(np.arange(len(items)), lambda idx: statistic([items[int(i)] for i in idx]),
-                        n_resamples=n_resamples, alpha=alpha, seed=seed)
+    if len(items) < 2:
+        raise ValueError("jackknife: at least two items are needed")
+    _check_params(1, alpha)
+    point = float(statistic(items))
+    leave_out = np.array([float(statistic(items[:i] + items[i + 1:])) for i in range(len(items))])
+    n = len(items)
+    se = float(np.sqrt((n - 1) / n * ((leave_out - leave_out.mean()) ** 2).sum()))
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    return point, point - z * se, point + z * se
 
 
 def two_sample_bootstrap_ci(

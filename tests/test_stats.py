@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neat.stats import (bootstrap_ci, items_ci, mean_ci, paired_bootstrap_ci, rate_with_ci, ratio_ci,
+from neat.stats import (bootstrap_ci, jackknife_ci, mean_ci, paired_bootstrap_ci, rate_with_ci, ratio_ci,
                         two_sample_bootstrap_ci)
 
 
@@ -104,12 +104,21 @@ def test_ratio_ci_resamples_items_not_their_parts():
         ratio_ci([1.0, 2.0], [1.0])
 
 
-def test_items_ci_applies_a_statistic_of_whole_items():
+def test_jackknife_ci_of_a_statistic_of_whole_items():
+    """Distinct words over texts, left out one text at a time: 1.0, 0.5 and 0.625 (hand-computed)."""
     texts = ["a a a a", "b c d e", "f g"]
     distinct = lambda sample: len({w for t in sample for w in t.split()}) / sum(len(t.split()) for t in sample)  # noqa: E731
-    point, low, high = items_ci(texts, distinct, n_resamples=500, seed=1)
-    assert point == pytest.approx(7 / 10) and low < point < high <= 1.0
-    assert low >= 0.25  # no resample can be more repetitive than "a a a a" drawn three times
+    point, low, high = jackknife_ci(texts, distinct)
+    leave_out = np.array([1.0, 0.5, 0.625])
+    se = np.sqrt(2 / 3 * ((leave_out - leave_out.mean()) ** 2).sum())
+    assert point == pytest.approx(0.7) and (low, high) == pytest.approx((0.7 - 1.959964 * se, 0.7 + 1.959964 * se))
+    # twenty texts without a shared word: a bootstrap draws texts twice and counts their words as repeated, so its
+    # whole interval lies below the point; every leave-one-out keeps 1.0
+    unique = [f"w{2 * i} w{2 * i + 1}" for i in range(20)]
+    boot = bootstrap_ci(np.arange(20), lambda idx: distinct([unique[int(i)] for i in idx]), n_resamples=500, seed=0)
+    assert boot[2] < 1.0 and jackknife_ci(unique, distinct) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="two items"):
+        jackknife_ci(["a"], distinct)
 
 
 def test_mean_ci_leaves_missing_values_out():
