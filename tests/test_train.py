@@ -242,6 +242,7 @@ def test_online_curve_is_recorded_per_round_and_survives_resume(tmp_path):
     assert gain["prompts"] == 2 and gain["gain"] == pytest.approx(summary["online_dev_reward"][-1]
                                                                   - summary["online_dev_reward"][0])
     assert gain["ci_low"] <= gain["gain"] <= gain["ci_high"]
+    assert summary["online_p_positive_over_negative_ci"][0] == [1.0, 1.0]  # metrics/train.json keeps them too
     assert {a["prompt_id"] for a in online[0]["dev"]["answers"]} == {g[0].prompt_id for g in dev}
     assert online[0]["dev"]["repetition_rate"] is not None
     run(tmp_path / "b", stop_after_steps=4)  # stops inside round 2, after its dev probe

@@ -33,4 +33,5 @@ def online_summary(rounds_log: list[dict], final: dict | None) -> dict:
     gain = paired_gain(probes[0]["answers"], probes[-1]["answers"]) if len(probes) > 1 else None
     return {"online_dev_reward": [p["reward_mean"] for p in probes],
             "online_dev_reward_gain": gain,  # last probe − first, paired over the dev prompts, with its interval
-            "online_p_positive_over_negative": [e.get("p_positive_over_negative") for e in rounds_log]}
+            "online_p_positive_over_negative": [e.get("p_positive_over_negative") for e in rounds_log],
+            "online_p_positive_over_negative_ci": [e.get("p_positive_over_negative_ci") for e in rounds_log]}
