@@ -165,7 +165,7 @@ def matched_steps(params, v) -> int:
 
 def uses_reward_model(v) -> bool:
     """Whether the training reward model labels (or, for the logs, scores) a variant's candidates."""
-    return v.train.pair_labels == "reward"
+    return v.train.pair_labels != "origin"
 
 
 def _variant_key(v, legacy: bool = False) -> str:

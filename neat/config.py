@@ -190,10 +190,11 @@ class TrainParams(Section):
     dpo_beta: float = Field(
         0.1, gt=0, description="β of the DPO loss (train.loss: dpo): the strength of its implicit KL penalty to the "
                                "reference policy; summed response log-probs, as in TRL")
-    pair_labels: Literal["reward", "origin"] = Field(
-        "reward", description="what orders a prompt's candidates for the loss: the reward model's score (reward), or "
+    pair_labels: Literal["reward", "origin", "tiers"] = Field(
+        "reward", description="what orders a prompt's candidates for the loss: the reward model's score (reward); "
                               "their origin, positive/chosen above negative/rejected, with no reward model (origin, "
-                              "as in RLCD)")
+                              "as in RLCD); or both (tiers): negative/rejected below all others, the reward model's "
+                              "order inside each tier")
     rank_weight: float = Field(
         0.1, ge=0, description="weight of the ranking loss; RRHF sums over candidate pairs, so with 6 candidates it "
                                "is up to 15 hinge terms against one SFT term")

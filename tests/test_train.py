@@ -438,6 +438,35 @@ def test_origin_labels_order_candidates_by_how_they_were_made():
         groups_from_scored([dict(rows[0], origin="unsteered")], labels="origin")
 
 
+def test_tier_labels_put_negatives_and_rejected_below_the_rest_in_reward_order():
+    """train.pair_labels: tiers: the reward model orders each tier; negative/rejected all rank below."""
+    from neat.losses import rrhf_loss
+
+    prompt = [{"role": "user", "content": "q"}]
+    made = [("chosen", 0.2), ("positive", -3.0), ("negative", 5.0), ("rejected", 0.1), ("negative", 1.0),
+            ("positive", 0.5)]
+    rows = [{"prompt_id": "a", "prompt": prompt, "origin": o, "response": f"{o} {i}", "reward": r, "rank": 0}
+            for i, (o, r) in enumerate(made)]
+    rows.append({"prompt_id": "a", "prompt": prompt, "origin": "probe", "response": "loop loop", "reward": 9.0,
+                 "rank": None, "degenerate": True})
+    g = groups_from_scored(rows, "last", "tiers")[0]
+    # span 8 + 1: the lower tier moves down by 9, the gaps inside each tier stay the reward model's
+    assert g.rewards == pytest.approx([0.2, -3.0, -4.0, -8.9, -8.0, 0.5, -9.9])
+    upper = [r for r, o in zip(g.rewards, g.origins) if o in ("chosen", "positive")]
+    lower = [r for r, o in zip(g.rewards, g.origins) if o in ("negative", "rejected")]
+    assert min(upper) > max(lower) and g.rewards[-1] < min(lower)  # the degenerate probe still goes last
+    # a policy whose log-probs follow the reward model (which likes the negatives) pays nothing under reward
+    # and a ranking loss under tiers
+    by_reward = torch.tensor([groups_from_scored(rows[:-1], "last")[0].rewards])
+    tiered = torch.tensor([groups_from_scored(rows[:-1], "last", "tiers")[0].rewards])
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    follows_rm = torch.tensor([[-2.5, -4.0, -1.0, -3.0, -1.5, -2.0]])
+    assert rrhf_loss(follows_rm, by_reward, mask).item() == 0.0
+    assert rrhf_loss(follows_rm, tiered, mask).item() > 0.5
+    follows_tiers = torch.tensor([[-2.5, -2.8, -3.0, -4.0, -3.5, -2.0]])
+    assert rrhf_loss(follows_tiers, tiered, mask).item() == 0.0
+
+
 def test_sft_target_positive_distils_only_samples_that_beat_rejected():
     """"positive": the best positive-steered sample where it outranks the rejected response; parts add up."""
     import math

@@ -11,6 +11,8 @@ from neat.errors import TrainingError
 
 # `train.pair_labels: origin`: the label that stands for the reward (RLCD: the steering decides, no reward model)
 ORIGIN_LABELS = {"positive": 1.0, "chosen": 1.0, "negative": 0.0, "rejected": 0.0}
+# `train.pair_labels: tiers`: candidates of these origins rank below all others of their prompt
+LOWER_TIER = frozenset(o for o, label in ORIGIN_LABELS.items() if label == 0.0)
 
 
 def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: str = "reward") -> list[PromptCandidates]:
@@ -19,6 +21,10 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: st
     `labels="origin"`: each candidate's reward is replaced by its origin's label (`ORIGIN_LABELS`:
     positive-steered and chosen 1, negative-steered and rejected 0), so the losses order candidates by
     how they were produced, whatever the reward model said (RLCD's pairs).
+
+    `labels="tiers"`: the reward model orders the candidates within two tiers, and every negative-steered or
+    rejected candidate (`LOWER_TIER`) ranks below every other candidate of its prompt: its reward is lowered by
+    the group's reward span + 1, so the gaps inside each tier stay the reward model's own.
 
     `degenerate="last"`: a candidate flagged degenerate (empty, short, repetitive) joins its prompt's
     group with a reward 1 below the group's lowest, so the ranking loss pushes it under every other
@@ -40,6 +46,9 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: st
         g.responses.append(row["response"])
         g.rewards.append(_label(row, labels))
         g.origins.append(row["origin"])
+    if labels == "tiers":
+        for g in groups.values():
+            _lower_tier_below(g)
     for prompt_id, extra in worst.items():
         g = groups.get(prompt_id)
         if g is None:
@@ -73,8 +82,13 @@ def mark_benign_refusals(rows: list[dict], answer_only: set[str], refusal_text: 
     return out
 
 
+def _lower_tier_below(group: PromptCandidates) -> None:
+    offset = max(group.rewards) - min(group.rewards) + 1.0
+    group.rewards = [r - offset if o in LOWER_TIER else r for r, o in zip(group.rewards, group.origins)]
+
+
 def _label(row: dict, labels: str) -> float:
-    if labels == "reward":
+    if labels in ("reward", "tiers"):
         return float(row["reward"])
     if row["origin"] not in ORIGIN_LABELS:
         raise TrainingError(f"train.pair_labels: origin cannot label a candidate of origin '{row['origin']}' "
