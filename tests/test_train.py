@@ -465,6 +465,8 @@ def test_tier_labels_put_negatives_and_rejected_below_the_rest_in_reward_order()
     assert rrhf_loss(follows_rm, tiered, mask).item() > 0.5
     follows_tiers = torch.tensor([[-2.5, -2.8, -3.0, -4.0, -3.5, -2.0]])
     assert rrhf_loss(follows_tiers, tiered, mask).item() == 0.0
+    with pytest.raises(ValueError, match="labels must be one of reward, origin, tiers, got 'tier'"):
+        groups_from_scored(rows, "last", "tier")
 
 
 def test_sft_target_positive_distils_only_samples_that_beat_rejected():

@@ -13,6 +13,7 @@ from neat.errors import TrainingError
 ORIGIN_LABELS = {"positive": 1.0, "chosen": 1.0, "negative": 0.0, "rejected": 0.0}
 # `train.pair_labels: tiers`: candidates of these origins rank below all others of their prompt
 LOWER_TIER = frozenset(o for o, label in ORIGIN_LABELS.items() if label == 0.0)
+PAIR_LABELS = ("reward", "origin", "tiers")
 
 
 def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: str = "reward") -> list[PromptCandidates]:
@@ -32,6 +33,8 @@ def groups_from_scored(rows: list[dict], degenerate: str = "exclude", labels: st
     nothing but degenerate candidates stays out. A row marked `ranked_last` (`mark_benign_refusals`) joins
     the bottom the same way, whatever its reward and `degenerate`.
     """
+    if labels not in PAIR_LABELS:  # an unknown name must not fall through to the origin labels
+        raise ValueError(f"labels must be one of {', '.join(PAIR_LABELS)}, got {labels!r}")
     groups: dict[str, PromptCandidates] = {}
     worst: dict[str, list[dict]] = {}
     for row in rows:
