@@ -57,6 +57,10 @@ def _as_values(values, what: str = "values") -> np.ndarray:
 def _check_params(n_resamples: int, alpha: float) -> None:
     if int(n_resamples) < 1:
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    _check_alpha(alpha)
+
+
+def _check_alpha(alpha: float) -> None:
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
@@ -134,7 +138,7 @@ def jackknife_ci(items: Sequence, statistic: Callable[[list], float], alpha: flo
     items = list(items)
     if len(items) < 2:
         raise ValueError("jackknife: at least two items are needed")
-    _check_params(1, alpha)
+    _check_alpha(alpha)
     point = float(statistic(items))
     leave_out = np.array([float(statistic(items[:i] + items[i + 1:])) for i in range(len(items))])
     n = len(items)
