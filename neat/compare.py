@@ -199,11 +199,11 @@ def _evaluation_key(ev, trained_key: str, legacy: bool = False) -> str:
     """What a variant's evaluation depends on besides its policy: the evaluate params, the run's seed, the
     held-out and safety prompts, the judge's files and the evaluation reward model's content (`legacy`:
     its path as well, as before session 15; see `_variant_key`)."""
-    from neat.evaluate import eval_reward_model_ref
+    from neat.evaluate import eval_reward_model_ref, reported_judges
     from neat.models import checkpoint_id
 
     files = [ev.out("data", "eval.jsonl"), ev.paths.safety_prompts, ev.paths.judge_labels]
-    if ev.evaluate.judge == "learned":
+    if "learned" in reported_judges(ev):
         files.append(ev.paths.refusal_examples)
     digests = [file_digest(f) if Path(f).is_file() else None for f in files]
     evaluate = ev.evaluate.model_dump(mode="json")

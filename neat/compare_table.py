@@ -165,10 +165,30 @@ def format_table(variants: list[dict], reference: str) -> str:
         for seed, steps, wall, cells, ds in rows:
             lines.append(f"| {v['name']} | {seed} | {steps} | "
                          + " | ".join(f"{c} | {x}" for c, x in zip(cells, ds)) + f" | {_minutes(wall)} |")
+    lines += judges_rows(variants)
     from neat.compare import VARIANTS
 
     lines += ["", "Variants: " + "; ".join(f"`{v['name']}` — {VARIANTS[v['name']]}" for v in variants) + "."]
     return "\n".join(lines) + "\n"
+
+
+def judges_rows(variants: list[dict]) -> list[str]:
+    """Markdown lines: each seed's safety rates under every refusal judge it was evaluated with (base from the
+    first seed), each judge with its agreement with people; nothing when every evaluation used one judge."""
+    seeds = [(v["name"], s) for v in variants for s in v["seeds"]]
+    if not any(len(s["metrics"].get("safety_by_judge") or {}) > 1 for _, s in seeds):
+        return []
+    lines = ["", "Safety under each refusal judge (`evaluate.judge`, then `evaluate.also_judges`; its agreement with "
+             "people on the held-out hand labels beside its name):", "",
+             "| variant | seed | judge | unsafe refusal | safe compliance |", "|---|---|---|---|---|"]
+    for name, f in (seeds[0][1]["metrics"].get("safety_by_judge") or {}).items():
+        lines.append(f"| base | | `{name}` ({format_interval(f, 'judge_agreement', 2)}) | "
+                     f"{format_interval(f, 'base_unsafe_refusal_rate', 2)} | {format_interval(f, 'base_safe_compliance_rate', 2)} |")
+    for variant, s in seeds:
+        for name, f in (s["metrics"].get("safety_by_judge") or {}).items():
+            lines.append(f"| {variant} | {s['seed']} | `{name}` | {format_interval(f, 'unsafe_refusal_rate', 2)} | "
+                         f"{format_interval(f, 'safe_compliance_rate', 2)} |")
+    return lines
 
 
 def seeds_figure(variants: list[dict], path: Path) -> None:

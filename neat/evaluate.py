@@ -19,7 +19,8 @@ the evaluation reward model and reports, each with a 95 % percentile-bootstrap i
 * on `paths.safety_prompts` (any XSTest-format CSV; a seeded, label-stratified subset of
   `evaluate.max_safety_prompts`): refusal rate on unsafe prompts, full-compliance rate on safe ones,
   and both per type, for base and trained, judged by `evaluate.judge` (`learned` trains the MiniLM
-  judge on `paths.refusal_examples`).
+  judge on `paths.refusal_examples`); the two rates again under each judge of `evaluate.also_judges`,
+  each beside its agreement with people (`safety_by_judge`).
 
 The win rate and the XSTest rates are computed by the project's local `evaluate` metric modules
 (`neat.metrics`: win_rate, refusal_rate; loaded from the package, never from the Hub), the other
@@ -358,13 +359,20 @@ def response_nll(model, tokenizer, prompts: list[list[dict]], responses: list[st
 # ---------------------------------------------------------------- judging and scoring
 
 
-def make_judge(params):
-    """The refusal judge named by `evaluate.judge` (the learned one trained on `paths.refusal_examples`)."""
+def make_judge(params, name: str | None = None):
+    """The refusal judge `name` (default `evaluate.judge`; the learned one trained on `paths.refusal_examples`)."""
     from neat.judges import get_judge
 
-    if params.evaluate.judge == "learned":
+    name = name or params.evaluate.judge
+    if name == "learned":
         return get_judge("learned", examples=params.paths.refusal_examples, seed=params.evaluate.seed)
-    return get_judge("string_match")
+    return get_judge(name)
+
+
+def reported_judges(params) -> list[str]:
+    """Every judge whose safety figures the evaluation reports: `evaluate.judge` first, then `also_judges`."""
+    e = params.evaluate
+    return [e.judge] + [name for name in dict.fromkeys(e.also_judges) if name != e.judge]
 
 
 def _policy_outputs(params, ref: str, *, held: list[dict], safety: list[dict], seed_for_builtin: int,
@@ -490,20 +498,35 @@ def evaluation_metrics(records: list[dict], safety_records: list[dict], *, n_res
         safety = {who: safety_metrics(rows, [r[f"{who}_refused"] for r in safety_records], n_resamples=n_resamples,
                                       alpha=ALPHA, seed=seed) for who in ("base", "trained")}
         labels = [str(r["label"]).lower() for r in rows]
-        for who, prefix in (("trained", ""), ("base", "base_")):
-            rates = safety_rates([r[f"{who}_refused"] for r in safety_records], labels, **boot)
-            for key in ("unsafe_refusal_rate", "safe_compliance_rate"):
-                for suffix in ("", "_ci_low", "_ci_high"):
-                    out[f"{prefix}{key}{suffix}"] = rates[f"{key}{suffix}"]
-        for key, label, flip in (("unsafe_refusal_diff", "unsafe", False), ("safe_compliance_diff", "safe", True)):
-            idx = [i for i, lab in enumerate(labels) if lab == label]
-            a = [float(safety_records[i]["trained_refused"] != flip) for i in idx]
-            c = [float(safety_records[i]["base_refused"] != flip) for i in idx]
-            d = paired_diff(a, c, **boot)
-            out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"], out[f"{key}_significant"] = \
-                d["diff"], d["ci_low"], d["ci_high"], d["significant"]
+        flags = {who: [r[f"{who}_refused"] for r in safety_records] for who in ("base", "trained")}
+        out.update(safety_figures(flags["base"], flags["trained"], labels, **boot))
         out["safety"] = safety
+        judges = safety_records[0].get("trained_refused_by") or {}
+        out["safety_by_judge"] = {
+            name: safety_figures([r["base_refused_by"][name] for r in safety_records],
+                                 [r["trained_refused_by"][name] for r in safety_records], labels, **boot)
+            for name in judges}
     return json_safe(out)
+
+
+def safety_figures(base_refused: Sequence[bool], trained_refused: Sequence[bool], labels: Sequence[str], *,
+                   n_resamples: int, seed: int) -> dict:
+    """Unsafe refusal and safe full-compliance rates of base and trained (`base_` keys), each with its interval,
+    and trained − base paired over the same prompts (`unsafe_refusal_diff`, `safe_compliance_diff`)."""
+    boot = dict(n_resamples=n_resamples, seed=seed)
+    out: dict[str, Any] = {}
+    for who, prefix, refused in (("trained", "", trained_refused), ("base", "base_", base_refused)):
+        rates = safety_rates(refused, labels, **boot)
+        for key in ("unsafe_refusal_rate", "safe_compliance_rate"):
+            for suffix in ("", "_ci_low", "_ci_high"):
+                out[f"{prefix}{key}{suffix}"] = rates[f"{key}{suffix}"]
+    for key, label, flip in (("unsafe_refusal_diff", "unsafe", False), ("safe_compliance_diff", "safe", True)):
+        idx = [i for i, lab in enumerate(labels) if lab == label]
+        d = paired_diff([float(trained_refused[i] != flip) for i in idx],
+                        [float(base_refused[i] != flip) for i in idx], **boot)
+        out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"], out[f"{key}_significant"] = \
+            d["diff"], d["ci_low"], d["ci_high"], d["significant"]
+    return out
 
 
 def answer_diagnostics(records: list[dict], *, n_resamples: int, seed: int) -> dict:
@@ -642,8 +665,10 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     safety_rows = evaluation_safety_prompts(params)
     # every input is checked before the first expensive step (generation): a bad refusal-examples file or a
     # missing evaluation reward model must not surface only after minutes of generating
-    judge = make_judge(params)
-    agreement = judge_agreement_metrics(judge, params)
+    judges = {name: make_judge(params, name) for name in reported_judges(params)}
+    judge = judges[e.judge]
+    agreements = {name: judge_agreement_metrics(j, params) for name, j in judges.items()}
+    agreement = agreements[e.judge]
     check_eval_reward_model(params)
     online = read_online_curve(params)
     timings: dict[str, float] = {}
@@ -688,6 +713,8 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     n, m = len(held), len(safety_rows)
     held_flags = {"base": flags[:n], "trained": flags[n:2 * n]}
     safety_flags = {"base": flags[2 * n:2 * n + m], "trained": flags[2 * n + m:]}
+    safety_texts = all_texts[2 * n:]
+    flags_by_judge = {name: (flags[2 * n:] if name == e.judge else j(safety_texts)) for name, j in judges.items()}
     timings["judge_seconds"] = round(time.perf_counter() - t0, 2)
 
     records = []
@@ -713,6 +740,8 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
             "id": srow["id"], "prompt": srow["prompt"], "type": srow["type"], "label": srow["label"],
             "base_response": base["safety"][k]["text"], "trained_response": trained["safety"][k]["text"],
             "base_refused": bool(safety_flags["base"][k]), "trained_refused": bool(safety_flags["trained"][k]),
+            "base_refused_by": {name: bool(f[k]) for name, f in flags_by_judge.items()},
+            "trained_refused_by": {name: bool(f[m + k]) for name, f in flags_by_judge.items()},
         })
 
     metrics = evaluation_metrics(records, safety_records, n_resamples=e.bootstrap, seed=e.seed,
@@ -720,6 +749,8 @@ def evaluate(params, policy_dir: str | Path | None = None, tag: str = "trained",
     metrics.update(online_eval)
     metrics["eval_rm_accuracy"] = eval_rm_accuracy(params)
     metrics.update(agreement)
+    for name, figures in metrics.get("safety_by_judge", {}).items():
+        figures.update({k: v for k, v in agreements[name].items() if k != "judge_labels"})
     metrics.update({
         "tag": tag, "base_model": base_ref, "base_policy_id": base["policy_id"],
         "policy": str(policy_dir), "policy_id": trained["policy_id"], "judge": judge.name,

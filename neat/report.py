@@ -480,8 +480,9 @@ def _report(params, top) -> dict:
                    f"{format_interval(ev, 'unsafe_refusal_diff', 2)} |",
                    f"| full compliance on safe prompts | {format_interval(ev, 'base_safe_compliance_rate', 2)} | "
                    f"{format_interval(ev, 'safe_compliance_rate', 2)} | "
-                   f"{format_interval(ev, 'safe_compliance_diff', 2)} |", "",
-                   "| type | label | n | base refusal | trained refusal |", "|---|---|---|---|---|"]
+                   f"{format_interval(ev, 'safe_compliance_diff', 2)} |", ""]
+            md += judges_table(ev)
+            md += ["| type | label | n | base refusal | trained refusal |", "|---|---|---|---|---|"]
             by_type = []
             for t, bt in s["base"]["by_type"].items():
                 tt = s["trained"]["by_type"].get(t, {})
@@ -586,3 +587,19 @@ def _report(params, top) -> dict:
                 shutil.copyfile(src, tmp_file)
     return {"report": str(top("report", "report.md")), "figures": figures,
             "sections": [line[3:] for line in md if line.startswith("## ")]}
+
+
+def judges_table(ev: dict) -> list[str]:
+    """Markdown lines: the safety rates under each refusal judge of `safety_by_judge`, each beside its
+    agreement with people; nothing when the evaluation used one judge only."""
+    by_judge = ev.get("safety_by_judge") or {}
+    if len(by_judge) < 2:
+        return []
+    lines = ["The same answers under each refusal judge (`evaluate.judge`, then `evaluate.also_judges`):", "",
+             "| judge | agreement with people | unsafe refusal, base | trained | safe compliance, base | trained |",
+             "|---|---|---|---|---|---|"]
+    for name, f in by_judge.items():
+        lines.append(f"| `{name}` | {format_interval(f, 'judge_agreement', 2)} | "
+                     f"{format_interval(f, 'base_unsafe_refusal_rate', 2)} | {format_interval(f, 'unsafe_refusal_rate', 2)} | "
+                     f"{format_interval(f, 'base_safe_compliance_rate', 2)} | {format_interval(f, 'safe_compliance_rate', 2)} |")
+    return lines + [""]

@@ -355,6 +355,32 @@ def test_table_shows_the_mean_over_seeds_and_each_seed_and_pools_them_for_the_di
     assert flat["neat"]["eval_reward_mean"] == 2.0 and flat["neat"]["seeds"] == 2 and "sft" not in flat
     assert all(params.out("compare", f).stat().st_size > 0 for f in ("seeds.png", "safety.png"))
     assert "![Unsafe refusal against safe compliance](safety.png)" in table
+    assert "Safety under each refusal judge" not in table  # every seed evaluated with one judge
+
+
+def test_table_lists_the_safety_rates_of_every_seed_under_each_judge(tmp_path):
+    from neat.compare_table import compare_table
+
+    params = make_params(tmp_path / "out", compare={"variants": {"neat": [0], "rrhf": [0]}})
+    results = {"neat": [_seed(0, [1.0] * 4, [True, True, False, False], 1.0)],
+               "rrhf": [_seed(0, [0.5] * 4, [False] * 4, 1.0)]}
+    for name, unsafe, safe in (("neat", 1.0, 0.5), ("rrhf", 0.0, 1.0)):
+        results[name][0]["metrics"]["safety_by_judge"] = {
+            "string_match": {"unsafe_refusal_rate": unsafe, "safe_compliance_rate": safe, "base_unsafe_refusal_rate": 0.0,
+                             "base_safe_compliance_rate": 1.0, "judge_agreement": 0.86, "judge_agreement_ci_low": 0.81,
+                             "judge_agreement_ci_high": 0.91},
+            "learned": {"unsafe_refusal_rate": unsafe / 2, "safe_compliance_rate": None, "base_unsafe_refusal_rate": 0.5,
+                        "base_safe_compliance_rate": 0.25, "judge_agreement": 0.76}}
+    _write_results(params, results)
+    compare_table(params)
+    table = params.out("compare", "table.md").read_text()
+    rows = table.split("Safety under each refusal judge")[1]
+    na = "[–, –]"  # these hand-made rates come without intervals
+    assert f"| base | | `string_match` (0.86 [0.81, 0.91]) | 0.00 {na} | 1.00 {na} |" in rows
+    assert f"| base | | `learned` (0.76 {na}) | 0.50 {na} | 0.25 {na} |" in rows
+    assert f"| neat | 0 | `string_match` | 1.00 {na} | 0.50 {na} |" in rows
+    assert f"| neat | 0 | `learned` | 0.50 {na} | – |" in rows
+    assert f"| rrhf | 0 | `learned` | 0.00 {na} | – |" in rows  # a null stays a null
 
 
 def test_safety_figure_plots_the_base_and_every_seed_with_intervals_and_leaves_out_nulls(tmp_path):

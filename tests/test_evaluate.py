@@ -39,10 +39,12 @@ def fake_trained_policy(params):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """prepare → eval RM (1 epoch on 8 judge pairs) → fake trained policy → evaluate with the learned judge."""
+    """prepare → eval RM (1 epoch on 8 judge pairs) → fake trained policy → evaluate with the learned judge,
+    string matching beside it."""
     from neat.evaluate import evaluate, train_eval_rm
 
-    params = make_params(tmp_path_factory.mktemp("eval") / "out", evaluate={"judge": "learned"})
+    params = make_params(tmp_path_factory.mktemp("eval") / "out",
+                         evaluate={"judge": "learned", "also_judges": ["string_match", "learned"]})
     prepare(params)
     rm_metrics = train_eval_rm(params, progress=False)
     fake_trained_policy(params)
@@ -195,6 +197,59 @@ def test_metrics_on_a_known_case():
     assert m["safety"]["trained"]["by_type"]["a"]["refusal_rate"] == 1.0
     assert m["heldout_refusal_rate"] == 0.25 and m["base_heldout_refusal_rate"] == 0.25  # with its interval
     assert m["heldout_refusal_rate_ci_low"] == 0.0 and 0.5 <= m["heldout_refusal_rate_ci_high"] < 1.0
+
+
+def test_safety_is_reported_under_every_judge_beside_its_agreement_with_people(evaluated):
+    from neat.judges import StringMatchJudge
+
+    params, _, metrics = evaluated
+    safety = [json.loads(x) for x in params.out("evaluate", "safety.jsonl").read_text().splitlines()]
+    by_judge = metrics["safety_by_judge"]
+    assert list(by_judge) == ["learned", "string_match"]  # the headline judge first, a repeated one once
+    for row in safety:
+        assert row["trained_refused_by"]["learned"] == row["trained_refused"]
+        assert row["base_refused_by"]["learned"] == row["base_refused"]
+    judge = StringMatchJudge()
+    for who, prefix in (("trained", ""), ("base", "base_")):
+        refused = judge([r[f"{who}_response"] for r in safety])
+        assert refused == [r[f"{who}_refused_by"]["string_match"] for r in safety]
+        unsafe = [f for f, r in zip(refused, safety) if r["label"] == "unsafe"]
+        safe = [not f for f, r in zip(refused, safety) if r["label"] == "safe"]
+        assert by_judge["string_match"][f"{prefix}unsafe_refusal_rate"] == pytest.approx(np.mean(unsafe))
+        assert by_judge["string_match"][f"{prefix}safe_compliance_rate"] == pytest.approx(np.mean(safe))
+    for key in ("unsafe_refusal_rate", "safe_compliance_rate", "base_unsafe_refusal_rate", "unsafe_refusal_diff"):
+        assert by_judge["learned"][key] == metrics[key], key
+    labels = params.paths.judge_labels
+    from neat.judges import judge_agreement
+
+    assert by_judge["string_match"]["judge_agreement"] == judge_agreement(judge, labels, n_resamples=100, seed=0)["rate"]
+    assert by_judge["learned"]["judge_agreement"] == metrics["judge_agreement"]
+    assert all(0 <= f["judge_agreement_ci_low"] <= f["judge_agreement"] <= f["judge_agreement_ci_high"] <= 1
+               for f in by_judge.values())
+
+
+def test_safety_figures_per_judge_come_from_each_judges_own_flags():
+    from neat.evaluate import evaluation_metrics
+
+    records = [_record(0.0, 1.0), _record(1.0, 0.0)]
+    flags = [  # (label, base, trained) under "a", then under "b"
+        ("unsafe", (False, True), (False, False)), ("unsafe", (False, True), (True, True)),
+        ("safe", (False, False), (False, True)), ("safe", (True, False), (False, True))]
+    safety = [{"id": str(i), "prompt": "p", "type": "t", "label": lab, "base_refused": a[0], "trained_refused": a[1],
+               "base_refused_by": {"a": a[0], "b": b[0]}, "trained_refused_by": {"a": a[1], "b": b[1]}}
+              for i, (lab, a, b) in enumerate(flags)]
+    m = evaluation_metrics(records, safety, n_resamples=200, seed=0)
+    a, b = m["safety_by_judge"]["a"], m["safety_by_judge"]["b"]
+    assert (a["unsafe_refusal_rate"], a["base_unsafe_refusal_rate"]) == (1.0, 0.0)
+    assert (a["safe_compliance_rate"], a["base_safe_compliance_rate"]) == (1.0, 0.5)
+    assert (b["unsafe_refusal_rate"], b["base_unsafe_refusal_rate"]) == (0.5, 0.5)
+    assert (b["safe_compliance_rate"], b["base_safe_compliance_rate"]) == (0.0, 1.0)
+    assert b["safe_compliance_diff"] == -1.0 and b["safe_compliance_diff_significant"]
+    assert a["unsafe_refusal_diff"] == 1.0 and b["unsafe_refusal_diff"] == 0.0
+    for key in ("unsafe_refusal_rate", "safe_compliance_rate", "unsafe_refusal_diff", "safe_compliance_diff"):
+        assert m[key] == a[key], key  # the headline keys are judge "a"'s, whose flags are the rows' own
+    assert evaluation_metrics(records, [{k: v for k, v in r.items() if "_by" not in k} for r in safety],
+                              n_resamples=200, seed=0)["safety_by_judge"] == {}  # files written before it
 
 
 def test_stage_metrics_come_from_the_local_evaluate_modules(monkeypatch):

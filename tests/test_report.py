@@ -43,7 +43,8 @@ def write_upstream(params):
                 "trained_chosen_nll": 3.5, "chosen_tokens": 2, "winner": "trained"} for i in range(8)]
     safety = [{"id": str(i), "prompt": f"safety prompt {i}", "type": t, "label": lab, "base_response": "Sure.",
                "trained_response": "I'm sorry, I can't." if lab == "unsafe" else "Sure.", "base_refused": False,
-               "trained_refused": lab == "unsafe"}
+               "trained_refused": lab == "unsafe", "base_refused_by": {"string_match": False, "learned": i == 0},
+               "trained_refused_by": {"string_match": lab == "unsafe", "learned": True}}
               for i, (t, lab) in enumerate([("homonyms", "safe"), ("homonyms", "safe"), ("violence", "unsafe"),
                                             ("violence", "unsafe"), ("drugs", "unsafe")])]
     metrics = evaluation_metrics(records, safety, n_resamples=100, seed=0)
@@ -53,6 +54,10 @@ def write_upstream(params):
                    judge_agreement_ci_high=0.91, judge_agreement_n=177, judge_labels="labels/heldout.jsonl",
                    arithmetic={"native_bf16_cpu": True, "device": "cpu", "generation": "bfloat16",
                                "perplexity": "bfloat16 autocast"})
+    metrics["safety_by_judge"]["string_match"].update(judge_agreement=0.861, judge_agreement_ci_low=0.81,
+                                                      judge_agreement_ci_high=0.91)
+    metrics["safety_by_judge"]["learned"].update(judge_agreement=0.76, judge_agreement_ci_low=0.70,
+                                                 judge_agreement_ci_high=0.82)
     write_jsonl_atomic(params.out("evaluate", "generations.jsonl"), records)
     write_jsonl_atomic(params.out("evaluate", "safety.jsonl"), safety)
     write_rewards_plot_data(params.out("evaluate", "rewards.csv"), records)
@@ -89,6 +94,11 @@ def test_report_writes_markdown_figures_and_plot_data(tmp_path):
     assert f"{metrics['win_rate']:.3f}" in md and "| neat | 6 |" in md
     assert "agrees with people on 0.86 [0.81, 0.91] of 177 hand-labelled" in md
     assert "a\\|b &lt;x&gt;" in md  # table cells are escaped
+    # the same answers under each judge: learned calls every trained answer a refusal, base only on a safe prompt
+    assert ("| `string_match` | 0.86 [0.81, 0.91] | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] "
+            "| 1.00 [1.00, 1.00] |") in md
+    assert "| `learned` | 0.76 [0.70, 0.82] | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 0.50 [" in md
+    assert "| 0.00 [0.00, 0.00] |" in md.split("| `learned` |")[1].splitlines()[0]
     assert "| wall time of `train` | 40.0 s |" in md
     assert "/ optimizer steps and checkpoints | 21.5 s / 4.0 s / 12.3 s |" in md  # where train's time went
     assert ("| arithmetic of these figures | generation: bfloat16; policy training: "
