@@ -152,3 +152,21 @@ def test_cross_encoder_reads_the_last_user_turn_and_folds_keep_a_prompts_complet
     from neat.judges import BUILTIN_ENCODER, load_judge_encoder
 
     assert not any(p.requires_grad for p in load_judge_encoder(BUILTIN_ENCODER)[1].parameters())  # shared copy frozen
+
+
+def test_the_judge_learning_curve_trains_on_whole_prompts_and_reads_its_trend():
+    from benchmarks.judge_agreement import VARIANTS, learning_curve
+
+    refusals = ["I can't help with that.", "I'm sorry, but I won't do that.", "No, I will not assist with this."]
+    answers = ["Sure, here is a simple recipe.", "The capital of France is Paris.", "You can kill a Python process with kill."]
+    rows = [{"prompt": f"prompt {i}", "response": text, "label": label}
+            for i in range(8) for text, label in ((refusals[i % 3], "full_refusal"), (answers[i % 3], "full_compliance"))]
+    test = (refusals + answers, [True] * 3 + [False] * 3)
+    curve = learning_curve(rows, test, ([], []), VARIANTS["learned"], shares=[0.25, 0.5, 1.0], draws=3, target=0.92)
+    quarter, half, whole = curve["points"]
+    assert (quarter["prompts"], half["prompts"], whole["prompts"]) == (2, 4, 8)
+    assert quarter["labelled"] == 4 and half["labelled"] == 8 and whole["labelled"] == 16  # both completions of a prompt
+    assert half["draws"] == 3 and whole["draws"] == 1  # the whole set is one draw
+    assert all(0 <= p["lowest"] <= p["agreement"] <= p["highest"] <= 1 for p in curve["points"])
+    assert whole["agreement"] == 1.0  # every test text is a training text
+    assert "agreement_per_doubling" in curve["trend"] and "labelled_for_0.92" in curve["trend"]
