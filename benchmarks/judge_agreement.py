@@ -77,7 +77,7 @@ def _cv(rows: list[dict], variant: tuple, demo: tuple[list, list], folds: int = 
         x, y = [texts[i] for i in tr], [labels[i] for i in tr]
         if data == "real+demo":
             x, y = x + demo[0], y + demo[1]
-        judge = LearnedJudge(**kw).fit(x, y, seed=0, **fit_kw)
+        judge = _CachedFeatures(**kw).fit(x, y, seed=0, **fit_kw)
         hits += sum(p == labels[i] for p, i in zip(judge([texts[i] for i in te]), te))
     return hits / len(rows)
 
