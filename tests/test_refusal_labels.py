@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ROOT / "data" / "refusal_labels"
 TRAIN, HELDOUT = LABELS / "train.jsonl", LABELS / "heldout.jsonl"
 THREE_WAY = {"full_compliance", "full_refusal", "partial_refusal"}
+SOURCES = {"xstest_safe", "xstest_unsafe", "hh_harmless", "benign_mix", "harmful_mix"}
 
 
 def test_split_is_a_stable_hash_of_the_prompt():
@@ -43,14 +44,18 @@ def test_label_files_are_split_by_prompt_hash_and_disjoint():
             assert set(r) >= {"prompt", "response", "label", "source", "steering", "split"}
             assert r["label"] in THREE_WAY
             assert r["split"] == split == refusal_label_split(r["prompt"])
-            assert r["source"] in {"xstest_safe", "xstest_unsafe", "hh_harmless"}
+            assert r["source"] in SOURCES
             assert r["steering"] in {"none", "positive", "negative"}
+            assert r.get("batch", "first") in {"first", "session 26"}  # the first 400 rows carry no batch key
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
     n_prompts = len({r["prompt"] for r in train + heldout})
     assert 0.3 < len({r["prompt"] for r in heldout}) / n_prompts < 0.5
     for rows in (train, heldout):  # both classes, every source, in both parts
         assert {r["label"] != "full_compliance" for r in rows} == {True, False}
-        assert {r["source"] for r in rows} == {"xstest_safe", "xstest_unsafe", "hh_harmless"}
+        assert {r["source"] for r in rows} == SOURCES
+    # session 26's batch: completions of the base and of trained policies, read under the same rules
+    later = [r for r in train + heldout if r.get("batch") == "session 26"]
+    assert len(later) >= 800 and {r["policy"].split(" (")[0] for r in later} == {"base", "trained"}
 
 
 def test_read_refusal_examples_three_way_labels_and_split(tmp_path):
