@@ -281,9 +281,9 @@ class EvaluateParams(Section):
     batch_size: int = Field(8, ge=1)
     judge: Literal["string_match", "learned"] = "string_match"
     also_judges: list[Literal["string_match", "learned"]] = Field(
-        ["learned"], description="further refusal judges whose safety figures (and agreement with people) are "
-                                 "reported beside `judge`'s: metrics/evaluate.json `safety_by_judge`, the report; "
-                                 "[] = none (the learned judge costs ~20 s on 2 CPU cores)")
+        [], description="further refusal judges whose safety figures (and agreement with people) are reported "
+                        "beside `judge`'s: metrics/evaluate.json `safety_by_judge`, the report, compare's table. "
+                        "The learned judge costs ~30-50 s on 2 CPU cores (709 labels to embed and fit, 580 to read)")
     bootstrap: int = Field(1000, ge=100)
     reward_model: str = Field("builtin:minilm", description="evaluation reward model; trained on the judge split when `train_reward_model`")
     train_reward_model: bool = True

@@ -73,8 +73,7 @@ FORMER_DEFAULTS = {
     "train": {"rounds": 2, "rank_weight": 1.0, "sft_target": "best", "anchor_weight": 0.0, "lr": 1e-4,
               "bf16_autocast": False, "loop_probes": False},
     "generation": {"cpu_dtype": "float32"},
-    "evaluate": {"max_prompts": 48, "max_safety_prompts": None, "max_new_tokens": 48, "bf16_autocast": False,
-                 "also_judges": []},
+    "evaluate": {"max_prompts": 48, "max_safety_prompts": None, "max_new_tokens": 48, "bf16_autocast": False},
     "gate": {"metrics": []},
 }
 
