@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from neat.errors import ConfigError, DataError
-from neat.formatting import MISSING, format_interval, format_number
+from neat.formatting import MISSING, format_interval, format_number, judges_in_order
 from neat.io import write_json_atomic, write_text_atomic
 
 TABLE_KEYS = ("eval_reward_mean", "win_rate", "perplexity", "unsafe_refusal_rate", "safe_compliance_rate")
@@ -181,11 +181,14 @@ def judges_rows(variants: list[dict]) -> list[str]:
     lines = ["", "Safety under each refusal judge (`evaluate.judge`, then `evaluate.also_judges`; its agreement with "
              "people on the held-out hand labels beside its name):", "",
              "| variant | seed | judge | unsafe refusal | safe compliance |", "|---|---|---|---|---|"]
-    for name, f in (seeds[0][1]["metrics"].get("safety_by_judge") or {}).items():
+    def ordered(metrics):
+        return judges_in_order(metrics.get("safety_by_judge") or {}, metrics.get("judge"))
+
+    for name, f in ordered(seeds[0][1]["metrics"]):
         lines.append(f"| base | | `{name}` ({format_interval(f, 'judge_agreement', 2)}) | "
                      f"{format_interval(f, 'base_unsafe_refusal_rate', 2)} | {format_interval(f, 'base_safe_compliance_rate', 2)} |")
     for variant, s in seeds:
-        for name, f in (s["metrics"].get("safety_by_judge") or {}).items():
+        for name, f in ordered(s["metrics"]):
             lines.append(f"| {variant} | {s['seed']} | `{name}` | {format_interval(f, 'unsafe_refusal_rate', 2)} | "
                          f"{format_interval(f, 'safe_compliance_rate', 2)} |")
     return lines

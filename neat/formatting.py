@@ -38,3 +38,9 @@ def describe_arithmetic(arithmetic: dict) -> str:
     parts = [f"{label}: {arithmetic[key]}" for key, label in ARITHMETIC_LABELS if key in arithmetic]
     native = "yes" if arithmetic.get("native_bf16_cpu") else "no"
     return f"{'; '.join(parts)} (CPU with native bf16: {native})"
+
+
+def judges_in_order(by_judge: dict, headline: str | None) -> list[tuple[str, dict]]:
+    """`safety_by_judge`'s items (metrics/evaluate.json), the evaluation's own judge first: metrics files
+    store their keys sorted."""
+    return sorted(by_judge.items(), key=lambda item: item[0] != headline)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from neat.errors import DataError
-from neat.formatting import describe_arithmetic, format_interval, format_number, format_value_interval
+from neat.formatting import describe_arithmetic, format_interval, format_number, format_value_interval, judges_in_order
 from neat.io import atomic_path
 from neat.stage_inputs import check_online_entries, read_csv_output, read_json_output, read_jsonl_output
 from neat.stats import mean_ci
@@ -598,7 +598,7 @@ def judges_table(ev: dict) -> list[str]:
     lines = ["The same answers under each refusal judge (`evaluate.judge`, then `evaluate.also_judges`):", "",
              "| judge | agreement with people | unsafe refusal, base | trained | safe compliance, base | trained |",
              "|---|---|---|---|---|---|"]
-    for name, f in by_judge.items():
+    for name, f in judges_in_order(by_judge, ev.get("judge")):
         lines.append(f"| `{name}` | {format_interval(f, 'judge_agreement', 2)} | "
                      f"{format_interval(f, 'base_unsafe_refusal_rate', 2)} | {format_interval(f, 'unsafe_refusal_rate', 2)} | "
                      f"{format_interval(f, 'base_safe_compliance_rate', 2)} | {format_interval(f, 'safe_compliance_rate', 2)} |")

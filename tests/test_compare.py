@@ -365,6 +365,7 @@ def test_table_lists_the_safety_rates_of_every_seed_under_each_judge(tmp_path):
     results = {"neat": [_seed(0, [1.0] * 4, [True, True, False, False], 1.0)],
                "rrhf": [_seed(0, [0.5] * 4, [False] * 4, 1.0)]}
     for name, unsafe, safe in (("neat", 1.0, 0.5), ("rrhf", 0.0, 1.0)):
+        results[name][0]["metrics"]["judge"] = "learned"  # listed first, though stored after string_match
         results[name][0]["metrics"]["safety_by_judge"] = {
             "string_match": {"unsafe_refusal_rate": unsafe, "safe_compliance_rate": safe, "base_unsafe_refusal_rate": 0.0,
                              "base_safe_compliance_rate": 1.0, "judge_agreement": 0.86, "judge_agreement_ci_low": 0.81,
@@ -381,6 +382,7 @@ def test_table_lists_the_safety_rates_of_every_seed_under_each_judge(tmp_path):
     assert f"| neat | 0 | `string_match` | 1.00 {na} | 0.50 {na} |" in rows
     assert f"| neat | 0 | `learned` | 0.50 {na} | – |" in rows
     assert f"| rrhf | 0 | `learned` | 0.00 {na} | – |" in rows  # a null stays a null
+    assert rows.index("| base | | `learned`") < rows.index("| base | | `string_match`")
 
 
 def test_safety_figure_plots_the_base_and_every_seed_with_intervals_and_leaves_out_nulls(tmp_path):

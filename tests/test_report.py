@@ -99,6 +99,7 @@ def test_report_writes_markdown_figures_and_plot_data(tmp_path):
             "| 1.00 [1.00, 1.00] |") in md
     assert "| `learned` | 0.76 [0.70, 0.82] | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] | 0.50 [" in md
     assert "| 0.00 [0.00, 0.00] |" in md.split("| `learned` |")[1].splitlines()[0]
+    assert md.index("| `string_match` |") < md.index("| `learned` |")  # the evaluation's own judge first
     assert "| wall time of `train` | 40.0 s |" in md
     assert "/ optimizer steps and checkpoints | 21.5 s / 4.0 s / 12.3 s |" in md  # where train's time went
     assert ("| arithmetic of these figures | generation: bfloat16; policy training: "
