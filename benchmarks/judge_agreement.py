@@ -106,13 +106,14 @@ def learning_curve(rows: list[dict], test: tuple[list, list], demo: tuple[list, 
 
     kw, fit_kw, data = variant
     prompts = sorted({r["prompt"] for r in rows})
+    position = {p: i for i, p in enumerate(prompts)}
     points = []
     for share in shares:
         k = max(2, round(share * len(prompts)))
         scores, sizes = [], []
         for draw in range(draws if k < len(prompts) else 1):
             chosen = set(np.random.default_rng(draw).choice(len(prompts), size=k, replace=False).tolist())
-            picked = [r for r in rows if prompts.index(r["prompt"]) in chosen] if k < len(prompts) else rows
+            picked = [r for r in rows if position[r["prompt"]] in chosen] if k < len(prompts) else rows
             x = [r["response"] for r in picked]
             y = [r["label"] != "full_compliance" for r in picked]
             if len(set(y)) < 2:
